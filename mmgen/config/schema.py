@@ -1,0 +1,217 @@
+"""The typed config of every component. YAML files in `configs/` and `tokenizers/` fill these.
+
+Fields left at 0 are derived at build time (e.g. `model.vocab_size` from the text tokenizer); the resolved
+values are written into the run's `config.yaml` and into the release checkpoint's `config.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class ShapesConfig:
+    """The procedural `shapes` data set: coloured shapes with captions and checkable ground truth."""
+
+    image_size: int = 32
+    shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle", "diamond"])
+    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple", "white"])
+    sizes: list[str] = field(default_factory=lambda: ["small", "large"])
+    p_two_objects: float = 0.5
+    background: list[int] = field(default_factory=lambda: [0, 0, 0])
+    # Mix of document layouts: caption then image, image then caption, several images with text between.
+    p_caption_image: float = 0.6
+    p_image_caption: float = 0.15
+    p_interleaved: float = 0.25
+    seed: int = 0
+    split: Literal["train", "test"] = "train"
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 16, f"image_size must be >= 16, got {self.image_size}")
+        _check(len(self.shapes) > 0 and len(self.colors) > 0, "shapes and colors must not be empty")
+        _check(0.0 <= self.p_two_objects <= 1.0, "p_two_objects must lie in [0, 1]")
+        total = self.p_caption_image + self.p_image_caption + self.p_interleaved
+        _check(total > 0, "the layout probabilities must not all be 0")
+
+
+@dataclass
+class DataConfig:
+    """Where training documents come from and how they are packed into fixed-length rows."""
+
+    source: Literal["shapes", "shards"] = "shapes"
+    shards: str = ""  # a directory written by scripts/prepare_data.py, or a glob of .tar files
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    image_size: int = 32  # every image is centre-cropped and resized to this (pixels)
+    seq_len: int = 256  # tokens per packed row
+    rows: int = 8  # rows per micro-batch
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
+        _check(self.rows >= 1, f"rows must be >= 1, got {self.rows}")
+        _check(self.num_workers >= 0, "num_workers must be >= 0")
+        _check(self.source != "shards" or bool(self.shards), "source 'shards' needs data.shards=<dir or glob>")
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+@dataclass
+class CorpusSpec:
+    """One text source for tokenizer training: `shapes`, `cifar10`, `flickr8k`, `mnist`, or `text:<file>`."""
+
+    source: str
+    limit: int = 0  # max sentences taken from it; 0 = all
+
+
+@dataclass
+class TextTokenizerRecipe:
+    """Recipe of a sentencepiece text tokenizer (`tokenizers/text/*.yaml`)."""
+
+    name: str
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    vocab_size: int = 512
+    corpora: list[CorpusSpec] = field(default_factory=lambda: [CorpusSpec("shapes", 20000)])
+    character_coverage: float = 1.0
+    byte_fallback: bool = True
+    max_sentence_length: int = 4096
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 64, f"vocab_size must be >= 64, got {self.vocab_size}")
+        _check(len(self.corpora) > 0, "corpora must name at least one source")
+
+
+# ----------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    """The MoT backbone. `depth` is the one scaling dial: width = depth * aspect_ratio, heads = width / head_dim."""
+
+    depth: int = 4
+    aspect_ratio: int = 32
+    width: int = 0  # 0 = depth * aspect_ratio
+    head_dim: int = 32
+    mlp_ratio: float = 4.0  # SwiGLU hidden size = mlp_ratio * 2/3 * width (rounded up to a multiple of 32)
+    experts: Literal["mot", "dense"] = "mot"  # dense = one set of weights for every token (the baseline)
+    qk_norm: bool = True
+    image_adaln: bool = True  # flow-map times modulate the image expert's norms (adaLN, zero-initialised)
+    patch_size: int = 2  # latent patch side; an image token holds patch_size^2 * latent_channels values
+    rope_theta: float = 10000.0
+    time_freq_dim: int = 256
+    init_std: float = 0.02
+    init_image_from_text: bool = False  # start the image expert as a copy of the text expert
+    max_seq_len: int = 0  # 0 = data.seq_len
+    vocab_size: int = 0  # 0 = the text tokenizer's
+    latent_channels: int = 0  # 0 = the image tokenizer's
+
+    def __post_init__(self) -> None:
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        w = self.width or self.depth * self.aspect_ratio
+        _check(w % self.head_dim == 0, f"width {w} must be a multiple of head_dim {self.head_dim}")
+        _check(self.head_dim % 8 == 0, "head_dim must be a multiple of 8 (rotary sections t, h, w)")
+
+
+# ------------------------------------------------------------------------------------------ objectives
+@dataclass
+class ImmConfig:
+    """Inductive Moment Matching (Zhou, Ermon, Song 2025); defaults are the paper's (see IMM.md)."""
+
+    particles: int = 4  # M: images per group sharing (s, r, t)
+    k: int = 12  # r-mapping: eta decrement (eta(T) - eta(eps)) / 2^k
+    a: int = 2  # weighting exponent: 1 best 1-step, 2 best multi-step / low precision
+    b: float = 4.0  # weighting sigmoid bias
+    t_max: float = 0.994
+    t_min: float = 0.0
+    min_gap: float = 1e-4
+    sigma_d: float = 0.5
+    kernel_weight_max: float = 1e4  # clamp of w(s, t) = 1 / ((t - s) sigma_d)
+    cond_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.particles >= 1, "particles must be >= 1")
+        _check(0.0 <= self.t_min < self.t_max < 1.0, "need 0 <= t_min < t_max < 1")
+        _check(0.0 <= self.cond_dropout < 1.0, "cond_dropout must lie in [0, 1)")
+
+
+@dataclass
+class FlowMatchingConfig:
+    """Flow matching on the same interpolant (the baseline): predict v = eps - x from x_t at time t."""
+
+    sigma_d: float = 0.5
+    t_min: float = 0.0
+    t_max: float = 1.0
+    time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    cond_dropout: float = 0.1
+
+
+@dataclass
+class ObjectiveConfig:
+    image: Literal["imm", "fm"] = "imm"
+    text_weight: float = 1.0
+    image_weight: float = 1.0
+    imm: ImmConfig = field(default_factory=ImmConfig)
+    fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/shapes_tiny"
+    steps: int = 2000
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 = off
+    ema_decay: float = 0.999
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast where the device supports it
+    grad_checkpointing: bool = False
+    log_every: int = 10
+    sample_every: int = 500
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 5  # consecutive non-finite losses before training stops
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1 and self.grad_accum >= 1, "steps and grad_accum must be >= 1")
+        _check(0.0 <= self.ema_decay < 1.0, "ema_decay must lie in [0, 1)")
+        _check(len(self.betas) == 2, "betas must have two values")
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=lambda: ["a large red circle", "a small blue square"])
+    steps: int = 4  # network evaluations per image
+    guidance: float = 1.5
+    seed: int = 0
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(0.0 <= self.guidance <= 20.0, f"guidance must lie in [0, 20], got {self.guidance}")
+
+
+@dataclass
+class RunConfig:
+    """A training run (`configs/train/*.yaml`)."""
+
+    text_tokenizer: str = "tokenizers/text/shapes.yaml"  # recipe (trained when missing) or a saved folder
+    image_tokenizer: str = "tokenizers/image/shapes_kl.yaml"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)

@@ -1,0 +1,138 @@
+"""Interleaved documents: a list of text and image segments, and their webdataset sample form.
+
+A sample in a shard is `{key}.json` (the document structure) plus one file per image, named by its index:
+`{key}.0.png`, `{key}.1.jpg` (original bytes kept, no re-encoding) or `{key}.0.npy` (cached latents).
+
+    {"segments": [{"text": "a red circle"}, {"image": 0, "meta": {...}}, {"text": "..."}], "meta": {...}}
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+class SampleError(ValueError):
+    """A stored sample that cannot be decoded (corrupt image, bad JSON, missing part)."""
+
+
+@dataclass
+class Image:
+    """One image of a document: pixels (H, W, 3) uint8, or encoded bytes, or cached latents (C, h, w)."""
+
+    pixels: np.ndarray | None = None
+    data: bytes | None = None  # encoded file bytes (kept as-is when writing shards)
+    fmt: str = "png"  # extension of `data`
+    latents: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    loss: bool = True  # train the model to generate this image (False: context only)
+
+    def rgb(self) -> np.ndarray:
+        """Pixels as (H, W, 3) uint8, decoding `data` on first use."""
+        if self.pixels is None:
+            if self.data is None:
+                raise SampleError("image has neither pixels nor encoded data")
+            self.pixels = decode_image(self.data)
+        return self.pixels
+
+
+Segment = str | Image
+
+
+@dataclass
+class Document:
+    key: str
+    segments: list[Segment]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images(self) -> list[Image]:
+        return [s for s in self.segments if isinstance(s, Image)]
+
+    def text_with_placeholders(self, placeholder: str = "<image>") -> str:
+        return " ".join(s if isinstance(s, str) else placeholder for s in self.segments)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises several types for broken files
+        raise SampleError(f"cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def to_sample(doc: Document) -> dict[str, Any]:
+    """Document -> webdataset sample dict (bytes values, keyed by extension)."""
+    if "." in doc.key or "/" in doc.key:
+        raise ValueError(f"document key {doc.key!r} must not contain '.' or '/' (webdataset splits on them)")
+    sample: dict[str, Any] = {"__key__": doc.key}
+    segs, n = [], 0
+    for seg in doc.segments:
+        if isinstance(seg, str):
+            segs.append({"text": seg})
+            continue
+        entry: dict[str, Any] = {"image": n}
+        if seg.meta:
+            entry["meta"] = seg.meta
+        if not seg.loss:
+            entry["loss"] = False
+        if seg.latents is not None:
+            buf = io.BytesIO()
+            np.save(buf, seg.latents, allow_pickle=False)
+            sample[f"{n}.npy"] = buf.getvalue()
+        elif seg.data is not None:
+            sample[f"{n}.{seg.fmt}"] = seg.data
+        else:
+            sample[f"{n}.png"] = encode_png(seg.rgb())
+        segs.append(entry)
+        n += 1
+    sample["json"] = json.dumps({"segments": segs, "meta": doc.meta}).encode()
+    return sample
+
+
+def from_sample(sample: dict[str, Any]) -> Document:
+    """webdataset sample dict -> Document; raises SampleError naming what is wrong."""
+    key = sample.get("__key__", "?")
+    if "json" not in sample:
+        raise SampleError(f"sample {key!r} has no .json part (parts: {sorted(k for k in sample if k[0] != '_')})")
+    try:
+        spec = json.loads(sample["json"])
+        segments_spec = spec["segments"]
+    except Exception as e:
+        raise SampleError(f"sample {key!r}: unreadable .json ({type(e).__name__}: {e})") from e
+    segments: list[Segment] = []
+    for entry in segments_spec:
+        if "text" in entry:
+            segments.append(str(entry["text"]))
+            continue
+        i = entry.get("image")
+        img = Image(meta=entry.get("meta", {}), loss=entry.get("loss", True))
+        if f"{i}.npy" in sample:
+            try:
+                img.latents = np.load(io.BytesIO(sample[f"{i}.npy"]), allow_pickle=False)
+            except Exception as e:
+                raise SampleError(f"sample {key!r}: image {i}: unreadable latents ({e})") from e
+        else:
+            ext = next((e for e in IMAGE_EXTS if f"{i}.{e}" in sample), None)
+            if ext is None:
+                raise SampleError(f"sample {key!r}: image {i} is missing from the shard")
+            img.data, img.fmt = sample[f"{i}.{ext}"], ext
+            try:
+                img.rgb()  # decode now, so a corrupt image is caught where the sample is read
+            except SampleError as e:
+                raise SampleError(f"sample {key!r}: image {i}: {e}") from e
+        segments.append(img)
+    return Document(key=key, segments=segments, meta=spec.get("meta", {}))

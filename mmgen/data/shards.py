@@ -1,0 +1,166 @@
+"""webdataset shards: writing documents, and reading them back as a resumable, split, shuffled stream.
+
+Reading is deterministic: the stream seen by (rank, logical worker) in epoch e is a pure function of
+(shard list, seed, e, rank, world size, number of workers). Shards are shuffled per epoch, dealt to ranks and
+then to DataLoader workers; samples are shuffled in a seeded buffer. A cursor (epoch, index) per logical
+worker says how many samples of that stream were consumed, so a resumed reader skips exactly those (before
+decoding, so skipping is cheap).
+
+A sample that cannot be read (truncated tar member, broken image, bad JSON) is skipped, logged with its key
+and reported downstream in `Item.skipped`, so the trainer counts it: never a crash, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from mmgen.data.documents import Document, SampleError, from_sample, to_sample
+
+log = logging.getLogger(__name__)
+INDEX_FILE = "index.json"
+
+
+# --------------------------------------------------------------------------------------------- writing
+def write_shards(docs: Iterable[Document], out_dir: str | Path, prefix: str = "shard",
+                 max_count: int = 1000, max_size: float = 256e6) -> dict:  # fmt: skip
+    """Write documents to `out_dir/{prefix}-000000.tar`, ... and an index.json with per-shard counts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    pattern = str(out / f"{prefix}-%06d.tar")
+    written = 0
+    with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as sink:
+        for doc in docs:
+            sink.write(to_sample(doc))
+            name = Path(sink.fname).name
+            counts[name] = counts.get(name, 0) + 1
+            written += 1
+    index = {"prefix": prefix, "samples": written, "shards": counts}
+    tmp = out / (INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(out / INDEX_FILE)
+    return index
+
+
+def list_shards(spec: str | Path | list[str]) -> list[str]:
+    """A directory (every .tar in it), a glob, or an explicit list -> sorted shard paths."""
+    if isinstance(spec, list):
+        paths = list(spec)
+    else:
+        p = Path(spec)
+        paths = sorted(str(x) for x in p.glob("*.tar")) if p.is_dir() else sorted(glob.glob(str(spec)))
+    if not paths:
+        raise FileNotFoundError(
+            f"no shards found at {spec!r}; write them with `python scripts/prepare_data.py --source ... --out DIR`"
+        )
+    return paths
+
+
+# --------------------------------------------------------------------------------------------- reading
+@dataclass
+class Item:
+    """One document of a stream, with where it came from (for the cursor) and what was skipped before it."""
+
+    doc: Document
+    worker: int  # logical worker id
+    epoch: int
+    index: int  # position of this document in its (epoch, rank, worker) stream
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+
+
+@dataclass
+class Split:
+    """Which slice of the data this reader serves."""
+
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 1
+
+
+def deal(items: list, index: int, count: int) -> list:
+    """The items dealt to member `index` of `count` (round robin)."""
+    return items[index::count]
+
+
+class ShardStream:
+    """Deterministic document stream for one (rank, logical worker); iterate with `items(worker, start)`."""
+
+    def __init__(self, shards: str | Path | list[str], split: Split, *, seed: int = 0, shuffle: bool = True,
+                 shuffle_buffer: int = 256, epochs: int | None = None):  # fmt: skip
+        self.shards = list_shards(shards)
+        self.split = split
+        self.seed = seed
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.epochs = epochs
+        streams = split.world_size * split.num_workers
+        if len(self.shards) < streams:
+            raise ValueError(
+                f"{len(self.shards)} shards cannot feed {split.world_size} ranks x {split.num_workers} workers "
+                f"(each needs at least one shard): write more, smaller shards (prepare_data.py --shard-size) "
+                f"or use fewer DataLoader workers"
+            )
+
+    def shard_order(self, epoch: int) -> list[str]:
+        urls = list(self.shards)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(urls)
+        return urls
+
+    def shards_for(self, epoch: int, worker: int) -> list[str]:
+        s = self.split
+        return deal(deal(self.shard_order(epoch), s.rank, s.world_size), worker, s.num_workers)
+
+    def _raw(self, epoch: int, worker: int, skipped: list[tuple[str, str]]) -> Iterator[dict]:
+        def handler(exn: Exception) -> bool:  # tar-level damage: report, keep reading
+            skipped.append((f"<tar:{getattr(exn, 'args', [''])[-1]}>", f"{type(exn).__name__}: {exn}"))
+            log.warning("skipping unreadable shard data: %s", exn)
+            return True
+
+        stages: list[Callable | Iterable] = [
+            wds.SimpleShardList(self.shards_for(epoch, worker)),
+            wds.tarfile_to_samples(handler=handler),
+        ]
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng_seed = hash((self.seed, epoch, self.split.rank, worker)) & 0x7FFFFFFF
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=rng_seed))
+        return iter(wds.DataPipeline(*stages))
+
+    def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
+        """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
+        epoch, skip = start
+        carry: list[tuple[str, str]] = []  # skipped samples not yet reported with an item
+        while self.epochs is None or epoch < self.epochs:
+            skipped: list[tuple[str, str]] = []  # the tar handler appends here too
+            for index, sample in enumerate(self._raw(epoch, worker, skipped)):
+                if index < skip:
+                    skipped.clear()  # damage before the cursor was reported by the run that read it
+                    continue
+                try:
+                    doc = from_sample(sample)
+                except SampleError as e:
+                    key = sample.get("__key__", "?")
+                    skipped.append((f"{sample.get('__url__', '?')}:{key}", str(e)))
+                    log.warning("skipping sample %s: %s", key, e)
+                    continue
+                report, carry = carry + skipped, []
+                skipped.clear()
+                yield Item(doc, worker, epoch, index, report)
+            carry += skipped
+            epoch, skip = epoch + 1, 0
+        self.unreported = carry  # skipped at the very end of a finite stream (also logged)
+
+
+def read_documents(shards: str | Path | list[str]) -> Iterator[Document]:
+    """Every readable document of a shard set, in stored order (no shuffle, one pass)."""
+    stream = ShardStream(shards, Split(), shuffle=False, epochs=1)
+    for item in stream.items(0):
+        yield item.doc

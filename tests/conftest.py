@@ -1,0 +1,44 @@
+"""Shared fixtures: small trained text tokenizer, shard folders, real-data availability."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data(rel: str) -> Path:
+    """A path under the data root, or skip the test with a message saying how to provide it."""
+    from mmgen.data.sources import data_root
+
+    path = data_root() / rel
+    if not path.exists():
+        pytest.skip(f"real data '{rel}' not found under {data_root()} (set MMGEN_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer(tmp_path_factory):
+    from mmgen.config import CorpusSpec, TextTokenizerRecipe
+    from mmgen.tokenizer.text import train_text_tokenizer
+
+    recipe = TextTokenizerRecipe(name="test", vocab_size=320, corpora=[CorpusSpec("shapes", 2000)])
+    return train_text_tokenizer(recipe, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def shapes_shards(tmp_path_factory):
+    """200 shapes documents in 8 shards of 25."""
+    from mmgen.config import ShapesConfig
+    from mmgen.data.shapes import ShapesGenerator
+    from mmgen.data.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(ShapesGenerator(ShapesConfig()).documents(0, 200), out, prefix="shapes", max_count=25)
+    return out

@@ -1,0 +1,105 @@
+"""The shapes data set: captions agree with the ground truth and the ground truth with the pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmgen.config import ShapesConfig
+from mmgen.data.documents import Image
+from mmgen.data.shapes import PALETTE, SIZE_RADIUS, ShapesGenerator, caption, parse_caption, relation_of
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return ShapesGenerator(ShapesConfig())
+
+
+def _mask(img: np.ndarray, color: str) -> np.ndarray:
+    return np.all(np.abs(img.astype(int) - PALETTE[color]) <= 3, axis=-1)
+
+
+def _coverage(img: np.ndarray, color: str) -> float:
+    """Area of one colour on the black background, anti-aliased edges counted by their blend fraction."""
+    c = np.asarray(PALETTE[color], dtype=float)
+    px = img.astype(float)
+    alpha = np.clip(px @ c / (c @ c), 0, 1)
+    on_segment = np.linalg.norm(px - alpha[..., None] * c, axis=-1) < 12  # a blend of black and this colour
+    return float((alpha * on_segment).sum())
+
+
+AREA = {"circle": np.pi, "square": np.pi, "diamond": np.pi, "triangle": 2.6}  # x radius^2
+
+
+def test_caption_round_trips_ground_truth(gen):
+    for i in range(300):
+        _, cap, gt = gen.pair(i)
+        parsed = parse_caption(cap)
+        assert parsed is not None, cap
+        assert parsed["relation"] == gt["relation"]
+        for p, o in zip(parsed["objects"], gt["objects"], strict=True):
+            assert (p["shape"], p["color"], p["size"]) == (o["shape"], o["color"], o["size"])
+
+
+def test_pixels_agree_with_ground_truth(gen):
+    S = gen.cfg.image_size
+    for i in range(300):
+        img, cap, gt = gen.pair(i)
+        assert img.shape == (S, S, 3) and img.dtype == np.uint8
+        colors = [o["color"] for o in gt["objects"]]
+        for o in gt["objects"]:
+            cx, cy = o["center"]
+            px = img[int(cy * S), int(cx * S)]
+            assert tuple(px) == PALETTE[o["color"]], (i, cap)
+            if colors.count(o["color"]) == 1:
+                area = _coverage(img, o["color"]) / S**2  # fraction of the image
+                expected = AREA[o["shape"]] * SIZE_RADIUS[o["size"]] ** 2
+                assert 0.8 * expected < area < 1.2 * expected, (i, cap, area, expected)
+        if gt["relation"] is not None and colors[0] != colors[1]:
+            # the relation in the caption is the relation of the colour blobs' centroids
+            cents = []
+            for c in colors:
+                ys, xs = np.nonzero(_mask(img, c))
+                cents.append({"center": [xs.mean() / S, ys.mean() / S]})
+            assert relation_of(cents[0], cents[1]) == gt["relation"], (i, cap)
+            assert gt["relation"] in cap
+
+
+def test_deterministic_and_split(gen):
+    a, b = gen.document(17), gen.document(17)
+    assert a.text_with_placeholders() == b.text_with_placeholders()
+    assert all(np.array_equal(x.pixels, y.pixels) for x, y in zip(a.images, b.images))
+    test = ShapesGenerator(ShapesConfig(split="test"))
+    assert [test.pair(i)[1] for i in range(20)] != [gen.pair(i)[1] for i in range(20)]
+
+
+def test_documents_mix_layouts_and_refer_back(gen):
+    layouts = {}
+    for i in range(400):
+        doc = gen.document(i)
+        layouts[doc.meta["layout"]] = layouts.get(doc.meta["layout"], 0) + 1
+        if doc.meta["layout"] == "interleaved":
+            t0, im0, bridge, im1 = doc.segments
+            assert isinstance(im0, Image) and isinstance(im1, Image)
+            a, b = im0.meta["gt"]["objects"][0], im1.meta["gt"]["objects"][0]
+            assert t0 == caption(im0.meta["gt"])
+            if bridge.startswith("the same") and " in " in bridge:
+                assert (b["shape"], b["center"], b["size"]) == (a["shape"], a["center"], a["size"])
+                assert b["color"] != a["color"] and bridge.endswith(b["color"])
+            elif bridge.startswith("the same"):
+                assert (b["shape"], b["color"]) == (a["shape"], a["color"]) and b["size"] != a["size"]
+            else:
+                assert bridge == "and then " + caption(im1.meta["gt"])
+        elif doc.meta["layout"] == "image_caption":
+            assert isinstance(doc.segments[0], Image) and doc.segments[1].endswith(doc.segments[0].meta["caption"])
+        else:
+            assert doc.segments[0] == doc.segments[1].meta["caption"]
+    assert set(layouts) == {"caption_image", "image_caption", "interleaved"}
+
+
+def test_configurable_size_and_bad_names():
+    g = ShapesGenerator(ShapesConfig(image_size=64))
+    assert g.pair(0)[0].shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="hexagon"):
+        ShapesGenerator(ShapesConfig(shapes=["hexagon"]))
+    assert parse_caption("a huge red circle") is None
