@@ -1,0 +1,144 @@
+"""Inductive Moment Matching (Zhou, Ermon, Song, ICML 2025): the equations, independent of any network.
+
+Interpolant (OT-FM): x_t = alpha_t x + sigma_t eps, alpha_t = 1 - t, sigma_t = t, eps ~ N(0, sigma_d^2 I).
+Flow map ("Euler-FM"): f(x_t, t, s) = x_t - (t - s) sigma_d G(c_in(t) x_t, t, s), c_in = 1 / (sigma_d sqrt(a^2 + s^2)).
+Training: groups of M particles share (s, r, t); y_t = f(x_t, t, s), y_r = f_sg(x_r, r, s) with x_r the DDIM
+step of x_t towards the same x; loss = mean over groups of lambda(t) MMD^2({y_t}, {y_r}) with a Laplace kernel
+on whole images. `imm_loss` applies it to a network on flat tensors (the 2-D studies, tests); the packed
+multimodal batch uses the same pieces in `mmgen/objectives/multimodal.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mmgen.config import ImmConfig
+
+# G(c_in(t) x_t, t, s) -> same shape as x_t; t, s broadcast against x_t's leading dimension
+Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def expand_as(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[N] -> [N, 1, ..., 1] to broadcast against x [N, ...]."""
+    return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
+
+
+def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return 1.0 - t, t
+
+
+def c_in(t: torch.Tensor, sigma_d: float) -> torch.Tensor:
+    a, s = alpha_sigma(t)
+    return 1.0 / (sigma_d * torch.sqrt(a * a + s * s))
+
+
+def interpolate(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = alpha_t x + sigma_t eps (t broadcast over x)."""
+    a, s = alpha_sigma(expand_as(t, x))
+    return a * x + s * eps
+
+
+def ddim(x_t: torch.Tensor, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """DDIM(x_t, x, t -> r) = alpha_r x + (sigma_r / sigma_t) (x_t - alpha_t x)."""
+    a_t, s_t = alpha_sigma(expand_as(t, x))
+    a_r, s_r = alpha_sigma(expand_as(r, x))
+    return a_r * x + (s_r / s_t.clamp_min(1e-12)) * (x_t - a_t * x)
+
+
+def flow_map(x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, g: torch.Tensor, sigma_d: float) -> torch.Tensor:
+    """f(x_t, t, s) = x_t - (t - s) sigma_d G. f(x, t, t) = x by construction."""
+    return x_t - expand_as(t - s, x_t) * sigma_d * g
+
+
+def apply_flow_map(net: Net, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, sigma_d: float) -> torch.Tensor:
+    """f_theta(x_t, t, s) for a network G on flat tensors (x_t [N, ...], t and s [N])."""
+    g = net(expand_as(c_in(t, sigma_d), x_t) * x_t, t, s)
+    return flow_map(x_t, t, s, g, sigma_d)
+
+
+# ---------------------------------------------------------------------------------------------- times
+def eta(t: torch.Tensor) -> torch.Tensor:
+    """eta = sigma / alpha = t / (1 - t)."""
+    return t / (1.0 - t)
+
+
+def eta_inv(e: torch.Tensor) -> torch.Tensor:
+    return e / (1.0 + e)
+
+
+def r_from_ts(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
+    """r = max(s, min(t - gap, eta^-1(eta(t) - (eta(T) - eta(eps)) / 2^k))): a constant decrement in eta."""
+    step = (eta(torch.tensor(cfg.t_max, dtype=torch.float64)) - eta(torch.tensor(cfg.t_min, dtype=torch.float64)))
+    step = float(step) / 2**cfg.k
+    r = eta_inv((eta(t.double()) - step).clamp_min(0.0)).to(t.dtype)
+    return torch.maximum(s, torch.minimum(t - cfg.min_gap, r))
+
+
+def sample_times(n_groups: int, cfg: ImmConfig, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per group: t ~ U(eps, T), s ~ U(eps, t), r from the mapping. Returns (t, s, r), each [n_groups] fp32."""
+    u = torch.rand(2, n_groups, generator=generator, dtype=torch.float64).to(device)
+    t = cfg.t_min + (cfg.t_max - cfg.t_min) * u[0]
+    s = cfg.t_min + (t - cfg.t_min) * u[1]
+    t, s = t.float(), s.float()
+    s = torch.minimum(s, t - cfg.min_gap).clamp_min(cfg.t_min)  # keep t - s >= gap so that r lies in [s, t)
+    return t, s, r_from_ts(t, s, cfg)
+
+
+# ----------------------------------------------------------------------------------------- the loss
+def weighting(t: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
+    """lambda(t) = 0.5 sigmoid(b - logSNR) (-dlogSNR/dt) alpha^a / (alpha^2 + sigma^2), logSNR = 2 log((1-t)/t)."""
+    t = t.double().clamp(1e-6, 1 - 1e-6)
+    a, s = alpha_sigma(t)
+    logsnr = 2.0 * torch.log(a / s)
+    dlogsnr = 2.0 / (t * (1.0 - t))  # -d logSNR / dt
+    return (0.5 * torch.sigmoid(cfg.b - logsnr) * dlogsnr * a**cfg.a / (a * a + s * s)).float()
+
+
+def kernel_weight(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
+    """w(s, t) = 1 / |c_out(s, t)| = 1 / ((t - s) sigma_d), clamped."""
+    return (1.0 / ((t - s).clamp_min(1e-12) * cfg.sigma_d)).clamp_max(cfg.kernel_weight_max)
+
+
+def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Group MMD^2 with k(a, b) = exp(-w ||a - b||_2 / D) on whole particles.
+
+    y_t, y_r: [G, M, D] (each particle flattened: all latent tokens of one image); w: [G]. Returns [G]:
+    mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j).
+    """
+    D = y_t.shape[-1]
+    z = torch.cat([y_t, y_r], dim=1)  # [G, 2M, D]
+    sq = (z.unsqueeze(2) - z.unsqueeze(1)).pow(2).sum(-1)  # [G, 2M, 2M], exact (no Gram-matrix cancellation)
+    dist = sq.clamp_min(1e-16).sqrt()  # distance clamped at 1e-8; no gradient through the clamp at 0
+    k = torch.exp(-w[:, None, None] * dist / D)
+    M = y_t.shape[1]
+    return k[:, :M, :M].mean((1, 2)) + k[:, M:, M:].mean((1, 2)) - 2 * k[:, :M, M:].mean((1, 2))
+
+
+def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
+    """lambda(t) MMD^2 per group ([G]); y_* [G, M, ...] are flattened per particle, computed in fp32."""
+    G, M = y_t.shape[:2]
+    mmd = laplace_mmd2(y_t.float().reshape(G, M, -1), y_r.float().reshape(G, M, -1), kernel_weight(t, s, cfg))
+    return weighting(t, cfg) * mmd
+
+
+def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """IMM on flat data x [B, ...] with B = groups x M (consecutive rows form a group). Returns the mean over
+    groups and a few statistics. theta- (the y_r branch) is the same network without gradient."""
+    M = cfg.particles
+    B = x.shape[0]
+    if B % M:
+        raise ValueError(f"batch size {B} is not a multiple of imm.particles={M}")
+    G = B // M
+    t, s, r = (v.repeat_interleave(M) for v in sample_times(G, cfg, generator, x.device))
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * cfg.sigma_d
+    x_t = interpolate(x, eps, t)
+    x_r = ddim(x_t, x, t, r)
+    y_t = apply_flow_map(net, x_t, t, s, cfg.sigma_d)
+    with torch.no_grad():
+        y_r = apply_flow_map(net, x_r, r, s, cfg.sigma_d)
+    per_group = group_loss(y_t.view(G, M, -1), y_r.view(G, M, -1), t[::M], s[::M], cfg)
+    return per_group.mean(), {"imm": float(per_group.mean()), "t_mean": float(t.mean())}
