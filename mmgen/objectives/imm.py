@@ -78,12 +78,13 @@ def r_from_ts(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
 
 def sample_times(n_groups: int, cfg: ImmConfig, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Per group: t ~ U(eps, T), s ~ U(eps, t), r from the mapping. Returns (t, s, r), each [n_groups] fp32."""
+    """Per group: t ~ U(eps, T), s ~ U(eps, t), r from the mapping. Returns (t, s, r), each [n_groups] fp32.
+    t and s are kept `min_gap` apart (t from eps + gap, s below t - gap) so that s <= r <= t - gap always."""
     u = torch.rand(2, n_groups, generator=generator, dtype=torch.float64).to(device)
-    t = cfg.t_min + (cfg.t_max - cfg.t_min) * u[0]
-    s = cfg.t_min + (t - cfg.t_min) * u[1]
+    gap = cfg.min_gap
+    t = cfg.t_min + gap + (cfg.t_max - cfg.t_min - gap) * u[0]
+    s = cfg.t_min + (t - gap - cfg.t_min) * u[1]
     t, s = t.float(), s.float()
-    s = torch.minimum(s, t - cfg.min_gap).clamp_min(cfg.t_min)  # keep t - s >= gap so that r lies in [s, t)
     return t, s, r_from_ts(t, s, cfg)
 
 
