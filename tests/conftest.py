@@ -42,3 +42,25 @@ def shapes_shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     write_shards(ShapesGenerator(ShapesConfig()).documents(0, 200), out, prefix="shapes", max_count=25)
     return out
+
+
+@pytest.fixture(scope="module")
+def batch(text_tokenizer):
+    """A packed batch: several documents per row, interleaved images, context-only images (no noisy copy),
+    padding; 16-px images, latent grid 2x2 tokens."""
+    from mmgen.config import ShapesConfig
+    from mmgen.data.packing import Packer, PackSpec
+    from mmgen.data.shapes import ShapesGenerator
+    from mmgen.data.shards import Item
+    from mmgen.tokenizer.text import SpecialIds
+
+    ids = SpecialIds.of(text_tokenizer)
+    packer = Packer(text_tokenizer, PackSpec(160, 3, 16, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    gen = ShapesGenerator(ShapesConfig(image_size=16, p_interleaved=0.5))
+    items = []
+    for i in range(200):
+        doc = gen.document(i)
+        for j, im in enumerate(doc.images):
+            im.loss = (i + j) % 3 != 0
+        items.append(Item(doc, 0, 0, i))
+    return next(packer.batches(items))

@@ -39,10 +39,10 @@ import torch
 from PIL import Image as PILImage
 
 from mmgen.data.documents import Document, Image
+from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.data.shards import Item
 
-KIND_TEXT, KIND_CLEAN, KIND_NOISY = 0, 1, 2
-IGNORE = -100
+__all__ = ["IGNORE", "KIND_CLEAN", "KIND_NOISY", "KIND_TEXT", "EncodedDoc", "PackSpec", "Packer", "to_model_pixels"]
 
 
 def to_model_pixels(img: Image, size: int) -> np.ndarray:

@@ -1,0 +1,281 @@
+"""`MMGenConfig` / `MMGenModel`: the multimodal backbone as a `transformers` model.
+
+Inputs are a packed token plan (see `mmgen/data/packing.py`). Text tokens are embedded from their ids; image
+tokens carry latent patches (already multiplied by c_in(t)) projected in by the image expert, plus the
+embedding of their flow-map times (t, s). The model returns next-token logits for text positions and the
+image expert's output G for image positions; which objective trains it (IMM, flow matching, next-token)
+is not its business.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from mmgen.config import ModelConfig
+from mmgen.data.plan import KIND_TEXT
+from mmgen.models.attention import AttentionMask, Backend, MaskPlan
+from mmgen.models.layers import RMSNorm, TimeEmbedding, mlp_hidden, rope_axis, rope_cos_sin, rope_inv_freq
+from mmgen.models.mot import MoTBlock, Routing
+
+
+class MMGenConfig(PretrainedConfig):
+    model_type = "mmgen"
+
+    def __init__(
+        self,
+        vocab_size: int = 384,
+        depth: int = 4,
+        width: int = 128,
+        head_dim: int = 32,
+        mlp_hidden: int = 352,
+        experts: str = "mot",
+        qk_norm: bool = True,
+        image_adaln: bool = True,
+        latent_channels: int = 4,
+        patch_size: int = 2,
+        image_grid: tuple[int, int] | list[int] = (4, 4),
+        image_size: int = 32,
+        downsample: int = 4,
+        sigma_d: float = 0.5,
+        image_objective: str = "imm",
+        rope_theta: float = 10000.0,
+        time_freq_dim: int = 256,
+        max_seq_len: int = 256,
+        init_std: float = 0.02,
+        init_image_from_text: bool = False,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        pad_token_id: int = 3,
+        boi_token_id: int = 4,
+        eoi_token_id: int = 5,
+        **kwargs,
+    ):
+        self.vocab_size, self.depth, self.width, self.head_dim = vocab_size, depth, width, head_dim
+        self.mlp_hidden, self.experts, self.qk_norm, self.image_adaln = mlp_hidden, experts, qk_norm, image_adaln
+        self.latent_channels, self.patch_size, self.image_grid = latent_channels, patch_size, list(image_grid)
+        self.image_size, self.downsample, self.sigma_d = image_size, downsample, sigma_d
+        self.image_objective, self.rope_theta, self.time_freq_dim = image_objective, rope_theta, time_freq_dim
+        self.max_seq_len, self.init_std, self.init_image_from_text = max_seq_len, init_std, init_image_from_text
+        self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
+        if width % head_dim:
+            raise ValueError(f"width {width} must be a multiple of head_dim {head_dim}")
+        if experts not in ("mot", "dense"):
+            raise ValueError(f"experts must be 'mot' or 'dense', got {experts!r}")
+
+    @property
+    def n_heads(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size * self.patch_size * self.latent_channels
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid[0] * self.image_grid[1]
+
+    @classmethod
+    def from_model_config(cls, m: ModelConfig, *, vocab_size: int, latent_channels: int, image_size: int,
+                          downsample: int, seq_len: int, sigma_d: float, image_objective: str,
+                          special_ids: dict[str, int]) -> MMGenConfig:  # fmt: skip
+        """Resolve the user-facing dial (`ModelConfig`, zeros = derive) against the data and tokenizers."""
+        width = m.width or m.depth * m.aspect_ratio
+        lat = image_size // downsample
+        if image_size % downsample or lat % m.patch_size:
+            raise ValueError(
+                f"image_size {image_size} must be divisible by the tokenizer's downsampling {downsample} times "
+                f"model.patch_size {m.patch_size}"
+            )
+        return cls(
+            vocab_size=m.vocab_size or vocab_size,
+            depth=m.depth,
+            width=width,
+            head_dim=m.head_dim,
+            mlp_hidden=mlp_hidden(width, m.mlp_ratio),
+            experts=m.experts,
+            qk_norm=m.qk_norm,
+            image_adaln=m.image_adaln,
+            latent_channels=m.latent_channels or latent_channels,
+            patch_size=m.patch_size,
+            image_grid=(lat // m.patch_size, lat // m.patch_size),
+            image_size=image_size,
+            downsample=downsample,
+            sigma_d=sigma_d,
+            image_objective=image_objective,
+            rope_theta=m.rope_theta,
+            time_freq_dim=m.time_freq_dim,
+            max_seq_len=m.max_seq_len or seq_len,
+            init_std=m.init_std,
+            init_image_from_text=m.init_image_from_text,
+            bos_token_id=special_ids["bos"],
+            eos_token_id=special_ids["eos"],
+            pad_token_id=special_ids["pad"],
+            boi_token_id=special_ids["boi"],
+            eoi_token_id=special_ids["eoi"],
+        )
+
+
+@dataclass
+class MMGenOutput(ModelOutput):
+    logits: torch.Tensor | None = None  # [n_selected_text, V] in row-major order of `text_positions`
+    image: torch.Tensor | None = None  # [B, L, patch_dim] (meaningful at image positions only)
+
+
+class MMGenModel(PreTrainedModel):
+    config_class = MMGenConfig
+    base_model_prefix = "mmgen"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MoTBlock"]
+
+    def __init__(self, config: MMGenConfig):
+        super().__init__(config)
+        c = config
+        D = c.width
+        self.embed = nn.Embedding(c.vocab_size, D)
+        self.image_in = nn.Linear(c.patch_dim, D)
+        self.time = TimeEmbedding(D, c.time_freq_dim)
+        self.layers = nn.ModuleList(
+            MoTBlock(D, c.n_heads, c.head_dim, c.mlp_hidden, c.qk_norm, c.experts == "mot", c.image_adaln)
+            for _ in range(c.depth)
+        )
+        self.text_norm = RMSNorm(D)
+        self.image_norm = RMSNorm(D)
+        self.image_final_mod = nn.Linear(D, 2 * D)  # adaLN shift/scale before the image head
+        self.lm_head = nn.Linear(D, c.vocab_size, bias=False)
+        self.image_out = nn.Linear(D, c.patch_dim)
+        self.register_buffer("rope_inv_freq", rope_inv_freq(c.head_dim, c.rope_theta), persistent=False)
+        self.register_buffer("rope_axis", rope_axis(c.head_dim), persistent=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+        if c.init_image_from_text and c.experts == "mot":
+            for layer in self.layers:
+                layer.experts[1].load_state_dict(layer.experts[0].state_dict())
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Called by transformers for every submodule, children first and this model last. `init.*` skips
+        parameters that from_pretrained loaded."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, MMGenModel):
+            # residual projections scaled down with depth; adaLN and the image head start at zero (DiT)
+            for layer in module.layers:
+                for e in layer.experts:
+                    init.normal_(e.o.weight, std=std / math.sqrt(2 * self.config.depth))
+                    init.normal_(e.mlp.w2.weight, std=std / math.sqrt(2 * self.config.depth))
+                if layer.image_mod is not None:
+                    init.zeros_(layer.image_mod.weight)
+                    init.zeros_(layer.image_mod.bias)
+            for lin in (module.image_final_mod, module.image_out):
+                init.zeros_(lin.weight)
+                init.zeros_(lin.bias)
+            # non-persistent buffers are not in checkpoints: from_pretrained needs them computed here
+            init.copy_(module.rope_inv_freq, rope_inv_freq(self.config.head_dim, self.config.rope_theta))
+            init.copy_(module.rope_axis, rope_axis(self.config.head_dim))
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        kind: torch.Tensor,
+        doc: torch.Tensor,
+        image: torch.Tensor,
+        pos: torch.Tensor,
+        image_tokens: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        uncond: torch.Tensor | None = None,
+        text_positions: torch.Tensor | None = None,
+        cache=None,
+        backend: Backend = "sdpa",
+    ) -> MMGenOutput:
+        """
+        input_ids, kind, doc, image [B, L]; pos [3, B, L]: the token plan (see mmgen/data/packing.py).
+        image_tokens [B, L, patch_dim]: c_in(t) x_t patches at image positions (anything elsewhere).
+        t, s [B, L]: flow-map times at image positions (0 for clean copies); fp32.
+        uncond [B, L] bool: the token's image copy is unconditional (sees only itself).
+        text_positions [B, L] bool: where to compute logits (default: every text token; pass a bool tensor of
+        zeros to skip the LM head).
+        cache: a `KVCache` (mmgen/models/kv_cache.py): this forward's tokens are appended to it.
+        """
+        B, L = input_ids.shape
+        is_image = kind != KIND_TEXT
+        route = Routing.build(is_image)
+        if uncond is None:
+            uncond = torch.zeros_like(is_image)
+
+        # embed, grouped by expert: text ids | image patches + time embedding
+        n_text = route.n_text
+        h = self.embed.weight.new_empty(B * L, self.config.width)
+        if n_text > 0:
+            h[:n_text] = self.embed(route.group(input_ids)[:n_text])
+        temb = None
+        if n_text < B * L:
+            if image_tokens is None or t is None or s is None:
+                raise ValueError("the plan has image tokens: pass image_tokens, t and s")
+            t_img, s_img = route.group(t)[n_text:].float(), route.group(s)[n_text:].float()
+            temb = self._time_embedding(t_img, s_img)  # [N_image, D]
+            x_img = route.group(image_tokens)[n_text:].to(h.dtype)
+            h[n_text:] = self.image_in(x_img) + temb.to(h.dtype)
+            temb = nn.functional.silu(temb).to(h.dtype)
+
+        plan = MaskPlan(doc, kind, image, uncond)
+        layer_kv = [None] * len(self.layers)
+        if cache is not None:
+            plan, layer_kv = cache.extend(plan, L)
+        mask = AttentionMask(plan, L, backend)
+        rope = rope_cos_sin(pos, self.rope_inv_freq, self.rope_axis)  # each [B, L, Dh/2]
+
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(layer, h, route, rope, mask, temb, layer_kv[i], use_reentrant=False)
+            else:
+                h = layer(h, route, rope, mask, temb, layer_kv[i])
+
+        out = MMGenOutput()
+        if n_text < B * L:
+            hi = self.image_norm(h[n_text:])
+            shift, scale = self.image_final_mod(temb).chunk(2, dim=-1)
+            g = self.image_out(hi * (1 + scale) + shift)
+            img = g.new_zeros(B * L, g.shape[-1])
+            img[n_text:] = g
+            out.image = route.ungroup(img)
+        if n_text > 0:
+            sel = (~is_image) if text_positions is None else (text_positions & ~is_image)
+            idx = sel.reshape(-1).nonzero().squeeze(1)  # sequence indices, row-major
+            if idx.numel() > 0:
+                ht = h[idx if route.inv is None else route.inv[idx]]
+                out.logits = self.lm_head(self.text_norm(ht))
+        return out
+
+    def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Embed each distinct (t, s) once (an image copy shares its times), then index per token."""
+        pairs = torch.stack([t, s], dim=-1)
+        uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
+        return self.time(uniq[:, 0], uniq[:, 1])[inv]
+
+    def num_parameters_by_expert(self) -> dict[str, int]:
+        counts = {"text": 0, "image": 0, "shared": 0}
+        for name, p in self.named_parameters():
+            if ".experts.0." in name:
+                counts["text"] += p.numel()
+            elif ".experts.1." in name:
+                counts["image"] += p.numel()
+            else:
+                counts["shared"] += p.numel()
+        return counts
