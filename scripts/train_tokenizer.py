@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="artifact folder (default: next to the recipe)")
     ap.add_argument("--resume", default="auto", help="image tokenizers: auto (latest checkpoint), none, or a path")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, key.sub=value")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the options
     try:
         (text_main if args.kind == "text" else image_main)(args)
     except ConfigError as e:

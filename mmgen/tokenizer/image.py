@@ -1,0 +1,165 @@
+"""`ImageTokenizer`: encoder trunk + bottleneck + decoder trunk, saved as config.json + model.safetensors.
+
+    tok = ensure_image_tokenizer("tokenizers/image/shapes_kl.yaml")   # trains it first when missing
+    z = tok.encode(pixels)          # uint8 [N, 3, H, W] or float in [-1, 1] -> float32 [N, C, H/f, W/f]
+    x = tok.decode(z)               # -> float [N, 3, H, W] in [-1, 1]
+    z_model = tok.normalize(z)      # (z - latent_mean) / latent_std, what the generative model trains on
+
+`latent_mean` / `latent_std` ([C]) are measured over training crops after training (`train.py`) and saved
+with the weights. They exist for every kind; only the continuous (kl) tokenizer's are meant for a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmgen.config import ImageTokenizerRecipe, from_dict, load_config, to_dict
+from mmgen.tokenizer.autoencoder import Decoder, Encoder
+from mmgen.tokenizer.bottleneck import BottleneckOut, build_bottleneck
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+FORMAT = "mmgen-image-tokenizer/1"
+
+
+class ImageTokenizer(nn.Module):
+    def __init__(self, recipe: ImageTokenizerRecipe):
+        super().__init__()
+        self.recipe = recipe
+        self.kind: str = recipe.kind
+        self.downsample: int = recipe.downsample
+        self.bottleneck = build_bottleneck(recipe)
+        self.latent_channels: int = self.bottleneck.channels
+        trunk = dict(width=recipe.width, downsample=recipe.downsample, channel_mult=recipe.channel_mult,
+                     blocks=recipe.blocks)  # fmt: skip
+        self.encoder = Encoder(self.bottleneck.in_channels, **trunk)
+        self.decoder = Decoder(self.latent_channels, **trunk)
+        self.register_buffer("latent_mean", torch.zeros(self.latent_channels))
+        self.register_buffer("latent_std", torch.ones(self.latent_channels))
+
+    # ------------------------------------------------------------------ input checks
+    def pixels_to_float(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, H, W] in [0, 255] or float in [-1, 1] -> float32 in [-1, 1], after shape checks."""
+        f = self.downsample
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(
+                f"image tokenizer expects pixels of shape [N, 3, H, W] with H and W multiples of {f}, "
+                f"got {list(pixels.shape)}"
+            )
+        h, w = pixels.shape[-2:]
+        if h % f or w % f:
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the downsampling factor {f}: expected [N, 3, H, W] "
+                f"with H and W multiples of {f} (pad or crop to {h - h % f}x{w - w % f} or {h + -h % f}x{w + -w % f})"
+            )
+        if pixels.dtype == torch.uint8:
+            return pixels.float() / 127.5 - 1.0
+        if not pixels.is_floating_point():
+            raise ValueError(f"pixels must be uint8 in [0, 255] or float in [-1, 1], got dtype {pixels.dtype}")
+        return pixels.float()
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        if z.dim() != 4 or z.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"{self.kind} tokenizer expects latents of shape [N, {self.latent_channels}, H/{self.downsample}, "
+                f"W/{self.downsample}], got {list(z.shape)}"
+            )
+
+    # ------------------------------------------------------------------ the three paths
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, BottleneckOut]:
+        """Training path: x float [N, 3, H, W] in [-1, 1] -> (reconstruction, bottleneck output)."""
+        out = self.bottleneck(self.encoder(self.pixels_to_float(x)))
+        return self.decoder(out.z), out
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Deterministic latents [N, C, H/f, W/f] float32 (KL: posterior mean; VQ/FSQ: code vectors)."""
+        return self.bottleneck.encode(self.encoder(self.pixels_to_float(pixels))).float()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [N, C, h, w] -> pixels [N, 3, h f, w f] float in [-1, 1]."""
+        self._check_latents(z)
+        return self.decoder(z.float()).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Code ids [N, h, w] of discrete latents (VQ/FSQ)."""
+        if self.kind == "kl":
+            raise ValueError("a continuous (kl) tokenizer has no code indices")
+        self._check_latents(z)
+        return self.bottleneck.indices(z)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
+
+    # ------------------------------------------------------------------ release files
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """config.json (format, recipe, derived sizes) + model.safetensors; each written to a temp name first."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "downsample": self.downsample,
+            "latent_channels": self.latent_channels,
+            "recipe": to_dict(self.recipe),
+        }
+        tmp = folder / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        tmp.replace(folder / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / (WEIGHTS_NAME + ".tmp")), metadata={"format": FORMAT})
+        (folder / (WEIGHTS_NAME + ".tmp")).replace(folder / WEIGHTS_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> ImageTokenizer:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{folder / CONFIG_NAME} is not an mmgen image tokenizer (format {config.get('format')!r})")
+        model = cls(from_dict(ImageTokenizerRecipe, config["recipe"], str(folder / CONFIG_NAME)))
+        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+        return model.eval()
+
+
+def _train_command(folder: Path) -> str:
+    return f"python scripts/train_tokenizer.py image --recipe {folder}.yaml"
+
+
+def load_image_tokenizer(folder: str | Path) -> ImageTokenizer:
+    """Load a folder written by `save_pretrained`; a recipe path `X.yaml` loads its artifact folder `X/`."""
+    from mmgen.tokenizer.text import resolve_artifact
+
+    folder = resolve_artifact(folder)
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"no image tokenizer at {folder} ({CONFIG_NAME} + {WEIGHTS_NAME}); train it with "
+            f"`{_train_command(folder)}` (or pass a folder saved by save_pretrained)"
+        )
+    return ImageTokenizer.from_pretrained(folder)
+
+
+def ensure_image_tokenizer(path: str | Path) -> ImageTokenizer:
+    """Given a recipe `tokenizers/image/NAME.yaml`, load `tokenizers/image/NAME/`, training it first when
+    missing; given a folder, load it."""
+    from mmgen.tokenizer.text import resolve_artifact
+
+    p = Path(path)
+    folder = resolve_artifact(p)
+    if p.suffix in (".yaml", ".yml") and not (folder / WEIGHTS_NAME).is_file():
+        from mmgen.tokenizer.train import train_image_tokenizer
+
+        train_image_tokenizer(load_config(ImageTokenizerRecipe, p), folder)
+    return load_image_tokenizer(folder)
