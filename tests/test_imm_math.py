@@ -1,0 +1,238 @@
+"""The IMM equations (mmgen/objectives/imm.py) and the few-step samplers (mmgen/sampling/flow_map.py) against
+independent references: closed-form flows, a double-loop MMD, the formulas of IMM.md."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmgen.config import FlowMatchingConfig, ImmConfig
+from mmgen.objectives.imm import (
+    apply_flow_map,
+    c_in,
+    flow_map,
+    laplace_mmd2,
+    r_from_ts,
+    sample_times,
+    weighting,
+)
+from mmgen.sampling.flow_map import sample, time_grid
+
+SIGMA_D = 0.5
+
+
+# ------------------------------------------------------------------------------------------- flow map
+def test_flow_map_is_identity_at_equal_times():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 4, generator=g)
+    t = torch.rand(16, generator=g)
+
+    def net(x_in, tt, ss):  # any network: the identity must come from the parameterisation
+        return torch.randn(x_in.shape, generator=g) * 10
+
+    assert torch.equal(flow_map(x, t, t, net(x, t, t), SIGMA_D), x)
+    assert torch.equal(apply_flow_map(net, x, t, t, SIGMA_D), x)
+    assert not torch.allclose(apply_flow_map(net, x, t, t * 0.5, SIGMA_D), x)
+
+
+# ------------------------------------------------------------------------------------------------ MMD
+def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Brute force: k(a, b) = exp(-w max(||a - b||, 1e-8) / D), V-statistic MMD^2 per group."""
+    G, M, D = y_t.shape
+    out = []
+    for g in range(G):
+        def k(a, b, g=g):
+            d = max(math.sqrt(sum((float(a[i]) - float(b[i])) ** 2 for i in range(D))), 1e-8)
+            return math.exp(-float(w[g]) * d / D)
+
+        tt = sum(k(y_t[g, i], y_t[g, j]) for i in range(M) for j in range(M)) / M**2
+        rr = sum(k(y_r[g, i], y_r[g, j]) for i in range(M) for j in range(M)) / M**2
+        tr = sum(k(y_t[g, i], y_r[g, j]) for i in range(M) for j in range(M)) / M**2
+        out.append(tt + rr - 2 * tr)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_laplace_mmd2_matches_double_loop():
+    g = torch.Generator().manual_seed(1)
+    y_t = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    y_r = torch.randn(3, 4, 5, generator=g, dtype=torch.float64) + 0.3
+    w = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
+    got = laplace_mmd2(y_t, y_r, w)
+    ref = mmd2_reference(y_t, y_r, w)
+    assert torch.allclose(got, ref, atol=1e-10), (got, ref)
+    assert (ref > 0).all()
+
+
+def test_laplace_mmd2_zero_for_identical_sets_and_grows_with_shift():
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(2, 8, 6, generator=g, dtype=torch.float64)
+    w = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    assert torch.allclose(laplace_mmd2(y, y, w), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    shifts = [0.05, 0.2, 0.5, 1.0, 3.0]
+    vals = torch.stack([laplace_mmd2(y, y + d, w) for d in shifts])  # [shifts, G]
+    assert (vals[0] > 0).all()
+    assert (vals[1:] > vals[:-1]).all(), vals
+
+
+# ------------------------------------------------------------------------------------------------ times
+def r_reference(t: float, s: float, cfg: ImmConfig) -> float:
+    eta = lambda u: u / (1 - u)  # noqa: E731
+    dec = (eta(cfg.t_max) - eta(cfg.t_min)) / 2**cfg.k
+    e = max(eta(t) - dec, 0.0)
+    return max(s, min(t - cfg.min_gap, e / (1 + e)))
+
+
+@pytest.mark.parametrize("k", [4, 12, 15])
+def test_r_mapping_bounds_and_formula(k):
+    cfg = ImmConfig(k=k)
+    t, s, r = sample_times(4096, cfg, torch.Generator().manual_seed(k))
+    tol = 4e-7  # fp32 rounding of t - min_gap near t = 1
+    assert (t <= cfg.t_max + tol).all() and (s >= cfg.t_min).all()
+    assert (s <= r + tol).all() and (r < t).all()
+    assert (t - r >= cfg.min_gap - tol).all()
+    ref = torch.tensor([r_reference(float(a), float(b), cfg) for a, b in zip(t, s)])
+    assert torch.allclose(r, ref, atol=tol), (r - ref).abs().max()
+
+
+def test_r_mapping_edge_cases():
+    cfg = ImmConfig(k=2)  # large decrement: eta(T)/4 ~ 41, so r falls below s for most t
+    t, s = torch.tensor([0.9, 0.5]), torch.tensor([0.3, 0.2])
+    assert torch.equal(r_from_ts(t, s, cfg), s)  # clamped at s
+    cfg = ImmConfig(k=30)  # tiny decrement: the minimum gap binds
+    t, s = torch.tensor([0.5]), torch.tensor([0.1])
+    assert torch.allclose(r_from_ts(t, s, cfg), t - cfg.min_gap)
+
+
+@pytest.mark.parametrize("a", [1, 2])
+def test_weighting_matches_formula(a):
+    cfg = ImmConfig(a=a, b=4.0)
+    ts = [0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99]
+
+    def ref(t):
+        logsnr = 2 * math.log((1 - t) / t)
+        sig = 1 / (1 + math.exp(-(cfg.b - logsnr)))
+        return 0.5 * sig * (2 / (t * (1 - t))) * (1 - t) ** a / ((1 - t) ** 2 + t**2)
+
+    got = weighting(torch.tensor(ts), cfg)
+    assert torch.allclose(got.double(), torch.tensor([ref(t) for t in ts], dtype=torch.float64), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- samplers on analytic flows
+MU, S0 = torch.tensor([0.7, -0.4]), 0.2  # data ~ N(MU, S0^2 I); S0 = 0 is a point mass
+
+
+def _std(t: torch.Tensor, s0: float) -> torch.Tensor:
+    return torch.sqrt((1 - t) ** 2 * s0**2 + t**2 * SIGMA_D**2)
+
+
+def exact_flow(x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, s0: float) -> torch.Tensor:
+    """Probability-flow map of Gaussian data: the marginal x_t ~ N(alpha_t MU, std_t^2) is rescaled to time s."""
+    t, s = t[:, None], s[:, None]
+    return (1 - s) * MU + _std(s, s0) / _std(t, s0) * (x_t - (1 - t) * MU)
+
+
+def _x_t(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return x_in / c_in(t, SIGMA_D)[:, None]
+
+
+def flow_map_net(s0: float):
+    """G of the exact flow map: f = x_t - (t - s) sigma_d G."""
+    def g(x_in, t, s):
+        x_t = _x_t(x_in, t)
+        return (x_t - exact_flow(x_t, t, s, s0)) / ((t - s)[:, None] * SIGMA_D)
+    return g
+
+
+def velocity_net(s0: float):
+    """G of the exact one-time model: sigma_d G = E[eps - x | x_t] for Gaussian data."""
+    def g(x_in, t, s):
+        x_t = _x_t(x_in, t)
+        tt = t[:, None]
+        dev = (x_t - (1 - tt) * MU) / _std(tt, s0) ** 2
+        x_hat = MU + (1 - tt) * s0**2 * dev
+        eps_hat = tt * SIGMA_D**2 * dev
+        return (eps_hat - x_hat) / SIGMA_D
+    return g
+
+
+@pytest.mark.parametrize("s0", [0.0, S0])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_pushforward_matches_exact_flow_map(s0, steps):
+    noise = SIGMA_D * torch.randn(512, 2, generator=torch.Generator().manual_seed(3))
+    times = time_grid(steps, 0.994, 0.0)
+    got = sample(flow_map_net(s0), noise, times, SIGMA_D, "pushforward")
+    want = exact_flow(noise, torch.full((512,), 0.994), torch.zeros(512), s0)
+    assert torch.allclose(got, want, atol=1e-5)
+    if s0 > 0:  # and the output has the data's law
+        assert torch.allclose(got.mean(0), MU, atol=0.05) and abs(float(got.std(0).mean()) - s0) < 0.02
+
+
+def test_one_euler_step_of_exact_one_time_model_returns_the_mean():
+    """The capacity argument: from pure noise one step of even the exact E[x | x_t] model lands on E[x]."""
+    noise = SIGMA_D * torch.randn(256, 2, generator=torch.Generator().manual_seed(4))
+    one = sample(velocity_net(S0), noise, time_grid(1, 1.0, 0.0), SIGMA_D, "euler")
+    assert torch.allclose(one, MU.expand(256, 2), atol=1e-5)
+    many = sample(velocity_net(S0), noise, time_grid(400, 1.0, 0.0), SIGMA_D, "euler")  # integrates the ODE
+    exact = exact_flow(noise, torch.ones(256), torch.zeros(256), S0)
+    assert torch.allclose(many, exact, atol=5e-3)  # Euler error O(1 / steps)
+    # point mass: straight paths, Euler is exact at any N
+    for n in (1, 3):
+        pm = sample(velocity_net(0.0), noise, time_grid(n, 1.0, 0.0), SIGMA_D, "euler")
+        assert torch.allclose(pm, MU.expand(256, 2), atol=1e-5)
+
+
+def test_time_grid():
+    for kind in ("uniform", "cosine"):
+        for n in (1, 2, 7):
+            g = time_grid(n, 0.994, 0.01, kind)
+            assert g.shape == (n + 1,) and g.dtype == torch.float32
+            assert math.isclose(float(g[0]), 0.994, rel_tol=1e-6) and math.isclose(float(g[-1]), 0.01, rel_tol=1e-6)
+            assert (g[1:] < g[:-1]).all()
+    c = time_grid(4, 1.0, 0.0, "cosine")
+    assert float(c[-2]) < 0.25  # cosine spends more steps near the data end
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="steps"):
+            time_grid(bad)
+    with pytest.raises(ValueError, match="grid"):
+        time_grid(2, kind="log")
+    with pytest.raises(ValueError, match="sampler"):
+        sample(flow_map_net(0.0), torch.zeros(2, 2), time_grid(1), SIGMA_D, "heun")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- training: the real losses on the ring
+def _train_and_score(steps: int, seed: int = 0) -> tuple[float, float]:
+    """1-step energy distance to the 8-Gaussian ring of IMM (pushforward) and flow matching (Euler), same net."""
+    from mmgen.experiments.fit import FitConfig, fit
+    from mmgen.experiments.metrics import energy_distance
+    from mmgen.experiments.mlp2d import TimeMLP
+    from mmgen.experiments.targets2d import ring8
+    from mmgen.objectives.flow_matching import fm_loss
+    from mmgen.objectives.imm import imm_loss
+
+    torch.set_num_threads(1)
+    icfg, fcfg = ImmConfig(), FlowMatchingConfig()
+    fit_cfg = FitConfig(steps=steps, lr=1e-3, warmup=min(200, steps // 5))
+    g = torch.Generator().manual_seed(seed)
+    y = ring8(2000, torch.Generator().manual_seed(seed + 1))
+    noise = SIGMA_D * torch.randn(2000, 2, generator=torch.Generator().manual_seed(seed + 2))
+    out = []
+    for loss, method, t_max in ((imm_loss, "pushforward", icfg.t_max), (fm_loss, "euler", fcfg.t_max)):
+        torch.manual_seed(seed)
+        cfg = icfg if loss is imm_loss else fcfg
+        model, _ = fit(TimeMLP(), lambda m, _, loss=loss, cfg=cfg: loss(m, ring8(256, g), cfg, g)[0], fit_cfg)
+        out.append(energy_distance(sample(model, noise, time_grid(1, t_max, 0.0), SIGMA_D, method), y))
+    return out[0], out[1]
+
+
+def test_imm_one_step_beats_flow_matching_fast():
+    imm_ed, fm_ed = _train_and_score(steps=500)
+    assert fm_ed > 0.1, fm_ed  # one Euler step of a one-time model lands near the mean (0.73 for the exact one)
+    assert imm_ed < fm_ed / 3, (imm_ed, fm_ed)
+
+
+@pytest.mark.slow
+def test_imm_one_step_beats_flow_matching_10x():
+    imm_ed, fm_ed = _train_and_score(steps=3000)
+    assert imm_ed < 0.03 and imm_ed * 10 < fm_ed, (imm_ed, fm_ed)
