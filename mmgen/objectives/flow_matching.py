@@ -36,4 +36,4 @@ def fm_loss(net: Net, x: torch.Tensor, cfg: FlowMatchingConfig, generator: torch
     x_t = interpolate(x, eps, t)
     g = net(expand_as(c_in(t, cfg.sigma_d), x_t) * x_t, t, t)
     loss = (g.float() - velocity_target(x, eps, cfg.sigma_d).float()).pow(2).mean()
-    return loss, {"fm": float(loss)}
+    return loss, {"fm": float(loss.detach())}

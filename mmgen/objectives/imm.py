@@ -142,4 +142,4 @@ def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generat
     with torch.no_grad():
         y_r = apply_flow_map(net, x_r, r, s, cfg.sigma_d)
     per_group = group_loss(y_t.view(G, M, -1), y_r.view(G, M, -1), t[::M], s[::M], cfg)
-    return per_group.mean(), {"imm": float(per_group.mean()), "t_mean": float(t.mean())}
+    return per_group.mean(), {"imm": float(per_group.detach().mean()), "t_mean": float(t.mean())}
