@@ -64,3 +64,21 @@ def batch(text_tokenizer):
             im.loss = (i + j) % 3 != 0
         items.append(Item(doc, 0, 0, i))
     return next(packer.batches(items))
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory, text_tokenizer):
+    """Folders `text/` (a trained tokenizer) and `image/` (a tiny, untrained KL image tokenizer, f = 4): enough
+    to exercise training and sampling quickly."""
+    import torch
+
+    from mmgen.config import ImageTokenizerRecipe
+    from mmgen.tokenizer.image import ImageTokenizer
+
+    out = tmp_path_factory.mktemp("assets")
+    text_tokenizer.save_pretrained(out / "text")
+    torch.manual_seed(0)
+    recipe = ImageTokenizerRecipe(name="tiny", kind="kl", downsample=4, width=8, channel_mult=[1, 1, 1],
+                                  latent_channels=4, sources=["shapes"])  # fmt: skip
+    ImageTokenizer(recipe).save_pretrained(out / "image")
+    return out

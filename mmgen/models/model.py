@@ -71,6 +71,14 @@ class MMGenConfig(PretrainedConfig):
         if experts not in ("mot", "dense"):
             raise ValueError(f"experts must be 'mot' or 'dense', got {experts!r}")
 
+    ARCHITECTURE = ("vocab_size", "depth", "width", "head_dim", "mlp_hidden", "experts", "qk_norm", "image_adaln",
+                    "latent_channels", "patch_size", "image_grid", "image_size", "downsample", "sigma_d",
+                    "image_objective", "rope_theta", "time_freq_dim", "max_seq_len")  # fmt: skip
+
+    def architecture(self) -> dict:
+        """What must match for weights to be interchangeable (a checkpoint of another model differs here)."""
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
     @property
     def n_heads(self) -> int:
         return self.width // self.head_dim

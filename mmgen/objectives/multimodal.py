@@ -53,15 +53,53 @@ def count_units(batch: dict[str, Any], cfg: ObjectiveConfig) -> tuple[int, int]:
     return n_text, units
 
 
-def _randn(shape, generator, device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator).to(device)
+@dataclass
+class Noise:
+    """The random draws of one micro-batch, per target image (in target order).
+
+    Drawn group by group and image by image from one generator, so splitting a batch into micro-batches
+    (with group boundaries aligned) consumes the generator exactly like the whole batch: accumulation and
+    resumption are exact."""
+
+    t: torch.Tensor  # [n_targets]
+    s: torch.Tensor
+    r: torch.Tensor  # IMM only (= s for flow matching)
+    uncond: torch.Tensor  # bool [n_targets]: condition dropped
+    eps: torch.Tensor  # [n_targets, C, h, w], already scaled by sigma_d
+    sizes: list[int]  # IMM group sizes (empty for flow matching)
+
+
+def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ...],
+               generator: torch.Generator) -> Noise:  # fmt: skip
+    imm_mode = cfg.image == "imm"
+    sd = cfg.imm.sigma_d if imm_mode else cfg.fm.sigma_d
+    p_drop = cfg.imm.cond_dropout if imm_mode else cfg.fm.cond_dropout
+    sizes = imm_groups(n_targets, cfg.imm.particles) if imm_mode else [1] * n_targets
+    t, s, r, unc, eps = [], [], [], [], []
+    for size in sizes:
+        if imm_mode:
+            tg, sg, rg = imm.sample_times(1, cfg.imm, generator)
+        else:
+            tg = fm.sample_t(1, cfg.fm, generator)
+            sg = rg = tg
+        for _ in range(size):
+            t.append(tg)
+            s.append(sg)
+            r.append(rg)
+            unc.append(torch.rand(1, generator=generator) < p_drop)
+            eps.append(torch.randn((1, *latent_shape), generator=generator) * sd)
+    if not sizes:
+        z = torch.zeros(0)
+        return Noise(z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [])
+    return Noise(torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps), sizes if imm_mode else [])
 
 
 class MultimodalLoss:
-    def __init__(self, cfg: ObjectiveConfig, patch_size: int, grid: tuple[int, int] | list[int]):
+    def __init__(self, cfg: ObjectiveConfig, patch_size: int, grid: tuple[int, int] | list[int], latent_channels: int):
         self.cfg = cfg
         self.p = patch_size
         self.grid = tuple(grid)
+        self.latent_channels = latent_channels
         self.sigma_d = cfg.imm.sigma_d if cfg.image == "imm" else cfg.fm.sigma_d
 
     def _inputs(self, batch, tokens_clean, noisy_vals, t_img, s_img, uncond_img):
@@ -74,7 +112,13 @@ class MultimodalLoss:
             "uncond": per_token(uncond_img, image, kind != KIND_TEXT),
         }  # fmt: skip
 
-    def __call__(self, model, batch: dict[str, Any], x0: torch.Tensor, generator: torch.Generator,
+    def draw(self, batch: dict[str, Any], generator: torch.Generator) -> Noise:
+        n_t = int(batch["image_loss"].sum())
+        C = self.latent_channels
+        h, w = self.grid[0] * self.p, self.grid[1] * self.p
+        return draw_noise(self.cfg, n_t, (C, h, w), generator)
+
+    def __call__(self, model, batch: dict[str, Any], x0: torch.Tensor, noise: Noise,
                  norm: LossNorm | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
         """x0: clean latents of every image of the batch [N, C, h, w], normalised (std about sigma_d)."""
         cfg, sd, dev = self.cfg, self.sigma_d, x0.device
@@ -82,24 +126,15 @@ class MultimodalLoss:
         targets = batch["image_loss"].nonzero().squeeze(1).to(dev)
         n_t = targets.numel()
         tokens_clean = patchify(x0, self.p) / sd  # c_in(0) = 1 / sigma_d
+        t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
+        sizes = noise.sizes
         t_img, s_img = x0.new_zeros(N), x0.new_zeros(N)
-        sizes: list[int] = []
-        if cfg.image == "imm":
-            sizes = imm_groups(n_t, cfg.imm.particles)
-            tg, sg, rg = imm.sample_times(len(sizes), cfg.imm, generator, dev)
-            rep = torch.tensor(sizes, device=dev)
-            t_i, s_i, r_i = (v.repeat_interleave(rep) for v in (tg, sg, rg))
-            p_drop = cfg.imm.cond_dropout
-        else:
-            t_i = fm.sample_t(n_t, cfg.fm, generator, dev)
-            s_i = t_i
-            p_drop = cfg.fm.cond_dropout
         t_img[targets], s_img[targets] = t_i, s_i
         uncond_img = torch.zeros(N, dtype=torch.bool, device=dev)
-        uncond_img[targets] = (torch.rand(n_t, generator=generator) < p_drop).to(dev)
+        uncond_img[targets] = noise.uncond.to(dev)
 
         x = x0[targets]
-        eps = _randn(x.shape, generator, dev) * sd
+        eps = noise.eps.to(dev, x0.dtype)
         x_t = imm.interpolate(x, eps, t_i)
         noisy_vals = x0.new_zeros(N, tokens_clean.shape[1], tokens_clean.shape[2])
         noisy_vals[targets] = patchify(imm.expand_as(imm.c_in(t_i, sd), x_t) * x_t, self.p)
@@ -115,7 +150,7 @@ class MultimodalLoss:
             g = self._latent(from_dense(out.image, batch["image"], batch["patch"], noisy, N, tokens_clean.shape[1]))
             g = g[targets]
             if cfg.image == "imm":
-                img_sum = self._imm_sum(model, batch, inputs, x, x_t, g, t_i, s_i, r_i, sizes, tokens_clean,
+                img_sum = self._imm_sum(model, batch, x, x_t, g, t_i, s_i, r_i, sizes, tokens_clean,
                                         noisy_vals, t_img, s_img, uncond_img, targets)  # fmt: skip
             else:
                 v = fm.velocity_target(x, eps, sd)
@@ -125,17 +160,17 @@ class MultimodalLoss:
         norm = norm or LossNorm(max(1, n_text_local), max(1, units_local))
         loss = cfg.text_weight * text_sum / max(norm.text_tokens, 1) + cfg.image_weight * img_sum / max(norm.image_units, 1)
         stats = {
-            "text_loss": float(text_sum) / max(1, n_text_local),
-            "image_loss": float(img_sum) / max(1, units_local),
+            "text_loss": float(text_sum.detach()) / max(1, n_text_local),
+            "image_loss": float(img_sum.detach()) / max(1, units_local),
             "text_tokens": float(n_text_local),
             "image_units": float(units_local),
         }
         return loss, stats
 
     def _latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        return unpatchify(tokens, self.p, self.grid, tokens.shape[-1] // (self.p * self.p))
+        return unpatchify(tokens, self.p, self.grid, self.latent_channels)
 
-    def _imm_sum(self, model, batch, inputs, x, x_t, g_t, t_i, s_i, r_i, sizes, tokens_clean, noisy_vals,
+    def _imm_sum(self, model, batch, x, x_t, g_t, t_i, s_i, r_i, sizes, tokens_clean, noisy_vals,
                  t_img, s_img, uncond_img, targets) -> torch.Tensor:  # fmt: skip
         cfg, sd = self.cfg.imm, self.sigma_d
         y_t = imm.flow_map(x_t, t_i, s_i, g_t, sd)
@@ -157,6 +192,6 @@ class MultimodalLoss:
             first = torch.tensor([a for a, sz in zip(starts, sizes) if sz == size], device=y_t.device)
             idx = (first[:, None] + torch.arange(size, device=y_t.device)).reshape(-1)
             G = first.numel()
-            per = imm.group_loss(y_t[idx].view(G, size, -1), y_r[idx].view(G, size, -1), t_i[first], s_i[first], cfg)
+            per = imm.group_loss(y_t[idx].reshape(G, size, -1), y_r[idx].reshape(G, size, -1), t_i[first], s_i[first], cfg)
             total = total + per.sum()
         return total

@@ -1,0 +1,109 @@
+"""From a `RunConfig` to the pieces of a run: tokenizers, resolved model config, packing, document source.
+
+Everything here fails before training starts when the config cannot work (unknown tokenizer path,
+sequence too short for one image, a shard folder that does not exist), naming the key to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmgen.config import ConfigError, RunConfig
+from mmgen.data.loader import DataCursor, PackedDataset, ShapesStream, make_loader
+from mmgen.data.packing import Packer, PackSpec
+from mmgen.data.shards import ShardStream, Split
+from mmgen.models.model import MMGenConfig
+from mmgen.tokenizer.text import SPECIAL_IDS, SpecialIds, ensure_text_tokenizer
+
+
+def _tokenizer_path(path: str, key: str) -> Path:
+    p = Path(path)
+    if not p.exists() and not p.with_suffix("").exists():
+        raise ConfigError(f"{key}: no tokenizer recipe or folder at '{path}' (set {key}=<recipe .yaml or folder>)")
+    return p
+
+
+def load_tokenizers(cfg: RunConfig):
+    """(text tokenizer, image tokenizer), training either from its recipe when the artifact is missing."""
+    from mmgen.tokenizer.image import ensure_image_tokenizer
+
+    text = ensure_text_tokenizer(_tokenizer_path(cfg.text_tokenizer, "text_tokenizer"))
+    image = ensure_image_tokenizer(_tokenizer_path(cfg.image_tokenizer, "image_tokenizer"))
+    if image.kind != "kl":
+        raise ConfigError(f"image_tokenizer: the generative model needs a continuous (kl) tokenizer, "
+                          f"'{cfg.image_tokenizer}' is {image.kind}")  # fmt: skip
+    return text, image
+
+
+def model_config(cfg: RunConfig, text_tok, image_tok) -> MMGenConfig:
+    sigma_d = cfg.objective.imm.sigma_d if cfg.objective.image == "imm" else cfg.objective.fm.sigma_d
+    try:
+        return MMGenConfig.from_model_config(
+            cfg.model, vocab_size=len(text_tok), latent_channels=image_tok.latent_channels,
+            image_size=cfg.data.image_size, downsample=image_tok.downsample, seq_len=cfg.data.seq_len,
+            sigma_d=sigma_d, image_objective=cfg.objective.image, special_ids=SPECIAL_IDS,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"model / data.image_size: {e}") from e
+
+
+def pack_spec(cfg: RunConfig, mc: MMGenConfig, text_tok) -> PackSpec:
+    ids = SpecialIds.of(text_tok)
+    spec = PackSpec(cfg.data.seq_len, cfg.data.rows, cfg.data.image_size, tuple(mc.image_grid),
+                    ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi)  # fmt: skip
+    need = spec.image_doc_len(noisy=True) + 8
+    if cfg.data.seq_len < need:
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} is too short: one image takes {2 * spec.image_tokens} tokens "
+            f"(noisy + clean copy of a {mc.image_grid[0]}x{mc.image_grid[1]} grid) plus its caption; "
+            f"use data.seq_len >= {need}"
+        )
+    if mc.max_seq_len < cfg.data.seq_len:
+        raise ConfigError(f"model.max_seq_len={mc.max_seq_len} is below data.seq_len={cfg.data.seq_len}")
+    return spec
+
+
+def document_source(cfg: RunConfig, split: Split):
+    d = cfg.data
+    if d.source == "shapes":
+        shapes = d.shapes
+        if shapes.image_size != d.image_size:  # the generator draws at the model's resolution
+            from dataclasses import replace
+
+            shapes = replace(shapes, image_size=d.image_size)
+        return ShapesStream(shapes, split)
+    try:
+        return ShardStream(d.shards, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.shards: {e}") from e
+
+
+@dataclass
+class DataPipe:
+    loader: Any
+    cursor: DataCursor
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def data_pipe(cfg: RunConfig, spec: PackSpec, text_tok, rank: int, world: int,
+              cursor_state: dict | None = None) -> DataPipe:  # fmt: skip
+    n_logical = max(1, cfg.data.num_workers)
+    split = Split(rank, world, n_logical)
+    cursor = DataCursor.from_state(cursor_state, n_logical) if cursor_state else DataCursor(n_logical)
+    source = document_source(cfg, split)
+    ds = PackedDataset(source, Packer(text_tok, spec), cursor)
+    return DataPipe(make_loader(ds, cfg.data.num_workers), cursor)
+
+
+@torch.no_grad()
+def clean_latents(batch: dict[str, Any], image_tok, sigma_d: float, device: torch.device) -> torch.Tensor:
+    """Normalised latents x0 [N, C, h, w] of every image in the batch (std about sigma_d)."""
+    images = batch["images"].to(device)
+    z = images if images.is_floating_point() else image_tok.encode(images)
+    return image_tok.normalize(z) * sigma_d
