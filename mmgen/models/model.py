@@ -287,3 +287,17 @@ class MMGenModel(PreTrainedModel):
             else:
                 counts["shared"] += p.numel()
         return counts
+
+
+def _register_auto_classes() -> None:
+    """Let AutoConfig / AutoModel (and AutoTokenizer, which reads config.json) recognise `mmgen` folders."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        AutoConfig.register("mmgen", MMGenConfig)
+        AutoModel.register(MMGenConfig, MMGenModel)
+    except ValueError:  # already registered
+        pass
+
+
+_register_auto_classes()

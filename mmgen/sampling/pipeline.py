@@ -1,0 +1,181 @@
+"""`MMGenPipeline`: load a release folder and continue interleaved prompts.
+
+    pipe = MMGenPipeline.from_pretrained("runs/shapes_tiny/release")
+    out = pipe(["a large red circle <image:in.png> the same shape in blue"], steps=4, guidance=1.5)
+    out[0].text, out[0].images; out[0].save("outputs/")   # PNGs + index.html
+
+A prompt is a string with image references `<image:path>`, or a list of segments (str, numpy image, or
+{"text": ...} / {"image": path}). Every check (files, sizes, context length, options, tokenizer match) runs
+before any generation. Prompt images of another size are centre-cropped and resized to the model's size.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from mmgen.models.kv_cache import ContextOverflow
+from mmgen.models.model import MMGenModel
+from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
+
+IMAGE_REF = re.compile(r"<image:([^>]+)>")
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be run (missing or unreadable image, too long, bad options)."""
+
+
+def read_image(path: str | Path, where: str = "") -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise PromptError(f"image not found: {p}{where}")
+    try:
+        with PILImage.open(io.BytesIO(p.read_bytes())) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise PromptError(f"cannot read image {p}{where}: {type(e).__name__}: {e}") from e
+
+
+def parse_prompt(prompt: Any, index: int = 0) -> list[str | np.ndarray]:
+    """String with <image:path> references, JSON text of a segment list, or a segment list -> segments."""
+    where = f" (prompt {index + 1})"
+    if isinstance(prompt, str) and prompt.lstrip().startswith("["):
+        try:
+            prompt = json.loads(prompt)
+        except json.JSONDecodeError as e:
+            raise PromptError(f"prompt {index + 1} looks like JSON but does not parse: {e}") from e
+    if isinstance(prompt, str):
+        segs: list[str | np.ndarray] = []
+        pos = 0
+        for m in IMAGE_REF.finditer(prompt):
+            if prompt[pos : m.start()].strip():
+                segs.append(prompt[pos : m.start()].strip())
+            segs.append(read_image(m.group(1).strip(), where))
+            pos = m.end()
+        if prompt[pos:].strip():
+            segs.append(prompt[pos:].strip())
+        return segs
+    if isinstance(prompt, (list, tuple)):
+        segs = []
+        for s in prompt:
+            if isinstance(s, np.ndarray):
+                segs.append(s)
+            elif isinstance(s, str):
+                segs.append(s)
+            elif isinstance(s, dict) and "text" in s:
+                segs.append(str(s["text"]))
+            elif isinstance(s, dict) and "image" in s:
+                segs.append(read_image(s["image"], where))
+            else:
+                raise PromptError(f"prompt {index + 1}: a segment must be text, an image array, {{'text': ...}} "
+                                  f"or {{'image': path}}, got {type(s).__name__}")  # fmt: skip
+        return segs
+    raise PromptError(f"prompt {index + 1} must be a string or a list of segments, got {type(prompt).__name__}")
+
+
+@dataclass
+class Result:
+    prompt: list[str | np.ndarray]
+    generated: list[str | np.ndarray] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s for s in self.generated if isinstance(s, str))
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return [s for s in self.generated if isinstance(s, np.ndarray)]
+
+    def save(self, folder: str | Path, name: str = "result") -> Path:
+        """PNG per image and an HTML page showing prompt and continuation in order; returns the page."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        parts, n = [], 0
+        for role, segs in (("prompt", self.prompt), ("generated", self.generated)):
+            for s in segs:
+                if isinstance(s, str):
+                    parts.append(f'<span class="{role}">{html.escape(s)}</span>')
+                else:
+                    fn = f"{name}-{role}-{n}.png"
+                    PILImage.fromarray(s).save(folder / fn)
+                    parts.append(f'<img class="{role}" src="{fn}" width="{4 * s.shape[1]}" style="image-rendering:pixelated">')
+                    n += 1
+        page = folder / f"{name}.html"
+        page.write_text(
+            "<!doctype html><meta charset='utf-8'><style>body{font-family:sans-serif;background:#222;color:#ddd}"
+            ".prompt{color:#9cf} .generated{color:#fd8} img{vertical-align:middle;margin:4px;border:2px solid #555}"
+            "img.generated{border-color:#fd8}</style><p>" + " ".join(parts) + "</p>"
+        )
+        return page
+
+
+class MMGenPipeline:
+    def __init__(self, model: MMGenModel, text_tok, image_tok):
+        self.model, self.text_tok, self.image_tok = model.eval(), text_tok, image_tok
+        check_match(model.config, text_tok, image_tok)
+        self.sampler = InterleavedSampler(model, text_tok, image_tok)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> MMGenPipeline:
+        from mmgen.tokenizer.image import load_image_tokenizer
+        from mmgen.tokenizer.text import load_text_tokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
+                                    f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`")  # fmt: skip
+        model = MMGenModel.from_pretrained(path).to(device)
+        return cls(model, load_text_tokenizer(path), load_image_tokenizer(path / "image_tokenizer").to(device).eval())
+
+    def __call__(self, prompts: Any, **options: Any) -> list[Result]:
+        """Continue each prompt. Options are `SamplingOptions` fields (steps, guidance, max_new_tokens, ...)."""
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and not isinstance(prompts[0], (str, list, tuple))):
+            prompts = [prompts]
+        unknown = set(options) - set(SamplingOptions.__dataclass_fields__)
+        if unknown:
+            raise PromptError(f"unknown option(s) {sorted(unknown)}; known: {sorted(SamplingOptions.__dataclass_fields__)}")
+        opts = SamplingOptions(**options)
+        try:
+            opts.validate()
+        except ValueError as e:
+            raise PromptError(str(e)) from e
+        parsed = [parse_prompt(p, i) for i, p in enumerate(prompts)]
+        c = self.model.config
+        for i, segs in enumerate(parsed):  # fail before any work
+            cols, _ = self.sampler.encode_prompt(segs)
+            need = len(cols["ids"]) + opts.max_new_tokens + opts.max_images * (c.image_tokens + 2) + 1
+            if need > c.max_seq_len:
+                raise ContextOverflow(
+                    f"prompt {i + 1} takes {len(cols['ids'])} tokens; with max_new_tokens={opts.max_new_tokens} and "
+                    f"max_images={opts.max_images} it needs {need} > the model's context {c.max_seq_len}: shorten "
+                    f"the prompt or lower max_new_tokens"
+                )
+        rows = self.sampler.run(parsed, opts)
+        return [Result(p, r.segments) for p, r in zip(parsed, rows)]
+
+
+def check_match(config, text_tok, image_tok) -> None:
+    """The tokenizers must be the ones the model was trained with (sizes and special ids)."""
+    problems = []
+    if len(text_tok) != config.vocab_size:
+        problems.append(f"text tokenizer has {len(text_tok)} tokens, the model {config.vocab_size}")
+    for name in ("bos", "eos", "pad"):
+        if getattr(text_tok, f"{name}_token_id") != getattr(config, f"{name}_token_id"):
+            problems.append(f"{name} id differs")
+    if text_tok.convert_tokens_to_ids("<boi>") != config.boi_token_id:
+        problems.append("<boi> id differs")
+    if image_tok.latent_channels != config.latent_channels or image_tok.downsample != config.downsample:
+        problems.append(f"image tokenizer is f{image_tok.downsample} x {image_tok.latent_channels} channels, the model "
+                        f"expects f{config.downsample} x {config.latent_channels}")  # fmt: skip
+    if problems:
+        raise ValueError("the tokenizers do not match this checkpoint: " + "; ".join(problems) +
+                         ". Use the tokenizers saved with the release folder.")  # fmt: skip
