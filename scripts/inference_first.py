@@ -5,7 +5,8 @@
     python scripts/inference_first.py discrete [key=value ...]     # autoregressive vs masked diffusion on tuples
 
 Overrides address the study's dataclass (`ContinuousStudyConfig` / `DiscreteStudyConfig`), e.g.
-`fit.steps=2000 targets=[ring8]` or `tasks=[poker] samples=1000`. Writes <out>/<study>.json and PNG figures.
+`fit.steps=2000 targets=[ring8]` or `tasks=[poker] samples=1000`. Writes <out>/<study>.json, the markdown
+tables <out>/<study>_tables.md and PNG figures.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from mmgen.config import from_dict, merge_overrides, to_dict  # noqa: E402
 from mmgen.experiments.plots import plot_continuous, plot_discrete  # noqa: E402
 from mmgen.experiments.poker import DiscreteStudyConfig, run_discrete  # noqa: E402
+from mmgen.experiments.report import continuous_tables, discrete_tables  # noqa: E402
 from mmgen.experiments.toy2d import ContinuousStudyConfig, run_continuous  # noqa: E402
 
 STUDIES = {"continuous": ContinuousStudyConfig, "discrete": DiscreteStudyConfig}
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     cls = STUDIES[args.study]
-    cfg = from_dict(cls, merge_overrides({}, args.overrides, cls), source="command line")
+    # overrides apply on top of the study's own defaults (nested defaults included, e.g. its FitConfig)
+    cfg = from_dict(cls, merge_overrides(to_dict(cls()), args.overrides, cls), source="command line")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{args.study} study -> {out}\n{json.dumps(to_dict(cfg))}", flush=True)
@@ -56,9 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.study == "continuous":
         results, samples = run_continuous(cfg)
         figures = plot_continuous(results, samples, out)
+        tables = continuous_tables(results)
     else:
         results = run_discrete(cfg)
         figures = plot_discrete(results, out)
+        tables = discrete_tables(results)
     results["machine"] = machine()
     results["command"] = " ".join(["python scripts/inference_first.py", args.study, *args.overrides])
     results["total_seconds"] = time.perf_counter() - t0
@@ -66,7 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
     tmp.replace(path)
-    print(f"wrote {path} and {', '.join(p.name for p in figures)} in {results['total_seconds']:.0f}s")
+    m = results["machine"]
+    header = (f"`{results['command']}` on {m['processor']} ({m['cpus']} cores, {m['torch_threads']} torch thread), "
+              f"torch {m['torch']}: {results['total_seconds']:.0f} s wall.\n\n")  # fmt: skip
+    (out / f"{args.study}_tables.md").write_text(header + tables)
+    print(tables)
+    print(f"wrote {path}, {args.study}_tables.md and {', '.join(p.name for p in figures)} in {results['total_seconds']:.0f}s")
     return results
 
 

@@ -58,7 +58,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, int], torch.Tensor], cfg
             d = min(cfg.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA
             for pe, p in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(p, 1 - d)
-        running = 0.98 * running + 0.02 * float(loss) if step else float(loss)
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if step else value
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             print(f"  {name} step {step + 1}/{cfg.steps} loss {running:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     return ema.eval(), {"final_loss": running, "train_seconds": time.perf_counter() - t0}

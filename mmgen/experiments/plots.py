@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 LABELS = {"fm": "flow matching (one time), Euler", "imm": "IMM flow map (two times), pushforward",
-          "bayes": "exact one-time model (no training), Euler/DDIM"}  # fmt: skip
+          "imm_restart": "IMM flow map, restart sampler", "bayes": "exact one-time model (no training), Euler/DDIM"}
+STYLE = {"fm": "o-", "imm": "o-", "imm_restart": "^:", "bayes": "s--"}
 
 
 def plot_continuous(results: dict, samples: dict, out: Path) -> list[Path]:
@@ -19,7 +20,7 @@ def plot_continuous(results: dict, samples: dict, out: Path) -> list[Path]:
     paths = []
     steps = results["config"]["steps"]
     for name, per_model in samples.items():
-        rows = ["fm", "imm"]
+        rows = ["fm", "imm", "imm_restart"]
         fig, axes = plt.subplots(len(rows), len(steps) + 1, figsize=(2.2 * (len(steps) + 1), 2.3 * len(rows)))
         for i, kind in enumerate(rows):
             for j, N in enumerate([*steps, None]):
@@ -32,8 +33,8 @@ def plot_continuous(results: dict, samples: dict, out: Path) -> list[Path]:
                 else:
                     ed = results["targets"][name]["models"][kind]["per_steps"][str(N)]["energy"]
                     ax.set_title(f"N={N}  ED={ed:.4f}", fontsize=9)
-            axes[i, 0].set_ylabel(kind.upper(), fontsize=10)
-        fig.suptitle(f"{name}: top flow matching + Euler, bottom IMM + pushforward (N steps)", fontsize=9)
+            axes[i, 0].set_ylabel({"fm": "FM Euler", "imm": "IMM pushforward", "imm_restart": "IMM restart"}[kind])
+        fig.suptitle(f"{name}: samples with N network evaluations", fontsize=9)
         fig.tight_layout()
         paths.append(out / f"continuous_samples_{name}.png")
         fig.savefig(paths[-1], dpi=110)
@@ -45,9 +46,9 @@ def plot_continuous(results: dict, samples: dict, out: Path) -> list[Path]:
         res = results["targets"][name]
         for i, metric in enumerate(["energy", "sliced_w2"]):
             ax = axes[i, j]
-            for c, kind in enumerate(["fm", "imm", "bayes"]):
+            for c, kind in enumerate(["fm", "imm", "imm_restart", "bayes"]):
                 y = [res["models"][kind]["per_steps"][str(N)][metric] for N in steps]
-                ax.plot(steps, y, "o-" if kind != "bayes" else "s--", color=f"C{c}", label=LABELS[kind])
+                ax.plot(steps, y, STYLE[kind], color=f"C{c}", label=LABELS[kind])
             fl = res["floor"][metric]
             ax.axhspan(max(fl["mean"] - fl["std"], fl["mean"] / 3), fl["mean"] + fl["std"], color="0.8")
             ax.axhline(fl["mean"], color="0.4", lw=1, label="target vs target (noise floor)")
@@ -55,8 +56,9 @@ def plot_continuous(results: dict, samples: dict, out: Path) -> list[Path]:
                    xlabel="sampling steps N", title=name)  # fmt: skip
             ax.minorticks_off()
             ax.set_ylabel("energy distance" if metric == "energy" else "sliced Wasserstein-2")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     paths.append(out / "continuous_metric_vs_steps.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
@@ -73,8 +75,10 @@ def plot_discrete(results: dict, out: Path) -> list[Path]:
     paths = []
     tasks = results["tasks"]
     modes = [(g, u) for g in results["config"]["grids"] for u in results["config"]["unmask"]]
-    fig, axes = plt.subplots(1, len(modes), figsize=(4.4 * len(modes), 3.8), squeeze=False)
-    for ax, (grid, unmask) in zip(axes[0], modes):
+    cols = min(2, len(modes))
+    rows_ = -(-len(modes) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(5.2 * cols, 3.9 * rows_), squeeze=False)
+    for ax, (grid, unmask) in zip(axes.flat, modes):
         for c, (name, task) in enumerate(tasks.items()):
             rows, N = _rows(task, grid, unmask), task["data"]["length"]
             x = [N / r["steps"] for r in rows]
@@ -85,6 +89,7 @@ def plot_discrete(results: dict, out: Path) -> list[Path]:
         ax.set(xscale="log", yscale="log", ylim=(1e-7, 1.5), xlabel="tokens per step N / L", ylabel="P(valid)",
                title=f"masked diffusion, {grid} grid, {unmask} unmasking")  # fmt: skip
         ax.minorticks_off()
+        ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
     axes[0, 0].legend(fontsize=7, title="o model (exact), x sampled,\n- ideal denoiser, : AR", title_fontsize=7)
     fig.tight_layout()
     paths.append(out / "discrete_validity_vs_steps.png")

@@ -30,8 +30,8 @@ class DiscreteStudyConfig:
     width: int = 64
     depth: int = 2
     heads: int = 4
-    batch: int = 256
-    fit: FitConfig = field(default_factory=lambda: FitConfig(steps=1500, lr=3e-3, warmup=100, ema_decay=0.99))
+    batch: int = 128
+    fit: FitConfig = field(default_factory=lambda: FitConfig(steps=1000, lr=3e-3, warmup=100, ema_decay=0.99))
     samples: int = 4000  # sampled estimates per (model, sampler setting)
     grids: list[str] = field(default_factory=lambda: ["cosine", "uniform"])
     unmask: list[str] = field(default_factory=lambda: ["random", "count"])

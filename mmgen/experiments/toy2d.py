@@ -34,6 +34,7 @@ class ContinuousStudyConfig:
     imm: ImmConfig = field(default_factory=ImmConfig)  # the paper's defaults: M = 4, k = 12, a = 2
     fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     eval_samples: int = 3000  # generated and fresh target samples per metric
+    eval_sets: int = 3  # fresh target sets each metric is averaged over
     floor_repeats: int = 10  # independent target-vs-target pairs averaged into the noise floor
     bayes_points: int = 8000  # size of the target sample whose exact denoiser is the Bayes one-time model
     seed: int = 0
@@ -43,8 +44,8 @@ class ContinuousStudyConfig:
             get_target(name)  # raises on an unknown name
         if not self.steps or min(self.steps) < 1:
             raise ValueError(f"steps must be a non-empty list of sampler step counts >= 1, got {self.steps}")
-        if self.eval_samples < 2 or self.floor_repeats < 1:
-            raise ValueError("eval_samples must be >= 2 and floor_repeats >= 1")
+        if self.eval_samples < 2 or self.floor_repeats < 1 or self.eval_sets < 1:
+            raise ValueError("eval_samples must be >= 2, floor_repeats and eval_sets >= 1")
         if self.batch % self.imm.particles:
             raise ValueError(f"batch {self.batch} must be a multiple of imm.particles={self.imm.particles}")
         if self.fm.sigma_d != self.imm.sigma_d:
@@ -67,8 +68,10 @@ class BayesOneTime:
         return ((x_t - x_hat) / expand_as(tt, x_t) / self.sigma_d).to(x_in.dtype)
 
 
-def _scores(x: torch.Tensor, y: torch.Tensor, target: str) -> dict[str, float]:
-    out = {"energy": energy_distance(x, y), "sliced_w2": sliced_wasserstein(x, y)}
+def _scores(x: torch.Tensor, fresh: list[torch.Tensor], target: str) -> dict[str, float]:
+    """Metrics of x averaged over independent fresh target sets (less noise from the target side)."""
+    out = {"energy": sum(energy_distance(x, y) for y in fresh) / len(fresh),
+           "sliced_w2": sum(sliced_wasserstein(x, y) for y in fresh) / len(fresh)}  # fmt: skip
     if target == "checkerboard":
         out["on_support"] = float(on_checkerboard(x).double().mean())
     return out
@@ -79,17 +82,23 @@ def _mean_std(v: list[float]) -> dict[str, float]:
     return {"mean": float(t.mean()), "std": float(t.std()) if len(v) > 1 else 0.0}
 
 
+# model -> (network, sampler, start time): one-time models integrate from t = 1 (pure noise); the flow map
+# jumps from T = imm.t_max, pushing forward along the grid or (restart) jumping to 0 and re-noising each step
+SAMPLERS = {"fm": ("fm", "euler"), "imm": ("imm", "pushforward"), "imm_restart": ("imm", "restart"),
+            "bayes": ("bayes", "euler")}  # fmt: skip
+
+
 def run_target(name: str, cfg: ContinuousStudyConfig) -> tuple[dict, dict[str, dict[int, torch.Tensor]]]:
     """Train both models on one target and score them at every N. Returns (results, samples per model and N)."""
     target = get_target(name)
     g = torch.Generator().manual_seed(cfg.seed)
     sigma_d = cfg.imm.sigma_d
-    fresh = target(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 1000))
-    gf = torch.Generator().manual_seed(cfg.seed + 2000)
-    floor = [_scores(target(cfg.eval_samples, gf), target(cfg.eval_samples, gf), name) for _ in range(cfg.floor_repeats)]
+    gf = torch.Generator().manual_seed(cfg.seed + 1000)
+    fresh = [target(cfg.eval_samples, gf) for _ in range(cfg.eval_sets)]
+    floor = [_scores(target(cfg.eval_samples, gf), [target(cfg.eval_samples, gf)], name) for _ in range(cfg.floor_repeats)]
     res: dict = {"floor": {k: _mean_std([f[k] for f in floor]) for k in floor[0]}, "models": {}}
 
-    models = {}
+    nets = {}
     for kind in ("fm", "imm"):
         torch.manual_seed(cfg.seed)  # the same initial weights for both
         net = TimeMLP(2, cfg.width, cfg.depth)
@@ -99,22 +108,22 @@ def run_target(name: str, cfg: ContinuousStudyConfig) -> tuple[dict, dict[str, d
         else:
             def loss_fn(m, _):
                 return fm_loss(m, target(cfg.batch, g), cfg.fm, g)[0]
-        models[kind], stats = fit(net, loss_fn, cfg.fit, f"{name} {kind}")
+        nets[kind], stats = fit(net, loss_fn, cfg.fit, f"{name} {kind}")
         res["models"][kind] = {**stats, "params": sum(p.numel() for p in net.parameters())}
-    models["bayes"] = BayesOneTime(target(cfg.bayes_points, g), sigma_d)
-    res["models"]["bayes"] = {"params": 0}
+    nets["bayes"] = BayesOneTime(target(cfg.bayes_points, g), sigma_d)
 
-    # one-time models integrate from t = 1 (pure noise) with Euler; the flow map jumps from T = imm.t_max
-    plan = {"fm": ("euler", cfg.fm.t_max), "imm": ("pushforward", cfg.imm.t_max), "bayes": ("euler", 1.0)}
-    samples: dict[str, dict[int, torch.Tensor]] = {k: {} for k in plan}
-    for kind, (method, t_max) in plan.items():
-        res["models"][kind].update(sampler=method, t_max=t_max, per_steps={})
-        for N in cfg.steps:
-            noise = sigma_d * torch.randn(cfg.eval_samples, 2, generator=torch.Generator().manual_seed(cfg.seed + N))
-            x = sample(models[kind], noise, time_grid(N, t_max, 0.0), sigma_d, method)
+    t_max = {"fm": cfg.fm.t_max, "imm": cfg.imm.t_max, "bayes": 1.0}
+    noise = sigma_d * torch.randn(cfg.eval_samples, 2, generator=torch.Generator().manual_seed(cfg.seed + 3000))
+    samples: dict[str, dict[int, torch.Tensor]] = {k: {} for k in SAMPLERS}
+    for kind, (net_name, method) in SAMPLERS.items():
+        entry = res["models"].setdefault(kind, {})
+        entry.update(sampler=method, t_max=t_max[net_name], per_steps={})
+        for N in cfg.steps:  # the same noise for every N and model (common random numbers)
+            grid = time_grid(N, t_max[net_name], 0.0)
+            x = sample(nets[net_name], noise, grid, sigma_d, method, generator=torch.Generator().manual_seed(N))
             samples[kind][N] = x
-            res["models"][kind]["per_steps"][str(N)] = _scores(x, fresh, name)
-    samples["target"] = {0: fresh}
+            entry["per_steps"][str(N)] = _scores(x, fresh, name)
+    samples["target"] = {0: fresh[0]}
     return res, samples
 
 
