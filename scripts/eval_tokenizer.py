@@ -44,7 +44,7 @@ def _kbit_quantizers(tok, ks: list[int]):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="tokenizer folders (or recipes tokenizers/image/NAME.yaml)")
-    ap.add_argument("--images", default="kodak", help="'kodak', a directory or a .zip of images")
+    ap.add_argument("--images", default="kodak", help="'kodak', 'shapes-test', a directory or a .zip of images")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     ap.add_argument("--out", default="results/tokenizers/eval", help="output folder")
     ap.add_argument("--kbits", default="", help="comma list of k: also evaluate continuous latents at k bits/channel")
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace, fn) -> None:
         tok = load_image_tokenizer(path)
         name = Path(path).with_suffix("").name
         bits = tokenizer_bits(tok, name=name)
-        series = {"kl": "continuous, k bits/channel", "vq": "VQ", "fsq": "FSQ"}[tok.kind] + args.tag
+        # discrete runs of one kind form one curve over codebook sizes; a continuous run is a curve over k
+        series = {"kl": f"{name}, k bits/channel", "vq": "VQ", "fsq": "FSQ"}[tok.kind] + args.tag
         bf16 = (lambda z: z.bfloat16().float()) if tok.kind == "kl" else None
         res = evaluate(tok, images, bits, feature_net=net, latent_fn=bf16, keep=keep)
         rows.append({**res.summary(), "series": series, "path": str(path)})

@@ -246,3 +246,21 @@ def test_shapes_tokenizer_reconstructs_held_out_shapes():
     zn = tok.normalize(z)
     assert abs(float(zn.mean())) < 0.5 and 0.5 < float(zn.std()) < 2.0
     assert math.isfinite(float(tok.latent_std.min())) and float(tok.latent_std.min()) > 0
+
+
+def test_train_script_on_the_shapes_recipe(tmp_path, capsys):
+    """The real entry point and data path (shapes needs no external data), two steps."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "shapes"
+    cmd = [sys.executable, "scripts/train_tokenizer.py", "image", "--recipe", "tokenizers/image/shapes_kl.yaml",
+           "--out", str(out), "steps=2", "images_per_source=16", "val_images=4", "stats_batches=1", "width=4"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "validation PSNR: shapes" in res.stdout
+    tok = load_image_tokenizer(out)
+    assert (tok.kind, tok.downsample, tok.latent_channels) == ("kl", 4, 4)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    bad = subprocess.run(cmd[:-1] + ["widht=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "did you mean 'width'" in bad.stderr

@@ -49,6 +49,12 @@ class KLBottleneck(nn.Module):
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         return self._split(h)[0]
 
+    def rate_bits(self, h: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) per latent position in bits [N, h, w]: the information the decoder can rely
+        on through the noisy training channel, the continuous counterpart of a code's entropy."""
+        mean, logvar = self._split(h)
+        return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum(dim=1) / math.log(2.0)
+
 
 class VQBottleneck(nn.Module):
     """Vector quantisation with low-dimensional L2-normalised codes (ViT-VQGAN / LlamaGen recipe).

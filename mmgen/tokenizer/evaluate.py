@@ -41,6 +41,7 @@ class EvalResult:
     bits: TokenBits
     per_image: list[dict] = field(default_factory=list)  # {image, psnr, ssim}
     usage: dict | None = None
+    kl_rate_bits: float | None = None  # continuous: mean KL of the posterior per token, in bits
     fd: float | None = None
     recon: dict[str, np.ndarray] = field(default_factory=dict)  # kept reconstructions (H, W, 3) uint8
 
@@ -51,6 +52,8 @@ class EvalResult:
         if self.usage is not None:
             out.update({f"code_{k}": v for k, v in self.usage.items()})
             out["effective_compression"] = effective_compression(self.bits, self.usage["entropy_bits"])
+        if self.kl_rate_bits is not None:
+            out["kl_rate_bits"] = self.kl_rate_bits
         if self.fd is not None:
             out["fd_in_project"] = self.fd
         return out
@@ -70,9 +73,12 @@ def evaluate(tok: ImageTokenizer, images: Iterable[tuple[str, np.ndarray]], bits
 
     keep = set(keep)
     res = EvalResult(bits.name, bits)
-    ids, feats_real, feats_fake = [], [], []
+    ids, feats_real, feats_fake, rates = [], [], [], []
     for name, img in images:
         recon, z = reconstruct(tok, img, latent_fn)
+        if tok.kind == "kl":
+            x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
+            rates.append(tok.rate_bits(pad_to_multiple(x, tok.downsample)).reshape(-1))
         target = to_unit(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None])
         res.per_image.append({"image": name, "psnr": float(psnr_per_image(recon, target)[0]),
                               "ssim": float(ssim_per_image(recon, target)[0])})  # fmt: skip
@@ -88,6 +94,8 @@ def evaluate(tok: ImageTokenizer, images: Iterable[tuple[str, np.ndarray]], bits
             res.recon[name] = (recon[0].permute(1, 2, 0) * 255).round().byte().numpy()
     if not res.per_image:
         raise ValueError("no images to evaluate")
+    if rates:
+        res.kl_rate_bits = float(torch.cat(rates).double().mean())
     if ids:
         res.usage = grouped_usage(torch.cat(ids), codebook_size or tok.bottleneck.codebook_size)
     if feature_net is not None:

@@ -93,6 +93,13 @@ class ImageTokenizer(nn.Module):
         self._check_latents(z)
         return self.bottleneck.indices(z)
 
+    @torch.no_grad()
+    def rate_bits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """KL tokenizer: the posterior's KL to N(0, I) in bits per latent position [N, H/f, W/f]."""
+        if self.kind != "kl":
+            raise ValueError(f"rate_bits is defined for the continuous (kl) tokenizer, not {self.kind}")
+        return self.bottleneck.rate_bits(self.encoder(self.pixels_to_float(pixels)))
+
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
 

@@ -100,12 +100,17 @@ def build_pools(recipe, split: str, limit: int = 0) -> list[Pool]:
 
 # ------------------------------------------------------------------------------------ evaluation images
 def eval_images(spec: str = "kodak", limit: int = 0) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, (H, W, 3) uint8) of every image in a directory or zip (`kodak`: the 24 Kodak photographs).
+    """(name, (H, W, 3) uint8) of every image in a directory or zip (`kodak`: the 24 Kodak photographs);
+    `shapes-test` gives held-out shapes images (`limit` of them, default 256).
 
     A file that does not decode raises `SampleError` naming it.
     """
     from mmgen.data.sources import image_files
 
+    if spec == "shapes-test":
+        for i, im in enumerate(source_images("shapes", "test", limit or 256)):
+            yield f"shapes-test-{i:05d}", im
+        return
     for k, (name, data) in enumerate(image_files(spec)):
         if limit and k >= limit:
             return

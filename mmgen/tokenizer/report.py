@@ -9,15 +9,21 @@ import numpy as np
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One row per evaluated tokenizer (summaries from `EvalResult.summary`)."""
+    """One row per evaluated tokenizer (summaries from `EvalResult.summary`).
+
+    effective bits: entropy of code usage (discrete; summed over channels for k-bit latents), or the KL rate
+    of the posterior for a full-precision continuous latent.
+    """
     head = ("| tokenizer | token | bottleneck | bits in | bits out | compression | PSNR (dB) | SSIM "
-            "| codes used | entropy (bits) | perplexity | FD (in-project) |")  # fmt: skip
+            "| codes used | effective bits | perplexity | FD (in-project) |")  # fmt: skip
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         groups = f"{r['code_groups']} x " if "code_groups" in r else ""
         used = f"{r['code_codes_used']} / {groups}{r['code_codebook_size']}" if "code_codes_used" in r else "-"
-        ent = f"{r['code_entropy_bits']:.2f}" if "code_entropy_bits" in r else "-"
-        ppl = f"{r['code_perplexity']:.0f}" if "code_perplexity" in r else "-"
+        ent = f"{r['code_entropy_bits']:.2f}" if "code_entropy_bits" in r else "-"  # entropy of code usage
+        if "code_entropy_bits" not in r and "kl_rate_bits" in r:
+            ent = f"{r['kl_rate_bits']:.1f} (KL rate)"
+        ppl = f"{r['code_perplexity']:.0f}" if "code_perplexity" in r and "code_groups" not in r else "-"
         fd = f"{r['fd_in_project']:.2f}" if "fd_in_project" in r else "-"
         lines.append(f"| {r['name']} | {r['token']} | {r['bottleneck']} | {r['bits_in']} | {r['bits_out']:g} "
                      f"| {r['compression']:g} | {r['psnr']:.2f} | {r['ssim']:.4f} | {used} | {ent} | {ppl} | {fd} |")  # fmt: skip
@@ -78,8 +84,8 @@ def _busiest_window(img: np.ndarray, crop: int) -> tuple[int, int]:
 def rate_distortion_figure(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """PSNR against bits per token (log x): one series per `series` key of the rows.
 
-    Discrete tokenizers are also drawn at their effective bits (code entropy), hollow, joined to the nominal
-    point by a thin line.
+    Points are also drawn at their effective bits, hollow, joined to the nominal point by a thin line: the
+    entropy of code usage (discrete, k-bit), or the posterior's KL rate (a full-precision KL latent).
     """
     import matplotlib
 
@@ -96,11 +102,12 @@ def rate_distortion_figure(rows: list[dict], path: str | Path, title: str = "") 
         m = next(markers, "o")
         line = ax.plot([r["bits_out"] for r in pts], [r["psnr"] for r in pts], marker=m, label=label)[0]
         for r in pts:
-            if "code_entropy_bits" in r:
-                ax.plot([r["bits_out"], r["code_entropy_bits"]], [r["psnr"]] * 2, lw=0.6, color=line.get_color())
-                ax.plot(r["code_entropy_bits"], r["psnr"], marker=m, mfc="none", color=line.get_color())
+            eff = r.get("code_entropy_bits", r.get("kl_rate_bits"))
+            if eff is not None:
+                ax.plot([r["bits_out"], eff], [r["psnr"]] * 2, lw=0.6, color=line.get_color())
+                ax.plot(eff, r["psnr"], marker=m, mfc="none", color=line.get_color())
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("bits per token (filled: capacity; hollow: entropy of code usage)\n"
+    ax.set_xlabel("bits per token (filled: capacity; hollow: code entropy, or KL rate of the posterior)\n"
                   "continuous: latent quantised to k bits per channel without retraining; 16 bits = bfloat16")
     ax.set_ylabel("PSNR (dB), mean over images")
     ax.grid(True, which="both", alpha=0.3)
