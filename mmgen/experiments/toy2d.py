@@ -1,9 +1,11 @@
 """The continuous inference-first study: a one-time model (flow matching, sampled with Euler = DDIM on this
-interpolant) against a two-time flow map (IMM, pushforward sampler), same network, same budget, on 2-D targets.
+interpolant) against a two-time flow map (IMM, pushforward and restart samplers), same network, same budget,
+on 2-D targets.
 
 Both models are `TimeMLP`; the one-time model is always called with s = t. Beside them, the exact Bayes
 one-time model of a large target sample (no training) shows that the 1-step failure is the sampler's, not
 the training's: one Euler/DDIM step from pure noise lands on E[x] whatever the network.
+(DDIM with x_hat = x_t - t v and eps_hat = x_t + (1 - t) v gives x_s = x_t - (t - s) v: the Euler step.)
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ class BayesOneTime:
         self.points, self.sigma_d = points.float(), sigma_d
 
     def __call__(self, x_in: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        assert bool((t == t[0]).all()), "one time per call (the samplers' convention)"
         tt = t.float().clamp_min(1e-4)
         x_t = x_in.float() / expand_as(c_in(tt, self.sigma_d), x_in)
-        d2 = torch.cdist(x_t, (1 - tt[:1]) * self.points).pow(2)  # the sampler passes one t per call
-        w = torch.softmax(-d2 / (2 * (tt[:1] * self.sigma_d) ** 2), dim=-1)  # [n, P]
+        d2 = torch.cdist(x_t, (1 - tt[:1]) * self.points).pow(2)  # [n, P]
+        w = torch.softmax(-d2 / (2 * (tt[:1] * self.sigma_d) ** 2), dim=-1)  # posterior over the points
         x_hat = w @ self.points
         return ((x_t - x_hat) / expand_as(tt, x_t) / self.sigma_d).to(x_in.dtype)
 
