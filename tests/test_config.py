@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from mmgen.config import (
     ConfigError,
     ModelConfig,
     RunConfig,
+    ShapesConfig,
     TextTokenizerRecipe,
     dump_config,
     load_config,
@@ -113,3 +115,15 @@ def test_dump_is_readable_yaml(tmp_path):
     out = dump_config(cfg, tmp_path / "run" / "config.yaml")
     data = yaml.safe_load(out.read_text())
     assert data["train"]["steps"] == 3 and data["model"]["depth"] == cfg.model.depth
+
+
+@dataclass
+class Outer:
+    shapes: ShapesConfig = field(default_factory=lambda: ShapesConfig(image_size=64, colors=["red"]))
+
+
+def test_partial_nested_mapping_keeps_the_parents_nested_defaults(tmp_path):
+    p = tmp_path / "o.yaml"
+    p.write_text("shapes:\n  p_two_objects: 0.0\n")
+    cfg = load_config(Outer, p, ["shapes.sizes=[small]"])
+    assert (cfg.shapes.image_size, cfg.shapes.colors, cfg.shapes.p_two_objects, cfg.shapes.sizes) == (64, ["red"], 0.0, ["small"])

@@ -236,9 +236,29 @@ def merge_overrides(data: dict, overrides: typing.Iterable[str], cls: type) -> d
     return data
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _defaults(cls: type) -> dict:
+    """The default instance as a dict (so a partial nested mapping keeps the parent's nested defaults), or
+    {} for a class with required fields."""
+    try:
+        return to_dict(cls())
+    except TypeError:
+        return {}
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
-    """Load `cls` from a YAML file (or defaults when `path` is None), then apply `key.sub=value` overrides."""
+    """Load `cls` from a YAML file (or defaults when `path` is None), then apply `key.sub=value` overrides.
+    Values not given keep the defaults of the enclosing config (nested mappings are merged, not replaced)."""
     data = read_yaml(path) if path is not None else {}
+    if path is not None:
+        from_dict(cls, data, str(path))  # report unknown keys against the file as written
+    data = _merge(_defaults(cls), data)
     source = str(path) if path is not None else f"<defaults of {cls.__name__}>"
     cfg = from_dict(cls, data, source)  # errors in the file itself name the file
     for text in overrides:  # one at a time, so an error names the override that caused it

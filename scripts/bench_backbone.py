@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Forward + backward throughput of the MoT backbone against a dense transformer of the same width and depth
+(same process, same packed batch of shapes documents, alternating runs so machine noise hits both alike).
+
+    python scripts/bench_backbone.py                       # tiny and small presets, CPU
+    python scripts/bench_backbone.py --presets small --rows 8 --seq-len 1024 --device cuda --dtype bf16
+
+Prints a table and writes results/bench_backbone.json. On a GPU it also reports model FLOPs utilisation
+(MFU) in bf16, counting matmuls in every projection and the attention scores/values (6 N D + 12 L d T per
+token for forward + backward) against the GPU's bf16 peak (--peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mmgen.config import ModelConfig, ShapesConfig, load_config
+from mmgen.data.packing import Packer, PackSpec
+from mmgen.data.plan import KIND_NOISY, KIND_TEXT
+from mmgen.data.shapes import ShapesGenerator
+from mmgen.data.shards import Item
+from mmgen.models.model import MMGenConfig, MMGenModel
+from mmgen.tokenizer.text import SPECIAL_IDS, SpecialIds, ensure_text_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def packed_batch(tok, rows: int, seq_len: int, image_size: int, grid: tuple[int, int]):
+    ids = SpecialIds.of(tok)
+    packer = Packer(tok, PackSpec(seq_len, rows, image_size, grid, ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    gen = ShapesGenerator(ShapesConfig(image_size=image_size))
+    return next(packer.batches(Item(gen.document(i), 0, 0, i) for i in range(100000)))
+
+
+def inputs(batch, cfg: MMGenConfig, device, dtype):
+    B, L = batch["input_ids"].shape
+    noisy = batch["kind"] == KIND_NOISY
+    t = torch.where(noisy, torch.rand(B, L), torch.zeros(B, L))
+    return {
+        "input_ids": batch["input_ids"].to(device), "kind": batch["kind"].to(device), "doc": batch["doc"].to(device),
+        "image": batch["image"].to(device), "pos": batch["pos"].to(device),
+        "image_tokens": torch.randn(B, L, cfg.patch_dim, device=device, dtype=dtype),
+        "t": t.to(device), "s": (0.5 * t).to(device),
+    }  # fmt: skip
+
+
+def flops_per_token(cfg: MMGenConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x (matmul parameters per token) + attention 12 x depth x width x seq_len
+    (QK^T and AV, forward and backward, causal-agnostic upper bound); embeddings excluded."""
+    per_layer = 4 * cfg.width * cfg.width + 3 * cfg.width * cfg.mlp_hidden  # one expert's projections
+    return 6 * cfg.depth * per_layer + 12 * cfg.depth * cfg.width * seq_len
+
+
+def bench(models, x, steps: int, warmup: int, device) -> dict[str, list[float]]:
+    times = {k: [] for k in models}
+    for i in range(warmup + steps):
+        for name, model in models.items():  # alternate, so drift and noise affect both
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model(**x)
+            loss = out.logits.float().pow(2).mean() + out.image.float().pow(2).mean()
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
+    ap.add_argument("--out", default=str(REPO / "results" / "bench_backbone.json"))
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    tok = ensure_text_tokenizer(REPO / "tokenizers/text/shapes.yaml")
+    results = []
+    for preset in args.presets:
+        mcfg = load_config(ModelConfig, REPO / "configs" / "model" / f"{preset}.yaml")
+        cfgs = {}
+        for experts in ("mot", "dense"):
+            m = ModelConfig(**{**mcfg.__dict__, "experts": experts})
+            cfgs[experts] = MMGenConfig.from_model_config(
+                m, vocab_size=len(tok), latent_channels=4, image_size=args.image_size, downsample=4,
+                seq_len=args.seq_len, sigma_d=0.5, image_objective="imm", special_ids=SPECIAL_IDS)  # fmt: skip
+        torch.manual_seed(0)
+        models = {k: MMGenModel(c).to(device=device, dtype=dtype).train() for k, c in cfgs.items()}
+        batch = packed_batch(tok, args.rows, args.seq_len, args.image_size, tuple(cfgs["mot"].image_grid))
+        x = inputs(batch, cfgs["mot"], device, dtype)
+        n_tok = int((batch["doc"] >= 0).sum())
+        img_frac = float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok
+        times = bench(models, x, args.steps, args.warmup, device)
+        row = {"preset": preset, "width": cfgs["mot"].width, "depth": cfgs["mot"].depth, "tokens": n_tok,
+               "image_token_fraction": round(img_frac, 3),
+               "params_mot": sum(p.numel() for p in models["mot"].parameters()),
+               "params_dense": sum(p.numel() for p in models["dense"].parameters())}  # fmt: skip
+        for k, ts in times.items():
+            med = statistics.median(ts)
+            row[f"{k}_tokens_per_s"] = n_tok / med
+            if device.type == "cuda":
+                row[f"{k}_mfu"] = flops_per_token(cfgs[k], args.seq_len) * n_tok / med / (args.peak_tflops * 1e12)
+        row["mot_over_dense"] = row["mot_tokens_per_s"] / row["dense_tokens_per_s"]
+        results.append(row)
+        print(f"{preset:>6}: width {row['width']:4d} depth {row['depth']:2d} | MoT {row['mot_tokens_per_s']:9.0f} tok/s "
+              f"| dense {row['dense_tokens_per_s']:9.0f} tok/s | ratio {row['mot_over_dense']:.3f}"
+              + (f" | MFU MoT {row['mot_mfu']:.1%} dense {row['dense_mfu']:.1%}" if device.type == "cuda" else ""))  # fmt: skip
+    out = {
+        "benchmark": "forward+backward tokens/s, MoT vs dense of the same width/depth, same packed batch",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": args.dtype, "rows": args.rows, "seq_len": args.seq_len, "steps": args.steps, "results": results,
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
