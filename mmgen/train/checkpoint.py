@@ -26,6 +26,18 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename a finished `tmp` folder to `final`; an existing `final` stays until the new one is in place."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.replace(old)
+        tmp.replace(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.replace(final)
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:07d}"
 
@@ -69,14 +81,7 @@ def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], ema_st
     engine.barrier()
     if engine.is_main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        if final.exists():  # re-saving a step: keep the old one until the new one is in place
-            old = final.with_name(final.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.replace(old)
-            tmp.replace(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(final)
+        _swap_in(tmp, final)
         _write_atomic(root / "latest", final.name)
         for stale in complete_checkpoints(root)[:-keep] if keep > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)
@@ -111,12 +116,5 @@ def export_release(folder: Path, model_cls, model_config, state_dict: dict[str, 
     image_tok.save_pretrained(tmp / "image_tokenizer")
     if run_config_yaml is not None:
         (tmp / "run_config.yaml").write_text(run_config_yaml)
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.replace(old)
-        tmp.replace(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.replace(folder)
+    _swap_in(tmp, folder)
     return folder

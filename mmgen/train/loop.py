@@ -161,8 +161,10 @@ class Trainer:
             bar.update(1)
             if self.step % tc.log_every == 0 or self.step == stop:
                 dt = time.perf_counter() - t_window
+                mem = memory_mb(e.device)
+                per_rank = e.all_reduce([mem if r == e.rank else 0.0 for r in range(e.world_size)])
                 last.update(step=self.step, tokens_per_s=tok_window / max(dt, 1e-9), tokens_seen=self.tokens_seen,
-                            mem_mb=memory_mb(e.device), data_skipped=self.data.cursor.skipped,
+                            mem_mb=mem, mem_mb_per_rank=per_rank, data_skipped=self.data.cursor.skipped,
                             params_local=self.params_local, params_total=self.params_total)  # fmt: skip
                 self.log.write(last)
                 bar.set_postfix_str(

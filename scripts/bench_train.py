@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Training throughput and memory: the real `scripts/train.py`, launched through accelerate.
+
+    python scripts/bench_train.py                     # CPU: tiny + small single-process; small under ZeRO-1/2/3 x 2
+    python scripts/bench_train.py --only single       # just the single-process rows
+
+Per configuration: tokens/s (median over the logged steps after the first) and peak memory per rank
+(resident set size on a CPU, peak allocated on a GPU), read from each run's metrics.jsonl. The ZeRO rows
+use two processes (gloo on a CPU) and show what sharding optimizer state (1), gradients (2) and
+parameters (3) saves per rank. Writes results/bench_train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(name: str, accel: str, nproc: int, model: str, steps: int, rows: int, extra: list[str], tmp: Path) -> dict:
+    out = tmp / name
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accel),
+           "--num_processes", str(nproc), str(REPO / "scripts/train.py"),
+           f"model={json.dumps(_model(model))}", f"train.output_dir={out}", f"train.steps={steps}",
+           "train.log_every=1", "train.sample_every=0", "train.ckpt_every=0", "train.warmup_steps=1",
+           f"data.rows={rows}", *extra]  # fmt: skip
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(REPO / ".cache/torch_extensions"), TOKENIZERS_PARALLELISM="false")
+    if nproc > 1 and not torch.cuda.is_available():
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // nproc))
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{res.stderr[-4000:]}")
+    rows_ = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    later = rows_[1:] or rows_
+    return {
+        "name": name, "model": model, "processes": nproc, "steps": steps, "rows_per_rank": rows,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
+        "peak_mem_mb_per_rank": [round(x, 1) for x in rows_[-1]["mem_mb_per_rank"]],
+        "params_total": rows_[-1]["params_total"], "params_on_rank0": rows_[-1]["params_local"],
+    }  # fmt: skip
+
+
+def _model(preset: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "configs/model" / f"{preset}.yaml").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["single", "zero"], default=None)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--out", default=str(REPO / "results" / "bench_train.json"))
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if args.only in (None, "single"):
+            results.append(run("single-tiny", "configs/accelerate/single.yaml", 1, "tiny", args.steps + 4, 8, [], tmp))
+            results.append(run("single-small", "configs/accelerate/single.yaml", 1, "small", args.steps, 4, [], tmp))
+        if args.only in (None, "zero"):
+            results.append(run("ddp-small-x2", "configs/accelerate/ddp_cpu.yaml" if not torch.cuda.is_available()
+                               else "configs/accelerate/ddp.yaml", 2, "small", args.steps, 2, [], tmp))  # fmt: skip
+            for stage in (1, 2, 3):
+                results.append(run(f"zero{stage}-small-x2", f"configs/accelerate/zero{stage}.yaml", 2, "small",
+                                   args.steps, 2, [], tmp))  # fmt: skip
+    for r in results:
+        print(f"{r['name']:>16}: {r['tokens_per_s']:8.0f} tok/s  peak MB per rank {r['peak_mem_mb_per_rank']}  "
+              f"params on rank 0 {r['params_on_rank0'] / 1e6:.1f}M of {r['params_total'] / 1e6:.1f}M")  # fmt: skip
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"device": device, "torch": torch.__version__, "results": results}, indent=1))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
