@@ -67,6 +67,7 @@ class Noise:
     uncond: torch.Tensor  # bool [n_targets]: condition dropped
     eps: torch.Tensor  # [n_targets, C, h, w], already scaled by sigma_d
     sizes: list[int]  # IMM group sizes (empty for flow matching)
+    boundary: list[bool]  # per IMM group: trained at s = t with the flow-matching loss (imm.boundary_fraction)
 
 
 def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ...],
@@ -75,10 +76,14 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
     sd = cfg.imm.sigma_d if imm_mode else cfg.fm.sigma_d
     p_drop = cfg.imm.cond_dropout if imm_mode else cfg.fm.cond_dropout
     sizes = imm_groups(n_targets, cfg.imm.particles) if imm_mode else [1] * n_targets
-    t, s, r, unc, eps = [], [], [], [], []
+    t, s, r, unc, eps, boundary = [], [], [], [], [], []
     for size in sizes:
         if imm_mode:
             tg, sg, rg = imm.sample_times(1, cfg.imm, generator)
+            if cfg.imm.boundary_fraction > 0:
+                boundary.append(bool(torch.rand(1, generator=generator) < cfg.imm.boundary_fraction))
+                if boundary[-1]:
+                    sg = rg = tg
         else:
             tg = fm.sample_t(1, cfg.fm, generator)
             sg = rg = tg
@@ -90,8 +95,11 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
             eps.append(torch.randn((1, *latent_shape), generator=generator) * sd)
     if not sizes:
         z = torch.zeros(0)
-        return Noise(z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [])
-    return Noise(torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps), sizes if imm_mode else [])
+        return Noise(z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [], [])
+    if imm_mode and not boundary:
+        boundary = [False] * len(sizes)
+    return Noise(torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps), sizes if imm_mode else [],
+                 boundary)
 
 
 class MultimodalLoss:
@@ -149,12 +157,12 @@ class MultimodalLoss:
             noisy = batch["kind"] == KIND_NOISY
             g = self._latent(from_dense(out.image, batch["image"], batch["patch"], noisy, N, tokens_clean.shape[1]))
             g = g[targets]
+            per_image_fm = (g.float() - fm.velocity_target(x, eps, sd).float()).pow(2).flatten(1).mean(1)
             if cfg.image == "imm":
-                img_sum = self._imm_sum(model, batch, x, x_t, g, t_i, s_i, r_i, sizes, tokens_clean,
-                                        noisy_vals, t_img, s_img, uncond_img, targets)  # fmt: skip
+                img_sum = self._imm_sum(model, batch, x, x_t, g, t_i, s_i, r_i, sizes, noise.boundary, tokens_clean,
+                                        noisy_vals, t_img, s_img, uncond_img, targets, per_image_fm)  # fmt: skip
             else:
-                v = fm.velocity_target(x, eps, sd)
-                img_sum = (g.float() - v.float()).pow(2).flatten(1).mean(1).sum()
+                img_sum = per_image_fm.sum()
 
         n_text_local, units_local = where_text.sum().item(), (len(sizes) if cfg.image == "imm" else n_t)
         norm = norm or LossNorm(max(1, n_text_local), max(1, units_local))
@@ -170,8 +178,9 @@ class MultimodalLoss:
     def _latent(self, tokens: torch.Tensor) -> torch.Tensor:
         return unpatchify(tokens, self.p, self.grid, self.latent_channels)
 
-    def _imm_sum(self, model, batch, x, x_t, g_t, t_i, s_i, r_i, sizes, tokens_clean, noisy_vals,
-                 t_img, s_img, uncond_img, targets) -> torch.Tensor:  # fmt: skip
+    def _imm_sum(self, model, batch, x, x_t, g_t, t_i, s_i, r_i, sizes, boundary, tokens_clean, noisy_vals,
+                 t_img, s_img, uncond_img, targets, per_image_fm) -> torch.Tensor:  # fmt: skip
+        """Sum over groups of lambda(t) MMD^2 (boundary groups: weighted mean flow-matching loss)."""
         cfg, sd = self.cfg.imm, self.sigma_d
         y_t = imm.flow_map(x_t, t_i, s_i, g_t, sd)
         x_r = imm.ddim(x_t, x, t_i, r_i)
@@ -188,8 +197,14 @@ class MultimodalLoss:
             y_r = imm.flow_map(x_r, r_i, s_i, self._latent(g_r)[targets], sd)
         total = y_t.new_zeros(())
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for a, size, b in zip(starts, sizes, boundary):
+            if b:
+                total = total + cfg.boundary_weight * per_image_fm[a : a + size].mean()
         for size in sorted(set(sizes)):  # one batched kernel per group size (sizes are M and M+1)
-            first = torch.tensor([a for a, sz in zip(starts, sizes) if sz == size], device=y_t.device)
+            first = [a for a, sz, b in zip(starts, sizes, boundary) if sz == size and not b]
+            if not first:
+                continue
+            first = torch.tensor(first, device=y_t.device)
             idx = (first[:, None] + torch.arange(size, device=y_t.device)).reshape(-1)
             G = first.numel()
             per = imm.group_loss(y_t[idx].reshape(G, size, -1), y_r[idx].reshape(G, size, -1), t_i[first], s_i[first], cfg)
