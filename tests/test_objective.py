@@ -1,0 +1,108 @@
+"""The packed-batch objective: group formation, text loss, boundary groups, batches without text or images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_model import _randomize, tiny_config
+
+from mmgen.config import ObjectiveConfig, from_dict
+from mmgen.data.plan import IGNORE, KIND_NOISY
+from mmgen.models.model import MMGenModel
+from mmgen.objectives.multimodal import MultimodalLoss, count_units, imm_groups
+
+
+def test_group_sizes():
+    assert imm_groups(0, 4) == [] and imm_groups(3, 4) == [3] and imm_groups(8, 4) == [4, 4]
+    assert imm_groups(11, 4) == [4, 4, 3] or imm_groups(11, 4) == [6, 5]
+    for n in range(1, 40):
+        sizes = imm_groups(n, 4)
+        assert sum(sizes) == n and (n < 4 or min(sizes) >= 4) and max(sizes) <= max(4, n) and max(sizes) - min(sizes) <= 1
+
+
+def _setup(batch, **objective):
+    cfg = from_dict(ObjectiveConfig, objective)
+    mc = tiny_config()
+    model = MMGenModel(mc)
+    _randomize(model)
+    loss_fn = MultimodalLoss(cfg, mc.patch_size, mc.image_grid, mc.latent_channels)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(batch["images"].shape[0], 4, 4, 4, generator=g) * 0.5
+    return cfg, model, loss_fn, x0
+
+
+def test_text_loss_is_the_cross_entropy_of_the_labels(batch):
+    cfg, model, loss_fn, x0 = _setup(batch, image_weight=0.0)
+    seen = []
+
+    def spy(**kw):
+        out = model(**kw)
+        seen.append((kw["text_positions"], out.logits))
+        return out
+
+    loss, st = loss_fn(spy, batch, x0, loss_fn.draw(batch, torch.Generator().manual_seed(1)))
+    where, logits = seen[0]
+    assert torch.equal(where, batch["labels"] != IGNORE)  # logits only where there is a target
+    ref = F.cross_entropy(logits, batch["labels"][where])
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    assert st["text_tokens"] == where.sum()
+
+
+def test_boundary_groups_are_flow_matching(batch):
+    """With every group on the boundary (s = t) the image loss is flow matching's, per group."""
+    _, model, imm_fn, x0 = _setup(batch, text_weight=0.0, imm={"boundary_fraction": 1.0})
+    noise = imm_fn.draw(batch, torch.Generator().manual_seed(2))
+    assert all(noise.boundary) and torch.equal(noise.s, noise.t)
+    loss, st = imm_fn(model, batch, x0, noise)
+    # reference: the flow-matching objective with the same t and eps
+    _, _, fm_fn, _ = _setup(batch, text_weight=0.0, image="fm")
+    fm_noise = fm_fn.draw(batch, torch.Generator().manual_seed(9))
+    fm_noise.t, fm_noise.s, fm_noise.r, fm_noise.eps, fm_noise.uncond = noise.t, noise.t, noise.t, noise.eps, noise.uncond
+    _, fm_st = fm_fn(model, batch, x0, fm_noise)
+    per_image = fm_st["image_loss"]  # mean over images
+    sizes = noise.sizes
+    assert st["image_units"] == len(sizes)
+    if len(set(sizes)) == 1:  # equal groups: the mean of group means is the mean over images
+        assert st["image_loss"] == pytest.approx(per_image, rel=1e-5)
+
+
+def test_no_text_targets_and_no_images_stay_finite(batch):
+    cfg, model, loss_fn, x0 = _setup(batch)
+    b = dict(batch)
+    b["labels"] = torch.full_like(batch["labels"], IGNORE)
+    loss, st = loss_fn(model, b, x0, loss_fn.draw(b, torch.Generator().manual_seed(3)))
+    assert torch.isfinite(loss) and st["text_tokens"] == 0
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    b = dict(batch)
+    b["image_loss"] = torch.zeros_like(batch["image_loss"])
+    b["kind"] = torch.where(batch["kind"] == KIND_NOISY, torch.ones_like(batch["kind"]), batch["kind"])
+    loss, st = loss_fn(model, b, x0, loss_fn.draw(b, torch.Generator().manual_seed(3)))
+    assert torch.isfinite(loss) and st["image_units"] == 0 and count_units(b, cfg)[1] == 0
+
+
+def test_target_branch_carries_no_gradient(batch):
+    """theta- is the same weights without gradient: the loss's gradient equals that of a copy where the
+    y_r forward runs on a frozen duplicate of the model."""
+    import copy
+
+    cfg, model, loss_fn, x0 = _setup(batch, text_weight=0.0)
+    noise = loss_fn.draw(batch, torch.Generator().manual_seed(4))
+    loss, _ = loss_fn(model, batch, x0, noise)
+    loss.backward()
+    g1 = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    model.zero_grad()
+    calls = {"n": 0}
+
+    def first_live_then_frozen(**kw):
+        calls["n"] += 1
+        return model(**kw) if calls["n"] == 1 else frozen(**kw)
+
+    loss2, _ = loss_fn(first_live_then_frozen, batch, x0, noise)
+    loss2.backward()
+    g2 = [p.grad for p in model.parameters() if p.grad is not None]
+    torch.testing.assert_close(loss, loss2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
