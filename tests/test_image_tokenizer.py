@@ -71,6 +71,17 @@ def test_kl_samples_in_training_and_uses_the_mean_in_encode():
     assert not torch.equal(z1, z2) and tok.bottleneck(h).losses["kl"] > 0
 
 
+def test_kl_rate_is_zero_at_the_prior_and_grows_with_a_sharper_posterior():
+    kl = ImageTokenizer(tiny("kl")).bottleneck
+    prior = torch.zeros(1, 6, 2, 2)  # mean 0, log variance 0: q = N(0, I)
+    assert torch.allclose(kl.rate_bits(prior), torch.zeros(1, 2, 2))
+    sharp = torch.cat([torch.ones(1, 3, 2, 2), torch.full((1, 3, 2, 2), -4.0)], dim=1)
+    expected = 3 * 0.5 * (1 + math.exp(-4) - 1 + 4) / math.log(2)  # per position, 3 channels, in bits
+    assert torch.allclose(kl.rate_bits(sharp), torch.full((1, 2, 2), expected), atol=1e-5)
+    with pytest.raises(ValueError, match="kl"):
+        ImageTokenizer(tiny("vq")).rate_bits(torch.zeros(1, 3, 8, 8))
+
+
 def test_fsq_codes_cover_exactly_the_product_of_levels():
     fsq = FSQBottleneck([3, 4, 2])
     # a dense grid of inputs, far beyond the bounded range, hits every code and nothing else
