@@ -187,6 +187,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # consecutive non-finite losses before training stops
     seed: int = 0
+    init_from: str = ""  # a release folder whose weights start this run (e.g. an IMM run from a flow-matching one)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.grad_accum >= 1, "steps and grad_accum must be >= 1")

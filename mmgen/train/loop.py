@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mmgen.config import RunConfig, dump_config, to_dict
+from mmgen.config import ConfigError, RunConfig, dump_config, to_dict
 from mmgen.models.model import MMGenModel
 from mmgen.objectives.multimodal import LossNorm, MultimodalLoss, count_units
 from mmgen.train import build
@@ -42,6 +42,22 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
 
 
+def load_weights(model: MMGenModel, folder: str) -> None:
+    """Start from a release folder's weights; every tensor must match in name and shape."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"train.init_from: no model.safetensors in '{folder}' (give a release folder)")
+    state = load_file(str(path))
+    own = model.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad or set(state) - set(own):
+        raise ConfigError(f"train.init_from: '{folder}' holds another architecture (first mismatch: "
+                          f"{(bad or sorted(set(state) - set(own)))[0]}); match model.* to it")  # fmt: skip
+    model.load_state_dict(state)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, resume: str = "auto"):
         self.cfg = cfg
@@ -51,6 +67,8 @@ class Trainer:
         self.mconf = build.model_config(cfg, self.text_tok, self.image_tok)
         self.spec = build.pack_spec(cfg, self.mconf, self.text_tok)
         model = MMGenModel(self.mconf)
+        if cfg.train.init_from:
+            load_weights(model, cfg.train.init_from)
         if cfg.train.grad_checkpointing:
             model.gradient_checkpointing = True
         self.engine = Engine(model, make_optimizer(model, cfg.train), grad_accum=cfg.train.grad_accum,
