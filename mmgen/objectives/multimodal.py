@@ -102,6 +102,21 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
                  boundary)
 
 
+@dataclass
+class _Prepared:
+    """One micro-batch's image inputs for the forward with gradient (and, for IMM, the target forward)."""
+
+    targets: torch.Tensor  # [n] indices of the target images
+    clean: torch.Tensor  # [N, G, P] c_in(0) x0 patches of every image (the clean copies)
+    noisy: torch.Tensor  # [N, G, P] c_in(t) x_t patches (rows of target images only)
+    t: torch.Tensor  # [N] time of each image's noisy copy (0 for non-targets)
+    s: torch.Tensor  # [N]
+    uncond: torch.Tensor  # [N] bool: condition dropped
+    x: torch.Tensor  # [n, C, h, w] clean latents of the targets
+    x_t: torch.Tensor  # [n, C, h, w]
+    eps: torch.Tensor  # [n, C, h, w]
+
+
 class MultimodalLoss:
     def __init__(self, cfg: ObjectiveConfig, patch_size: int, grid: tuple[int, int] | list[int], latent_channels: int):
         self.cfg = cfg
@@ -110,61 +125,60 @@ class MultimodalLoss:
         self.latent_channels = latent_channels
         self.sigma_d = cfg.imm.sigma_d if cfg.image == "imm" else cfg.fm.sigma_d
 
-    def _inputs(self, batch, tokens_clean, noisy_vals, t_img, s_img, uncond_img):
-        kind, image, patch = batch["kind"], batch["image"], batch["patch"]
-        noisy, clean = kind == KIND_NOISY, kind == KIND_CLEAN
-        dense = to_dense(tokens_clean, image, patch, clean) + to_dense(noisy_vals, image, patch, noisy)
-        return {
-            "input_ids": batch["input_ids"], "kind": kind, "doc": batch["doc"], "image": image, "pos": batch["pos"],
-            "image_tokens": dense, "t": per_token(t_img, image, noisy), "s": per_token(s_img, image, noisy),
-            "uncond": per_token(uncond_img, image, kind != KIND_TEXT),
-        }  # fmt: skip
-
     def draw(self, batch: dict[str, Any], generator: torch.Generator) -> Noise:
         n_t = int(batch["image_loss"].sum())
-        C = self.latent_channels
         h, w = self.grid[0] * self.p, self.grid[1] * self.p
-        return draw_noise(self.cfg, n_t, (C, h, w), generator)
+        return draw_noise(self.cfg, n_t, (self.latent_channels, h, w), generator)
+
+    def _prepare(self, batch: dict[str, Any], x0: torch.Tensor, noise: Noise) -> _Prepared:
+        sd, dev, N = self.sigma_d, x0.device, x0.shape[0]
+        targets = batch["image_loss"].nonzero().squeeze(1).to(dev)
+        t_i = noise.t.to(dev)
+        t, s = x0.new_zeros(N), x0.new_zeros(N)
+        t[targets], s[targets] = t_i, noise.s.to(dev)
+        uncond = torch.zeros(N, dtype=torch.bool, device=dev)
+        uncond[targets] = noise.uncond.to(dev)
+        x, eps = x0[targets], noise.eps.to(dev, x0.dtype)
+        x_t = imm.interpolate(x, eps, t_i)
+        clean = patchify(x0, self.p) / sd  # c_in(0) = 1 / sigma_d
+        noisy = torch.zeros_like(clean)
+        noisy[targets] = patchify(imm.expand_as(imm.c_in(t_i, sd), x_t) * x_t, self.p)
+        return _Prepared(targets, clean, noisy, t, s, uncond, x, x_t, eps)
+
+    @staticmethod
+    def _inputs(batch: dict[str, Any], prep: _Prepared, noisy: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        """Model inputs in the dense [B, L] layout; `noisy` and `t` override the noisy copies' values/times."""
+        kind, image, patch = batch["kind"], batch["image"], batch["patch"]
+        is_noisy, is_clean = kind == KIND_NOISY, kind == KIND_CLEAN
+        dense = to_dense(prep.clean, image, patch, is_clean) + to_dense(noisy, image, patch, is_noisy)
+        return {
+            "input_ids": batch["input_ids"], "kind": kind, "doc": batch["doc"], "image": image, "pos": batch["pos"],
+            "image_tokens": dense, "t": per_token(t, image, is_noisy), "s": per_token(prep.s, image, is_noisy),
+            "uncond": per_token(prep.uncond, image, kind != KIND_TEXT),
+        }  # fmt: skip
+
+    def _g(self, out_image: torch.Tensor, batch: dict[str, Any], prep: _Prepared) -> torch.Tensor:
+        """The image head's G at the targets' noisy copies, as latents [n, C, h, w]."""
+        g = from_dense(out_image, batch["image"], batch["patch"], batch["kind"] == KIND_NOISY, *prep.clean.shape[:2])
+        return unpatchify(g, self.p, self.grid, self.latent_channels)[prep.targets]
 
     def __call__(self, model, batch: dict[str, Any], x0: torch.Tensor, noise: Noise,
                  norm: LossNorm | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
         """x0: clean latents of every image of the batch [N, C, h, w], normalised (std about sigma_d)."""
-        cfg, sd, dev = self.cfg, self.sigma_d, x0.device
-        N = x0.shape[0]
-        targets = batch["image_loss"].nonzero().squeeze(1).to(dev)
-        n_t = targets.numel()
-        tokens_clean = patchify(x0, self.p) / sd  # c_in(0) = 1 / sigma_d
-        t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
-        sizes = noise.sizes
-        t_img, s_img = x0.new_zeros(N), x0.new_zeros(N)
-        t_img[targets], s_img[targets] = t_i, s_i
-        uncond_img = torch.zeros(N, dtype=torch.bool, device=dev)
-        uncond_img[targets] = noise.uncond.to(dev)
-
-        x = x0[targets]
-        eps = noise.eps.to(dev, x0.dtype)
-        x_t = imm.interpolate(x, eps, t_i)
-        noisy_vals = x0.new_zeros(N, tokens_clean.shape[1], tokens_clean.shape[2])
-        noisy_vals[targets] = patchify(imm.expand_as(imm.c_in(t_i, sd), x_t) * x_t, self.p)
-
+        cfg = self.cfg
+        prep = self._prepare(batch, x0, noise)
         where_text, text_y = text_targets(batch["labels"])
-        inputs = self._inputs(batch, tokens_clean, noisy_vals, t_img, s_img, uncond_img)
-        out = model(**inputs, text_positions=where_text)
-        text_sum = ntp_loss_sum(out.logits, text_y.to(dev))
+        out = model(**self._inputs(batch, prep, prep.noisy, prep.t), text_positions=where_text)
+        text_sum = ntp_loss_sum(out.logits, text_y.to(x0.device))
 
         img_sum = x0.new_zeros(())
+        n_t = prep.targets.numel()
         if n_t > 0:
-            noisy = batch["kind"] == KIND_NOISY
-            g = self._latent(from_dense(out.image, batch["image"], batch["patch"], noisy, N, tokens_clean.shape[1]))
-            g = g[targets]
-            per_image_fm = (g.float() - fm.velocity_target(x, eps, sd).float()).pow(2).flatten(1).mean(1)
-            if cfg.image == "imm":
-                img_sum = self._imm_sum(model, batch, x, x_t, g, t_i, s_i, r_i, sizes, noise.boundary, tokens_clean,
-                                        noisy_vals, t_img, s_img, uncond_img, targets, per_image_fm)  # fmt: skip
-            else:
-                img_sum = per_image_fm.sum()
+            g = self._g(out.image, batch, prep)
+            per_image_fm = (g.float() - fm.velocity_target(prep.x, prep.eps, self.sigma_d).float()).pow(2).flatten(1).mean(1)
+            img_sum = self._imm_sum(model, batch, prep, g, noise, per_image_fm) if cfg.image == "imm" else per_image_fm.sum()
 
-        n_text_local, units_local = where_text.sum().item(), (len(sizes) if cfg.image == "imm" else n_t)
+        n_text_local, units_local = where_text.sum().item(), (len(noise.sizes) if cfg.image == "imm" else n_t)
         norm = norm or LossNorm(max(1, n_text_local), max(1, units_local))
         loss = cfg.text_weight * text_sum / max(norm.text_tokens, 1) + cfg.image_weight * img_sum / max(norm.image_units, 1)
         stats = {
@@ -175,38 +189,32 @@ class MultimodalLoss:
         }
         return loss, stats
 
-    def _latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        return unpatchify(tokens, self.p, self.grid, self.latent_channels)
-
-    def _imm_sum(self, model, batch, x, x_t, g_t, t_i, s_i, r_i, sizes, boundary, tokens_clean, noisy_vals,
-                 t_img, s_img, uncond_img, targets, per_image_fm) -> torch.Tensor:  # fmt: skip
-        """Sum over groups of lambda(t) MMD^2 (boundary groups: weighted mean flow-matching loss)."""
-        cfg, sd = self.cfg.imm, self.sigma_d
-        y_t = imm.flow_map(x_t, t_i, s_i, g_t, sd)
-        x_r = imm.ddim(x_t, x, t_i, r_i)
+    def _imm_sum(self, model, batch: dict[str, Any], prep: _Prepared, g_t: torch.Tensor, noise: Noise,
+                 per_image_fm: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Sum over groups of lambda(t) MMD^2 (boundary groups: their weighted mean flow-matching loss)."""
+        cfg, sd, dev = self.cfg.imm, self.sigma_d, g_t.device
+        t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
+        y_t = imm.flow_map(prep.x_t, t_i, s_i, g_t, sd)
+        x_r = imm.ddim(prep.x_t, prep.x, t_i, r_i)
         with torch.no_grad():  # theta-: the same weights, stop-gradient; only the noisy copies change
-            noisy_r = noisy_vals.clone()
-            noisy_r[targets] = patchify(imm.expand_as(imm.c_in(r_i, sd), x_r) * x_r, self.p)
-            t_r = t_img.clone()
-            t_r[targets] = r_i
-            inputs_r = self._inputs(batch, tokens_clean, noisy_r, t_r, s_img, uncond_img)
-            none = torch.zeros_like(batch["labels"], dtype=torch.bool)
-            out_r = model(**inputs_r, text_positions=none)
-            noisy = batch["kind"] == KIND_NOISY
-            g_r = from_dense(out_r.image, batch["image"], batch["patch"], noisy, *tokens_clean.shape[:2])
-            y_r = imm.flow_map(x_r, r_i, s_i, self._latent(g_r)[targets], sd)
+            noisy_r = torch.zeros_like(prep.noisy)
+            noisy_r[prep.targets] = patchify(imm.expand_as(imm.c_in(r_i, sd), x_r) * x_r, self.p)
+            t_r = prep.t.clone()
+            t_r[prep.targets] = r_i
+            out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=torch.zeros_like(batch["labels"], dtype=torch.bool))
+            y_r = imm.flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
         total = y_t.new_zeros(())
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        for a, size, b in zip(starts, sizes, boundary):
+        sizes, starts = noise.sizes, [sum(noise.sizes[:i]) for i in range(len(noise.sizes))]
+        for a, size, b in zip(starts, sizes, noise.boundary):
             if b:
                 total = total + cfg.boundary_weight * per_image_fm[a : a + size].mean()
         for size in sorted(set(sizes)):  # one batched kernel per group size (sizes are M and M+1)
-            first = [a for a, sz, b in zip(starts, sizes, boundary) if sz == size and not b]
+            first = [a for a, sz, b in zip(starts, sizes, noise.boundary) if sz == size and not b]
             if not first:
                 continue
-            first = torch.tensor(first, device=y_t.device)
-            idx = (first[:, None] + torch.arange(size, device=y_t.device)).reshape(-1)
-            G = first.numel()
-            per = imm.group_loss(y_t[idx].reshape(G, size, -1), y_r[idx].reshape(G, size, -1), t_i[first], s_i[first], cfg)
+            first_t = torch.tensor(first, device=dev)
+            idx = (first_t[:, None] + torch.arange(size, device=dev)).reshape(-1)
+            G = len(first)
+            per = imm.group_loss(y_t[idx].reshape(G, size, -1), y_r[idx].reshape(G, size, -1), t_i[first_t], s_i[first_t], cfg)
             total = total + per.sum()
         return total
