@@ -137,6 +137,9 @@ class ImmConfig:
     # a dense signal that speeds up small-batch training without moving the IMM optimum
     boundary_fraction: float = 0.0
     boundary_weight: float = 1.0
+    # mmgen extension (0 = the paper's IMM from scratch): the first steps train only the boundary (flow
+    # matching at s = t), which learns the velocity fast; IMM then turns it into jumps
+    warm_start_steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.particles >= 1, "particles must be >= 1")

@@ -71,8 +71,9 @@ class Noise:
 
 
 def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ...],
-               generator: torch.Generator) -> Noise:  # fmt: skip
+               generator: torch.Generator, step: int = 0) -> Noise:  # fmt: skip
     imm_mode = cfg.image == "imm"
+    boundary_fraction = 1.0 if step < cfg.imm.warm_start_steps else cfg.imm.boundary_fraction
     sd = cfg.imm.sigma_d if imm_mode else cfg.fm.sigma_d
     p_drop = cfg.imm.cond_dropout if imm_mode else cfg.fm.cond_dropout
     sizes = imm_groups(n_targets, cfg.imm.particles) if imm_mode else [1] * n_targets
@@ -80,8 +81,8 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
     for size in sizes:
         if imm_mode:
             tg, sg, rg = imm.sample_times(1, cfg.imm, generator)
-            if cfg.imm.boundary_fraction > 0:
-                boundary.append(bool(torch.rand(1, generator=generator) < cfg.imm.boundary_fraction))
+            if boundary_fraction > 0:
+                boundary.append(bool(torch.rand(1, generator=generator) < boundary_fraction))
                 if boundary[-1]:
                     sg = rg = tg
         else:
@@ -125,10 +126,11 @@ class MultimodalLoss:
         self.latent_channels = latent_channels
         self.sigma_d = cfg.imm.sigma_d if cfg.image == "imm" else cfg.fm.sigma_d
 
-    def draw(self, batch: dict[str, Any], generator: torch.Generator) -> Noise:
+    def draw(self, batch: dict[str, Any], generator: torch.Generator, step: int = 0) -> Noise:
+        """The random draws of a micro-batch at optimizer step `step` (the step matters during warm start)."""
         n_t = int(batch["image_loss"].sum())
         h, w = self.grid[0] * self.p, self.grid[1] * self.p
-        return draw_noise(self.cfg, n_t, (self.latent_channels, h, w), generator)
+        return draw_noise(self.cfg, n_t, (self.latent_channels, h, w), generator, step)
 
     def _prepare(self, batch: dict[str, Any], x0: torch.Tensor, noise: Noise) -> _Prepared:
         sd, dev, N = self.sigma_d, x0.device, x0.shape[0]
@@ -193,6 +195,13 @@ class MultimodalLoss:
                  per_image_fm: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """Sum over groups of lambda(t) MMD^2 (boundary groups: their weighted mean flow-matching loss)."""
         cfg, sd, dev = self.cfg.imm, self.sigma_d, g_t.device
+        sizes, starts = noise.sizes, [sum(noise.sizes[:i]) for i in range(len(noise.sizes))]
+        total = g_t.new_zeros(())
+        for a, size, b in zip(starts, sizes, noise.boundary):
+            if b:
+                total = total + cfg.boundary_weight * per_image_fm[a : a + size].mean()
+        if all(noise.boundary):  # e.g. during warm start: no MMD group, no target forward
+            return total
         t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
         y_t = imm.flow_map(prep.x_t, t_i, s_i, g_t, sd)
         x_r = imm.ddim(prep.x_t, prep.x, t_i, r_i)
@@ -201,13 +210,9 @@ class MultimodalLoss:
             noisy_r[prep.targets] = patchify(imm.expand_as(imm.c_in(r_i, sd), x_r) * x_r, self.p)
             t_r = prep.t.clone()
             t_r[prep.targets] = r_i
-            out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=torch.zeros_like(batch["labels"], dtype=torch.bool))
+            none = torch.zeros_like(batch["labels"], dtype=torch.bool)
+            out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
             y_r = imm.flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
-        total = y_t.new_zeros(())
-        sizes, starts = noise.sizes, [sum(noise.sizes[:i]) for i in range(len(noise.sizes))]
-        for a, size, b in zip(starts, sizes, noise.boundary):
-            if b:
-                total = total + cfg.boundary_weight * per_image_fm[a : a + size].mean()
         for size in sorted(set(sizes)):  # one batched kernel per group size (sizes are M and M+1)
             first = [a for a, sz, b in zip(starts, sizes, noise.boundary) if sz == size and not b]
             if not first:

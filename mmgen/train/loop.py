@@ -133,7 +133,7 @@ class Trainer:
         for i, b in enumerate(micro):
             x0 = build.clean_latents(b, self.image_tok, self.loss_fn.sigma_d, e.device)
             b = {k: (v.to(e.device) if torch.is_tensor(v) else v) for k, v in b.items()}
-            noise = self.loss_fn.draw(b, gen)
+            noise = self.loss_fn.draw(b, gen, self.step)
             with e.autocast():
                 loss, st = self.loss_fn(e.model, b, x0, noise, norm)
             bad |= e.any_rank(not math.isfinite(float(loss.detach())))
