@@ -223,23 +223,21 @@ class MMGenModel(PreTrainedModel):
         """
         B, L = input_ids.shape
         is_image = kind != KIND_TEXT
-        route = Routing.build(is_image)
+        route = Routing.build(is_image, mot=self.config.experts == "mot")
         if uncond is None:
             uncond = torch.zeros_like(is_image)
 
-        # embed, grouped by expert: text ids | image patches + time embedding
-        n_text = route.n_text
+        # embed in stream order: text rows from ids, image rows from patches + their time embedding
         h = self.embed.weight.new_empty(B * L, self.config.width)
-        if n_text > 0:
-            h[:n_text] = self.embed(route.group(input_ids)[:n_text])
+        if route.n_text > 0:
+            h[route.text_rows] = self.embed(route.group(input_ids)[route.text_rows])
         temb = None
-        if n_text < B * L:
+        if route.n_image > 0:
             if image_tokens is None or t is None or s is None:
                 raise ValueError("the plan has image tokens: pass image_tokens, t and s")
-            t_img, s_img = route.group(t)[n_text:].float(), route.group(s)[n_text:].float()
-            temb = self._time_embedding(t_img, s_img)  # [N_image, D]
-            x_img = route.group(image_tokens)[n_text:].to(h.dtype)
-            h[n_text:] = self.image_in(x_img) + temb.to(h.dtype)
+            rows = route.image_rows
+            temb = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [N_image, D]
+            h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.to(h.dtype)
             temb = nn.functional.silu(temb).to(h.dtype)
 
         plan = MaskPlan(doc, kind, image, uncond)
@@ -256,19 +254,17 @@ class MMGenModel(PreTrainedModel):
                 h = layer(h, route, rope, mask, temb, layer_kv[i])
 
         out = MMGenOutput()
-        if n_text < B * L:
-            hi = self.image_norm(h[n_text:])
+        if route.n_image > 0:
             shift, scale = self.image_final_mod(temb).chunk(2, dim=-1)
-            g = self.image_out(hi * (1 + scale) + shift)
+            g = self.image_out(self.image_norm(h[route.image_rows]) * (1 + scale) + shift)
             img = g.new_zeros(B * L, g.shape[-1])
-            img[n_text:] = g
+            img[route.image_rows] = g
             out.image = route.ungroup(img)
-        if n_text > 0:
+        if route.n_text > 0:
             sel = (~is_image) if text_positions is None else (text_positions & ~is_image)
             idx = sel.reshape(-1).nonzero().squeeze(1)  # sequence indices, row-major
             if idx.numel() > 0:
-                ht = h[idx if route.inv is None else route.inv[idx]]
-                out.logits = self.lm_head(self.text_norm(ht))
+                out.logits = self.lm_head(self.text_norm(h[route.rows_of(idx)]))
         return out
 
     def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

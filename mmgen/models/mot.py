@@ -23,35 +23,54 @@ from mmgen.models.layers import RMSNorm, SwiGLU, apply_rope
 
 @dataclass
 class Routing:
-    """How the [B, L] sequence maps onto the expert-grouped stream [N, D] (N = B * L)."""
+    """Where tokens sit in the residual stream [N, D] (N = B * L) and which weights process which rows.
 
-    perm: torch.Tensor | None  # [N] sequence index of each grouped position (None: already grouped)
-    inv: torch.Tensor | None  # [N] grouped position of each sequence index
+    MoT: the stream is grouped by expert (text rows first, then image rows; order kept inside a group), so each
+    expert runs on one contiguous slice. Dense: the stream stays in sequence order and one set of weights
+    processes every row (the image rows still get their adaLN modulation)."""
+
+    perm: torch.Tensor | None  # [N] sequence index of each stream row (None: stream is in sequence order)
+    inv: torch.Tensor | None  # [N] stream row of each sequence index
+    text_rows: torch.Tensor | slice
+    image_rows: torch.Tensor | slice
+    groups: list[tuple[slice, int, str]]  # (stream rows, expert index, modulation: "none" | "image" | "mixed")
     n_text: int
+    n_image: int
     batch: int
     length: int
 
     @classmethod
-    def build(cls, is_image: torch.Tensor) -> Routing:
+    def build(cls, is_image: torch.Tensor, mot: bool = True) -> Routing:
         B, L = is_image.shape
         flat = is_image.reshape(-1)
-        n_img = int(flat.sum())
-        if n_img == 0 or n_img == flat.numel():
-            return cls(None, None, flat.numel() - n_img, B, L)
+        N, n_img = flat.numel(), int(flat.sum())
+        n_txt = N - n_img
+        if not mot or n_img == 0 or n_txt == 0:
+            only_image = n_txt == 0
+            mode = "image" if only_image else ("mixed" if n_img else "none")
+            expert = 1 if (mot and only_image) else 0
+            text_rows = slice(0, N) if n_img == 0 else (slice(0, 0) if only_image else flat.logical_not().nonzero().squeeze(1))
+            image_rows = slice(0, N) if only_image else (slice(0, 0) if n_img == 0 else flat.nonzero().squeeze(1))
+            return cls(None, None, text_rows, image_rows, [(slice(0, N), expert, mode)], n_txt, n_img, B, L)
         perm = torch.argsort(flat.to(torch.int8), stable=True)  # text (0) first, order kept inside a group
         inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(perm.numel(), device=perm.device)
-        return cls(perm, inv, flat.numel() - n_img, B, L)
+        inv[perm] = torch.arange(N, device=perm.device)
+        groups = [(slice(0, n_txt), 0, "none"), (slice(n_txt, N), 1, "image")]
+        return cls(perm, inv, slice(0, n_txt), slice(n_txt, N), groups, n_txt, n_img, B, L)
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, ...] -> [N, ...] in expert-grouped order."""
+        """[B, L, ...] -> [N, ...] in stream order."""
         x = x.reshape(self.batch * self.length, *x.shape[2:])
         return x if self.perm is None else x[self.perm]
 
     def ungroup(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, ...] grouped -> [B, L, ...] sequence order."""
+        """[N, ...] stream order -> [B, L, ...] sequence order."""
         x = x if self.inv is None else x[self.inv]
         return x.reshape(self.batch, self.length, *x.shape[1:])
+
+    def rows_of(self, seq_idx: torch.Tensor) -> torch.Tensor:
+        """Stream rows of flat sequence indices."""
+        return seq_idx if self.inv is None else self.inv[seq_idx]
 
 
 class Expert(nn.Module):
@@ -83,31 +102,40 @@ class MoTBlock(nn.Module):
             nn.init.zeros_(self.image_mod.weight)
             nn.init.zeros_(self.image_mod.bias)
 
-    def _slices(self, n_text: int, n: int) -> list[tuple[slice, Expert, bool]]:
-        image_expert = self.experts[-1]
-        return [(sl, e, img) for sl, e, img in ((slice(0, n_text), self.experts[0], False),
-                                               (slice(n_text, n), image_expert, True)) if sl.stop > sl.start]  # fmt: skip
+    def _mods(self, temb: torch.Tensor | None, route: Routing, n: int):
+        """Per group, the six adaLN vectors for its rows (None for an unmodulated group)."""
+        if self.image_mod is None or temb is None or route.n_image == 0:
+            return {}
+        img = self.image_mod(temb)  # [N_image, 6 D]
+        out = {}
+        for _, _, mode in route.groups:
+            if mode == "image":
+                out[mode] = img.chunk(6, dim=-1)
+            elif mode == "mixed":  # dense: text rows get zeros, i.e. the identity modulation
+                full = img.new_zeros(n, img.shape[-1])
+                full[route.image_rows] = img
+                out[mode] = full.chunk(6, dim=-1)
+        return out
 
     def forward(self, h: torch.Tensor, route: Routing, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: AttentionMask, temb: torch.Tensor | None,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
-        """h [N, D] grouped; rope cos/sin [B, L, Dh/2]; temb [N_image, D] per image token (already SiLU'd);
-        kv: cache buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
+        """h [N, D] in stream order; rope cos/sin [B, L, Dh/2]; temb [N_image, D] per image row (already
+        SiLU'd); kv: cache buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
         N, D = h.shape
         H, Dh = self.n_heads, self.head_dim
-        mods = None
-        if self.image_mod is not None and temb is not None and route.n_text < N:
-            mods = self.image_mod(temb).chunk(6, dim=-1)  # each [N_image, D]
-        parts = self._slices(route.n_text, N)
+        mods = self._mods(temb, route, N)
+        parts = [(sl, self.experts[min(e, len(self.experts) - 1)], mods.get(mode)) for sl, e, mode in route.groups]
 
         # attention sublayer (per-expert norm, QKV, QK-norm), then one global attention in sequence order
-        qkv = h.new_empty(N, 3, H, Dh)
-        for sl, e, img in parts:
+        qkv = []
+        for sl, e, m in parts:
             x = e.norm1(h[sl])
-            if img and mods is not None:
-                x = _modulate(x, mods[0], mods[1])
+            if m is not None:
+                x = _modulate(x, m[0], m[1])
             q, k, v = e.qkv(x).view(-1, 3, H, Dh).unbind(1)
-            qkv[sl, 0], qkv[sl, 1], qkv[sl, 2] = e.q_norm(q), e.k_norm(k), v
+            qkv.append(torch.stack([e.q_norm(q), e.k_norm(k), v], dim=1))
+        qkv = qkv[0] if len(qkv) == 1 else torch.cat(qkv)  # [N, 3, H, Dh]
         q, k, v = route.ungroup(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
         cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -117,18 +145,18 @@ class MoTBlock(nn.Module):
             k, v = kv
         o = mask.attend(q, k, v)  # [B, H, L, Dh]
         o = route.group(o.transpose(1, 2).reshape(route.batch, route.length, D))
-        out = h.new_empty(N, D)
-        for sl, e, img in parts:
+        outs = []
+        for sl, e, m in parts:
             y = e.o(o[sl])
-            out[sl] = y * (1 + mods[2]) if img and mods is not None else y
-        h = h + out
+            outs.append(y * (1 + m[2]) if m is not None else y)
+        h = h + (outs[0] if len(outs) == 1 else torch.cat(outs))
 
         # feed-forward sublayer, per expert
-        out = h.new_empty(N, D)
-        for sl, e, img in parts:
+        outs = []
+        for sl, e, m in parts:
             x = e.norm2(h[sl])
-            if img and mods is not None:
-                x = _modulate(x, mods[3], mods[4])
+            if m is not None:
+                x = _modulate(x, m[3], m[4])
             y = e.mlp(x)
-            out[sl] = y * (1 + mods[5]) if img and mods is not None else y
-        return h + out
+            outs.append(y * (1 + m[5]) if m is not None else y)
+        return h + (outs[0] if len(outs) == 1 else torch.cat(outs))

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""CIFAR-10 quality vs steps: prompted-class accuracy and Frechet distance of generated images, caption
+accuracy, and sampling cost, for IMM and flow-matching models side by side.
+
+    python scripts/eval_cifar.py --train-classifier          # once: the in-project judge (states its accuracy)
+    python scripts/eval_cifar.py --model runs/cifar10_imm/release --model runs/cifar10_fm/release
+
+Both metrics use a CIFAR-10 classifier trained by this project (mmgen/tokenizer/feature_net.py): its
+accuracy on the prompted class, and the Frechet distance between its penultimate features of generated and
+real test images. They are in-project metrics, not comparable to published accuracy/FID numbers. Captions:
+the model continues a real test image with text; a caption is right when it names the image's class.
+Writes results/cifar10/eval.json and results/cifar10/quality_vs_steps.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmgen.data.sources import CIFAR10_CLASSES, cifar10
+from mmgen.sampling.grid import save_grid
+from mmgen.sampling.pipeline import MMGenPipeline
+from mmgen.tokenizer.feature_net import load_feature_net, train_feature_net
+from mmgen.tokenizer.metrics import frechet_distance
+
+REPO = Path(__file__).resolve().parents[1]
+JUDGE = REPO / "results" / "cifar10" / "classifier"
+CAPTION = re.compile(r"a photo of an? (\w+)")
+
+
+def real_test(limit: int) -> tuple[np.ndarray, np.ndarray]:
+    docs = list(cifar10("test"))
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(docs))[:limit]
+    imgs = np.stack([docs[i].images[0].rgb() for i in pick])
+    labels = np.array([docs[i].images[0].meta["label"] for i in pick])
+    return imgs, labels
+
+
+@torch.no_grad()
+def judge(net, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted classes, penultimate features) of uint8 (N, 32, 32, 3) images."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    feats = torch.cat([net.features(b) for b in x.split(500)])
+    return net.head(feats).argmax(1).numpy(), feats.numpy()
+
+
+def generate(pipe: MMGenPipeline, per_class: int, steps: int, guidance: float, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
+    prompts = [f"a photo of a {c}" for c in CIFAR10_CLASSES for _ in range(per_class)]
+    labels = np.repeat(np.arange(10), per_class)
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        res = pipe(prompts[i : i + batch], steps=steps, guidance=guidance, image_first=True, stop_after_image=True,
+                   max_new_tokens=0, seed=i)  # fmt: skip
+        out += [r.images[0] for r in res]
+    return np.stack(out), labels, time.perf_counter() - t0
+
+
+def captions(pipe: MMGenPipeline, images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[float, list[str]]:
+    texts = []
+    for i in range(0, len(images), batch):
+        res = pipe([[im] for im in images[i : i + batch]], max_images=0, max_new_tokens=8)
+        texts += [r.text for r in res]
+    names = [(CAPTION.search(t) or [None, None])[1] for t in texts]
+    acc = float(np.mean([n == CIFAR10_CLASSES[y] for n, y in zip(names, labels)]))
+    return acc, texts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", default=[], help="release folder(s)")
+    ap.add_argument("--imm-steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--fm-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--per-class", type=int, default=50, help="generated images per class")
+    ap.add_argument("--real", type=int, default=5000, help="real test images for the reference statistics")
+    ap.add_argument("--captions", type=int, default=500, help="real test images to caption")
+    ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
+    ap.add_argument("--out", default=str(REPO / "results" / "cifar10" / "eval.json"))
+    args = ap.parse_args()
+    if args.train_classifier:
+        net = train_feature_net(JUDGE, epochs=8, width=32)
+        print(f"judge trained: {json.loads((JUDGE / 'config.json').read_text())}")
+    if not args.model:
+        return
+    net = load_feature_net(JUDGE)
+    info = json.loads((JUDGE / "config.json").read_text())
+    real, real_labels = real_test(args.real)
+    pred, real_feats = judge(net, real)
+    report: dict = {
+        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "judge": {"test_accuracy_real": round(float((pred == real_labels).mean()), 4), **info},
+        "real_vs_real_fd": round(frechet_distance(real_feats[: len(real) // 2], real_feats[len(real) // 2 :]), 3),
+        "models": {},
+    }  # fmt: skip
+    print(f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
+          f"{report['real_vs_real_fd']:.2f}")  # fmt: skip
+    out = Path(args.out)
+    for path in args.model:
+        pipe = MMGenPipeline.from_pretrained(path)
+        kind = pipe.model.config.image_objective
+        rows = {}
+        for n in args.imm_steps if kind == "imm" else args.fm_steps:
+            imgs, labels, dt = generate(pipe, args.per_class, n, args.guidance, args.batch)
+            p, f = judge(net, imgs)
+            rows[str(n)] = {"nfe": n, "class_accuracy": round(float((p == labels).mean()), 4),
+                            "frechet_distance": round(frechet_distance(f, real_feats), 3),
+                            "seconds_per_image": round(dt / len(imgs), 5)}  # fmt: skip
+            print(f"{path} ({kind}) N={n:3d}: class acc {rows[str(n)]['class_accuracy']:.1%} FD "
+                  f"{rows[str(n)]['frechet_distance']:.2f} | {dt / len(imgs) * 1000:.1f} ms/image")  # fmt: skip
+            save_grid(list(imgs[:: args.per_class // 4 or 1][:40]), out.with_suffix("") / f"{kind}-N{n}.png", ncol=8)
+        cap_acc, texts = captions(pipe, real[: args.captions], real_labels[: args.captions], args.batch)
+        print(f"{path}: caption accuracy {cap_acc:.1%} (e.g. {texts[:3]})")
+        report["models"][path] = {"objective": kind, "by_steps": rows, "caption_accuracy": round(cap_acc, 4),
+                                  "caption_examples": texts[:10]}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    plot(report, out.with_name("quality_vs_steps.png"))
+    print(f"-> {out}")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, m in report["models"].items():
+        xs = [r["nfe"] for r in m["by_steps"].values()]
+        label = f"{m['objective'].upper()} ({Path(name).parent.name})"
+        axes[0].plot(xs, [r["class_accuracy"] for r in m["by_steps"].values()], "o-", label=label)
+        axes[1].plot(xs, [r["frechet_distance"] for r in m["by_steps"].values()], "o-", label=label)
+    for ax, title in zip(axes, ["prompted-class accuracy (in-project judge)", "Frechet distance (in-project features)"]):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("network evaluations per image")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Text perplexity of a model on held-out documents (captions given their images, or any text).
+
+    python scripts/eval_text.py --model runs/flickr8k/release --shards data/shards/flickr8k-test
+
+Every image in the documents enters as clean context (no noisy copy), so the number is the perplexity of
+the text given everything before it, per text token (</s> included, <boi>/<eoi> excluded as targets only
+where they are forced). Writes JSON to --out (default results/<model run>/text_eval.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from mmgen.data.packing import Packer, PackSpec
+from mmgen.data.plan import IGNORE, KIND_CLEAN
+from mmgen.data.shards import ShardStream, Split
+from mmgen.models.model import MMGenModel
+from mmgen.models.patches import patchify, to_dense
+from mmgen.tokenizer.image import load_image_tokenizer
+from mmgen.tokenizer.text import load_text_tokenizer
+
+
+@torch.no_grad()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--shards", required=True)
+    ap.add_argument("--limit", type=int, default=0, help="documents (0 = all)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    folder = Path(args.model)
+    model = MMGenModel.from_pretrained(folder).eval()
+    text, image = load_text_tokenizer(folder), load_image_tokenizer(folder / "image_tokenizer").eval()
+    c = model.config
+    packer = Packer(text, PackSpec(c.max_seq_len, 4, c.image_size, tuple(c.image_grid), c.bos_token_id, c.eos_token_id,
+                                   c.pad_token_id, c.boi_token_id, c.eoi_token_id))  # fmt: skip
+    items = ShardStream(args.shards, Split(), shuffle=False, epochs=1).items(0)
+
+    def context_only(it):
+        for n, item in enumerate(it):
+            if args.limit and n >= args.limit:
+                return
+            for im in item.doc.images:
+                im.loss = False
+            yield item
+
+    nll, count, docs = 0.0, 0, 0
+    for b in packer.batches(context_only(items)):
+        z = image.normalize(image.encode(b["images"])) if len(b["images"]) else torch.zeros(0, c.latent_channels, 1, 1)
+        clean = b["kind"] == KIND_CLEAN
+        vals = to_dense(patchify(z, c.patch_size), b["image"], b["patch"], clean) if len(z) else None
+        where = b["labels"] != IGNORE
+        zeros = torch.zeros(b["kind"].shape)
+        out = model(input_ids=b["input_ids"], kind=b["kind"], doc=b["doc"], image=b["image"], pos=b["pos"],
+                    image_tokens=vals, t=zeros, s=zeros, text_positions=where)  # fmt: skip
+        nll += float(torch.nn.functional.cross_entropy(out.logits.float(), b["labels"][where], reduction="sum"))
+        count += int(where.sum())
+        docs += len(b["keys"])
+    ppl = math.exp(nll / max(count, 1))
+    res = {"model": str(folder), "shards": args.shards, "documents": docs, "text_tokens": count,
+           "nll_per_token": nll / max(count, 1), "perplexity": ppl}  # fmt: skip
+    print(json.dumps(res, indent=1))
+    out = Path(args.out) if args.out else folder.parent / "text_eval.json"
+    out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
