@@ -13,14 +13,13 @@ token for forward + backward) against the GPU's bf16 peak (--peak-tflops).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from mmgen.bench import device_name, save_json
 from mmgen.config import ModelConfig, ShapesConfig, load_config
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import KIND_NOISY, KIND_TEXT
@@ -124,12 +123,10 @@ def main() -> None:
               + (f" | MFU MoT {row['mot_mfu']:.1%} dense {row['dense_mfu']:.1%}" if device.type == "cuda" else ""))  # fmt: skip
     out = {
         "benchmark": "forward+backward tokens/s, MoT vs dense of the same width/depth, same packed batch",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "dtype": args.dtype, "rows": args.rows, "seq_len": args.seq_len, "steps": args.steps, "results": results,
     }  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"-> {args.out}")
+    save_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
     python scripts/bench_train.py                     # CPU: tiny + small single-process; small under ZeRO-1/2/3 x 2
     python scripts/bench_train.py --only single       # just the single-process rows
 
-Per configuration: tokens/s (median over the logged steps after the first) and peak memory per rank
-(resident set size on a CPU, peak allocated on a GPU), read from each run's metrics.jsonl. The ZeRO rows
+Per configuration: tokens/s (median over the logged steps after the first), peak memory per rank
+(resident set size on a CPU, peak allocated on a GPU) and the tensor storage each rank holds after a step
+(parameters, gradients, optimizer state, EMA: what ZeRO shards; the RSS keeps freed pages and the libraries,
+so on a CPU only this column shows the saving), read from each run's metrics.jsonl. The ZeRO rows
 use two processes (gloo on a CPU) and show what sharding optimizer state (1), gradients (2) and
 parameters (3) saves per rank. Writes results/bench_train.json.
 """
@@ -46,6 +48,7 @@ def run(name: str, accel: str, nproc: int, model: str, steps: int, rows: int, ex
         "name": name, "model": model, "processes": nproc, "steps": steps, "rows_per_rank": rows,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
         "peak_mem_mb_per_rank": [round(x, 1) for x in rows_[-1]["mem_mb_per_rank"]],
+        "tensor_mb_per_rank": [round(x, 1) for x in rows_[-1]["tensor_mb_per_rank"]],
         "params_total": rows_[-1]["params_total"], "params_on_rank0": rows_[-1]["params_local"],
     }  # fmt: skip
 
@@ -76,6 +79,7 @@ def main() -> None:
                                    args.steps, 2, [], tmp))  # fmt: skip
     for r in results:
         print(f"{r['name']:>16}: {r['tokens_per_s']:8.0f} tok/s  peak MB per rank {r['peak_mem_mb_per_rank']}  "
+              f"tensors MB per rank {r['tensor_mb_per_rank']}  "
               f"params on rank 0 {r['params_on_rank0'] / 1e6:.1f}M of {r['params_total'] / 1e6:.1f}M")  # fmt: skip
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import sys
@@ -16,6 +17,23 @@ def memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def live_tensor_mb(device: torch.device) -> float:
+    """Tensor storage this process holds now (parameters, gradients, optimizer state, EMA, buffers): what
+    ZeRO shards. On a GPU the allocator's count; on a CPU the sum over distinct storages of live tensors
+    (the resident set size keeps freed pages, so it cannot show what sharding saves)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.is_sparse:
+                st = obj.untyped_storage()
+                seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        except (RuntimeError, NotImplementedError):  # tensors without a storage (meta, functional wrappers)
+            continue
+    return sum(seen.values()) / 2**20
 
 
 class MetricsLog:

@@ -25,7 +25,7 @@ from mmgen.train import build
 from mmgen.train.checkpoint import export_release, find_checkpoint, load_checkpoint, save_checkpoint
 from mmgen.train.distributed import Engine
 from mmgen.train.ema import EMA
-from mmgen.train.log import MetricsLog, memory_mb
+from mmgen.train.log import MetricsLog, live_tensor_mb, memory_mb
 from mmgen.train.schedule import learning_rate
 
 
@@ -180,9 +180,12 @@ class Trainer:
             if self.step % tc.log_every == 0 or self.step == stop:
                 dt = time.perf_counter() - t_window
                 mem = memory_mb(e.device)
+                live = live_tensor_mb(e.device)
                 per_rank = e.all_reduce([mem if r == e.rank else 0.0 for r in range(e.world_size)])
+                live_per_rank = e.all_reduce([live if r == e.rank else 0.0 for r in range(e.world_size)])
                 last.update(step=self.step, tokens_per_s=tok_window / max(dt, 1e-9), tokens_seen=self.tokens_seen,
-                            mem_mb=mem, mem_mb_per_rank=per_rank, data_skipped=self.data.cursor.skipped,
+                            mem_mb=mem, mem_mb_per_rank=per_rank, tensor_mb_per_rank=live_per_rank,
+                            data_skipped=self.data.cursor.skipped,
                             params_local=self.params_local, params_total=self.params_total)  # fmt: skip
                 self.log.write(last)
                 bar.set_postfix_str(
