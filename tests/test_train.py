@@ -130,3 +130,17 @@ def test_config_that_cannot_work_fails_before_training(tiny_assets, tmp_path):
         Trainer(tiny_run(tiny_assets, tmp_path / "b", "text_tokenizer=nowhere/tok"))
     with pytest.raises(ConfigError, match="divisible"):
         Trainer(tiny_run(tiny_assets, tmp_path / "c", "data.image_size=18"))
+
+
+def test_live_tensor_memory_counts_each_storage_once():
+    """The per-rank memory metric that shows ZeRO's sharding on a CPU: a new 8 MB tensor adds 8 MB, a view of
+    it adds nothing, and freeing it gives the memory back."""
+    from mmgen.train.log import live_tensor_mb
+
+    cpu = torch.device("cpu")
+    before = live_tensor_mb(cpu)
+    x = torch.ones(2 * 2**20)  # 8 MB of float32
+    views = [x[: 2**20], x.view(2, -1)]
+    assert live_tensor_mb(cpu) - before == pytest.approx(8.0, abs=0.5)
+    del x, views
+    assert live_tensor_mb(cpu) - before == pytest.approx(0.0, abs=0.5)
