@@ -28,7 +28,8 @@ def live_tensor_mb(device: torch.device) -> float:
     seen: dict[int, int] = {}
     for obj in gc.get_objects():
         try:
-            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.is_sparse:
+            # type(), not isinstance(): isinstance reads __class__, which some deprecated objects warn about
+            if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu" and not obj.is_sparse:
                 st = obj.untyped_storage()
                 seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
         except (RuntimeError, NotImplementedError):  # tensors without a storage (meta, functional wrappers)
