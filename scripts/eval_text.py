@@ -4,8 +4,9 @@
     python scripts/eval_text.py --model runs/flickr8k/release --shards data/shards/flickr8k-test
 
 Every image in the documents enters as clean context (no noisy copy), so the number is the perplexity of
-the text given everything before it, per text token (</s> included, <boi>/<eoi> excluded as targets only
-where they are forced). Writes JSON to --out (default results/<model run>/text_eval.json).
+the text given everything before it, per text token (words and </s>; <boi>/<eoi> are not scored). `--drop-images` removes every image from the documents: the same captions without
+what they describe, so the gap between the two numbers is what the model reads from the images.
+Writes JSON to --out (default results/<model run>/text_eval.json).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--shards", required=True)
     ap.add_argument("--limit", type=int, default=0, help="documents (0 = all)")
+    ap.add_argument("--drop-images", action="store_true", help="score the text without its images")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     folder = Path(args.model)
@@ -48,14 +50,17 @@ def main() -> None:
                 return
             for im in item.doc.images:
                 im.loss = False
+            if args.drop_images:
+                item.doc.segments = [s for s in item.doc.segments if isinstance(s, str)]
             yield item
 
     nll, count, docs = 0.0, 0, 0
-    for b in packer.batches(context_only(items)):
+    for b in packer.batches(context_only(items), keep_last=True):
         z = image.normalize(image.encode(b["images"])) if len(b["images"]) else torch.zeros(0, c.latent_channels, 1, 1)
         clean = b["kind"] == KIND_CLEAN
         vals = to_dense(patchify(z, c.patch_size), b["image"], b["patch"], clean) if len(z) else None
-        where = b["labels"] != IGNORE
+        # caption words and </s> only: <boi>/<eoi> targets exist only when images are kept, and are easy
+        where = (b["labels"] != IGNORE) & (b["labels"] != c.boi_token_id) & (b["labels"] != c.eoi_token_id)
         zeros = torch.zeros(b["kind"].shape)
         out = model(input_ids=b["input_ids"], kind=b["kind"], doc=b["doc"], image=b["image"], pos=b["pos"],
                     image_tokens=vals, t=zeros, s=zeros, text_positions=where)  # fmt: skip
@@ -63,10 +68,11 @@ def main() -> None:
         count += int(where.sum())
         docs += len(b["keys"])
     ppl = math.exp(nll / max(count, 1))
-    res = {"model": str(folder), "shards": args.shards, "documents": docs, "text_tokens": count,
+    res = {"model": str(folder), "shards": args.shards, "images": not args.drop_images, "documents": docs, "text_tokens": count,
            "nll_per_token": nll / max(count, 1), "perplexity": ppl}  # fmt: skip
     print(json.dumps(res, indent=1))
     out = Path(args.out) if args.out else folder.parent / "text_eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
 
 

@@ -84,6 +84,14 @@ def test_cursor_points_at_first_unconsumed_document(packer):
         seen += keys
 
 
+def test_keep_last_packs_every_document_of_a_finite_stream_once(packer):
+    docs = list(ShapesGenerator(ShapesConfig()).documents(0, 37))
+    training = [k for b in packer.batches(_items(docs)) for k in b["keys"]]
+    evaluation = [k for b in packer.batches(_items(docs), keep_last=True) for k in b["keys"]]
+    assert evaluation == [d.key for d in docs]
+    assert training == evaluation[: len(training)] and len(training) < len(docs)  # training drops the tail
+
+
 def test_long_text_splits_and_oversized_image_is_reported(text_tokenizer):
     ids = SpecialIds.of(text_tokenizer)
     small = Packer(text_tokenizer, PackSpec(40, 2, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))

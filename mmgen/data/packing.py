@@ -279,10 +279,11 @@ class Packer:
             rows[r].append(piece)
         return fill
 
-    def batches(self, items: Iterable[Item]) -> Iterator[dict[str, Any]]:
+    def batches(self, items: Iterable[Item], keep_last: bool = False) -> Iterator[dict[str, Any]]:
         """Greedy packing: documents fill rows in order; a document that does not fit starts the next row.
         A document is never split across micro-batches, and each micro-batch carries the cursor of the first
-        document it did not take, so a resumed stream re-reads exactly that document."""
+        document it did not take, so a resumed stream re-reads exactly that document. `keep_last` also
+        yields the partial micro-batch at the end of a finite stream (evaluation), with cursor None."""
         sp = self.spec
         rows: list[list[EncodedDoc]] = [[]]
         used = 0
@@ -305,3 +306,7 @@ class Packer:
             skipped += item.skipped
             used = fill
         # a partial micro-batch at the end of a finite stream is dropped (training streams never end)
+        if keep_last and any(rows):
+            batch = self.collate(rows)
+            batch["cursor"], batch["skipped"] = None, skipped
+            yield batch
