@@ -9,7 +9,8 @@
    evaluation is one forward of conditional + unconditional copies), prompt prefill and VAE decode included;
 2. the prefix KV cache against recomputing the prefix at every sampler step, for a long text prefix
    (cached: one prefill, then N forwards over the image tokens only; recompute: N x (prefill + image forward));
-3. text decoding tokens/s with the KV cache against a full forward over the growing sequence per token.
+3. text decoding tokens/s with the KV cache against a full forward over the growing sequence per token
+   (end to end: new tokens / time including the prompt's prefill).
 
 Timings depend on the weights only through the number of tokens, so random weights (the default) measure the
 same work as a trained model; with --model the release's own sizes and context are used.
@@ -211,6 +212,7 @@ def main() -> None:
         "device": device_name(device),
         "model": args.model or f"{args.preset} preset, random weights, context {c.max_seq_len}",
         "params": sum(p.numel() for p in pipe.model.parameters()), "image_tokens": c.image_tokens,
+        "batch": args.batch, "repeats": args.repeats, "guidance": 1.5, "threads": torch.get_num_threads(),
         "images_per_s": imgs, "prefix_cache": pc, "text_decoding": td,
     }  # fmt: skip
     save_json(out, args.out)

@@ -5,8 +5,9 @@
 
 Every image in the documents enters as clean context (no noisy copy), so the number is the perplexity of
 the text given everything before it, per text token (words and </s>; <boi>/<eoi> are not scored). `--drop-images` removes every image from the documents: the same captions without
-what they describe, so the gap between the two numbers is what the model reads from the images.
-Writes JSON to --out (default results/<model run>/text_eval.json).
+what they describe. The gap between the two numbers bounds what the model reads from the images from above:
+without images a caption also ends where training documents put <boi>, so its </s> costs more.
+Writes JSON to --out (default: text_eval.json, or text_eval_noimages.json, in the run folder of --model).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--shards", required=True)
     ap.add_argument("--limit", type=int, default=0, help="documents (0 = all)")
     ap.add_argument("--drop-images", action="store_true", help="score the text without its images")
+    ap.add_argument("--shuffle-images", action="store_true",
+                    help="control: give every document the images of the document half the set away")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     folder = Path(args.model)
@@ -43,6 +46,12 @@ def main() -> None:
     packer = Packer(text, PackSpec(c.max_seq_len, 4, c.image_size, tuple(c.image_grid), c.bos_token_id, c.eos_token_id,
                                    c.pad_token_id, c.boi_token_id, c.eoi_token_id))  # fmt: skip
     items = ShardStream(args.shards, Split(), shuffle=False, epochs=1).items(0)
+    if args.shuffle_images:  # documents come grouped by photo: a shift of half the set pairs other photos
+        items = list(items)
+        pics = [[s for s in it.doc.segments if not isinstance(s, str)] for it in items]
+        for i, it in enumerate(items):
+            other = iter(pics[(i + len(items) // 2) % len(items)])
+            it.doc.segments = [s if isinstance(s, str) else next(other, s) for s in it.doc.segments]
 
     def context_only(it):
         for n, item in enumerate(it):
@@ -68,10 +77,12 @@ def main() -> None:
         count += int(where.sum())
         docs += len(b["keys"])
     ppl = math.exp(nll / max(count, 1))
-    res = {"model": str(folder), "shards": args.shards, "images": not args.drop_images, "documents": docs, "text_tokens": count,
+    res = {"model": str(folder), "shards": args.shards,
+           "images": "none" if args.drop_images else "shuffled" if args.shuffle_images else "own", "documents": docs, "text_tokens": count,
            "nll_per_token": nll / max(count, 1), "perplexity": ppl}  # fmt: skip
     print(json.dumps(res, indent=1))
-    out = Path(args.out) if args.out else folder.parent / "text_eval.json"
+    out = Path(args.out) if args.out else folder.parent / (
+        "text_eval_noimages.json" if args.drop_images else "text_eval_shuffled.json" if args.shuffle_images else "text_eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
 

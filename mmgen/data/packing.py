@@ -305,7 +305,7 @@ class Packer:
                 assert fill is not None
             skipped += item.skipped
             used = fill
-        # a partial micro-batch at the end of a finite stream is dropped (training streams never end)
+        # a partial micro-batch at the end of a finite stream is dropped unless keep_last (training streams never end)
         if keep_last and any(rows):
             batch = self.collate(rows)
             batch["cursor"], batch["skipped"] = None, skipped
