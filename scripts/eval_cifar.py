@@ -9,7 +9,7 @@ Both metrics use a CIFAR-10 classifier trained by this project (mmgen/tokenizer/
 accuracy on the prompted class, and the Frechet distance between its penultimate features of generated and
 real test images. They are in-project metrics, not comparable to published accuracy/FID numbers. Captions:
 the model continues a real test image with text; a caption is right when it names the image's class.
-Writes results/cifar10/eval.json and results/cifar10/quality_vs_steps.png.
+Writes results/cifar10/eval.json and results/cifar10/quality_vs_steps.png (with --out eval_<tag>.json: quality_vs_steps_<tag>.png).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "judge": {"test_accuracy_real": round(float((pred == real_labels).mean()), 4), **info},
         "real_vs_real_fd": round(frechet_distance(real_feats[: len(real) // 2], real_feats[len(real) // 2 :]), 3),
+        "guidance": args.guidance, "per_class": args.per_class, "real": args.real, "captions": args.captions,
         "models": {},
     }  # fmt: skip
     print(f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
@@ -123,8 +124,14 @@ def main() -> None:
                                   "caption_examples": texts[:10]}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    plot(report, out.with_name("quality_vs_steps.png"))
+    plot(report, figure_path(out))
     print(f"-> {out}")
+
+
+def figure_path(out: Path) -> Path:
+    """results/cifar10/eval.json -> quality_vs_steps.png; eval_<tag>.json -> quality_vs_steps_<tag>.png."""
+    tag = out.stem.removeprefix("eval").lstrip("_")
+    return out.with_name(f"quality_vs_steps_{tag}.png" if tag else "quality_vs_steps.png")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -134,6 +141,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig.suptitle(f"CIFAR-10, guidance {report.get('guidance', '?')}")
     for name, m in report["models"].items():
         xs = [r["nfe"] for r in m["by_steps"].values()]
         label = f"{m['objective'].upper()} ({Path(name).parent.name})"
