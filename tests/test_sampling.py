@@ -248,3 +248,22 @@ def test_text_after_an_image_sees_its_clean_copy(pipe, monkeypatch):
             lst.append(lst[-1] + 1)
     n = min(len(ref), len(after))
     assert after[:n] == ref[:n]
+
+
+def test_generation_benchmark_measures_the_same_work_both_ways(pipe):
+    """bench_generate's comparisons: cached and uncached greedy decoding produce the same tokens (the script
+    asserts it), and the prefix-cache comparison runs the cached sampler against per-step recompute."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu = torch.device("cpu")
+    td = bench.text_decoding(pipe, prompt_tokens=20, new_tokens=6, repeats=1, device=cpu)
+    assert td["same_tokens"] and td["new_tokens"] == 6 and td["prompt_tokens"] >= 20
+    pc = bench.prefix_cache_speedup(pipe, prefix_tokens=40, steps=2, repeats=1, device=cpu)
+    assert pc["prefix_tokens"] >= 40 and pc["steps"] == 2 and pc["cached_s"] > 0 and pc["recompute_s"] > 0
+    rows = bench.images_per_s(pipe, batch=2, steps_list=[1, 2], repeats=1, device=cpu)
+    assert [r["steps"] for r in rows] == [1, 2] and all(r["images_per_s"] > 0 for r in rows)
