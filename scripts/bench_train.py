@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from mmgen.bench import save_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,8 +84,7 @@ def main() -> None:
               f"tensors MB per rank {r['tensor_mb_per_rank']}  "
               f"params on rank 0 {r['params_on_rank0'] / 1e6:.1f}M of {r['params_total'] / 1e6:.1f}M")  # fmt: skip
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"device": device, "torch": torch.__version__, "results": results}, indent=1))
+    save_json({"device": device, "torch": torch.__version__, "results": results}, args.out)
     print(f"-> {args.out}")
 
 

@@ -3,6 +3,7 @@
 accuracy, and sampling cost, for IMM and flow-matching models side by side.
 
     python scripts/eval_cifar.py --train-classifier          # once: the in-project judge (states its accuracy)
+    python scripts/eval_cifar.py                             # the judge's accuracy and the real-image FD floor
     python scripts/eval_cifar.py --model runs/cifar10_imm/release --model runs/cifar10_fm/release
 
 Both metrics use a CIFAR-10 classifier trained by this project (mmgen/tokenizer/feature_net.py): its
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmgen.bench import device_name, save_json
 from mmgen.data.sources import CIFAR10_CLASSES, cifar10
 from mmgen.sampling.grid import save_grid
 from mmgen.sampling.pipeline import MMGenPipeline
@@ -55,12 +56,9 @@ def judge(net, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def generate(pipe: MMGenPipeline, per_class: int, steps: int, guidance: float, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
     prompts = [f"a photo of a {c}" for c in CIFAR10_CLASSES for _ in range(per_class)]
     labels = np.repeat(np.arange(10), per_class)
-    out, t0 = [], time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        res = pipe(prompts[i : i + batch], steps=steps, guidance=guidance, image_first=True, stop_after_image=True,
-                   max_new_tokens=0, seed=i)  # fmt: skip
-        out += [r.images[0] for r in res]
-    return np.stack(out), labels, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    images = pipe.text_to_image(prompts, batch=batch, steps=steps, guidance=guidance)
+    return np.stack(images), labels, time.perf_counter() - t0
 
 
 def captions(pipe: MMGenPipeline, images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[float, list[str]]:
@@ -84,27 +82,32 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=1.5)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
-    ap.add_argument("--out", default=str(REPO / "results" / "cifar10" / "eval.json"))
+    ap.add_argument("--out", default=None, help="default results/cifar10/eval.json (reference.json without --model)")
     args = ap.parse_args()
     if args.train_classifier:
         net = train_feature_net(JUDGE, epochs=8, width=32)
         print(f"judge trained: {json.loads((JUDGE / 'config.json').read_text())}")
-    if not args.model:
-        return
+        if not args.model:
+            return
     net = load_feature_net(JUDGE)
     info = json.loads((JUDGE / "config.json").read_text())
-    real, real_labels = real_test(args.real)
+    n_gen = 10 * args.per_class
+    real_all, labels_all = real_test(10_000)  # the first --real are the reference, the rest give the floor
+    real, real_labels = real_all[: args.real], labels_all[: args.real]
     pred, real_feats = judge(net, real)
+    _, held = judge(net, real_all[args.real :])
+    floor = [round(frechet_distance(held[k : k + n_gen], real_feats), 3) for k in range(0, len(held) - n_gen + 1, n_gen)][:3]
     report: dict = {
-        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": device_name(torch.device("cpu")) + f", torch {torch.__version__}",
         "judge": {"test_accuracy_real": round(float((pred == real_labels).mean()), 4), **info},
         "real_vs_real_fd": round(frechet_distance(real_feats[: len(real) // 2], real_feats[len(real) // 2 :]), 3),
+        "real_floor_fd": floor,  # other real test images, as many as one generated point, against the reference
         "guidance": args.guidance, "per_class": args.per_class, "real": args.real, "captions": args.captions,
         "models": {},
     }  # fmt: skip
     print(f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
-          f"{report['real_vs_real_fd']:.2f}")  # fmt: skip
-    out = Path(args.out)
+          f"{report['real_vs_real_fd']:.2f}; FD of {n_gen} other real images: {floor}")  # fmt: skip
+    out = Path(args.out or REPO / "results" / "cifar10" / ("eval.json" if args.model else "reference.json"))
     for path in args.model:
         pipe = MMGenPipeline.from_pretrained(path)
         kind = pipe.model.config.image_objective
@@ -122,10 +125,9 @@ def main() -> None:
         print(f"{path}: caption accuracy {cap_acc:.1%} (e.g. {texts[:3]})")
         report["models"][path] = {"objective": kind, "by_steps": rows, "caption_accuracy": round(cap_acc, 4),
                                   "caption_examples": texts[:10]}  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    plot(report, figure_path(out))
-    print(f"-> {out}")
+    save_json(report, out)
+    if report["models"]:
+        plot(report, figure_path(out))
 
 
 def figure_path(out: Path) -> Path:

@@ -13,13 +13,13 @@ Writes results/eval_shapes.json (or --out) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmgen.bench import save_json
 from mmgen.config import ShapesConfig
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shapes_check import accuracy, check
@@ -36,11 +36,8 @@ def held_out(n: int, image_size: int) -> tuple[list[str], list[np.ndarray]]:
 
 
 def evaluate(pipe: MMGenPipeline, prompts: list[str], steps: int, guidance: float, batch: int, seed: int):
-    images, t0 = [], time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        res = pipe(prompts[i : i + batch], steps=steps, guidance=guidance, image_first=True, stop_after_image=True,
-                   max_new_tokens=0, seed=seed + i)  # fmt: skip
-        images += [r.images[0] for r in res]
+    t0 = time.perf_counter()
+    images = pipe.text_to_image(prompts, batch=batch, seed=seed, steps=steps, guidance=guidance)
     dt = time.perf_counter() - t0
     acc = accuracy([check(im, p) for im, p in zip(images, prompts)])
     return acc, images, dt
@@ -79,9 +76,7 @@ def main() -> None:
                   f"{acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image")  # fmt: skip
             save_grid(images[:32], Path(args.out).with_suffix("") / f"{Path(path).parent.name}-N{n}.png", ncol=8)
         report["models"][path] = {"objective": kind, "by_steps": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"-> {args.out}")
+    save_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mmgen.bench import save_json
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import IGNORE, KIND_CLEAN
 from mmgen.data.shards import ShardStream, Split
@@ -26,6 +27,7 @@ from mmgen.models.model import MMGenModel
 from mmgen.models.patches import patchify, to_dense
 from mmgen.tokenizer.image import load_image_tokenizer
 from mmgen.tokenizer.text import load_text_tokenizer
+from mmgen.train.build import clean_latents
 
 
 @torch.no_grad()
@@ -65,9 +67,10 @@ def main() -> None:
 
     nll, count, docs = 0.0, 0, 0
     for b in packer.batches(context_only(items), keep_last=True):
-        z = image.normalize(image.encode(b["images"])) if len(b["images"]) else torch.zeros(0, c.latent_channels, 1, 1)
-        clean = b["kind"] == KIND_CLEAN
-        vals = to_dense(patchify(z, c.patch_size), b["image"], b["patch"], clean) if len(z) else None
+        vals = None
+        if len(b["images"]):  # the clean copies' values exactly as in training: c_in(0) x0 = x0 / sigma_d
+            x0 = clean_latents(b, image, c.sigma_d, torch.device("cpu"))
+            vals = to_dense(patchify(x0, c.patch_size) / c.sigma_d, b["image"], b["patch"], b["kind"] == KIND_CLEAN)
         # caption words and </s> only: <boi>/<eoi> targets exist only when images are kept, and are easy
         where = (b["labels"] != IGNORE) & (b["labels"] != c.boi_token_id) & (b["labels"] != c.eoi_token_id)
         zeros = torch.zeros(b["kind"].shape)
@@ -83,8 +86,7 @@ def main() -> None:
     print(json.dumps(res, indent=1))
     out = Path(args.out) if args.out else folder.parent / (
         "text_eval_noimages.json" if args.drop_images else "text_eval_shuffled.json" if args.shuffle_images else "text_eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    save_json(res, out)
 
 
 if __name__ == "__main__":

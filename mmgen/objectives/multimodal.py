@@ -81,10 +81,11 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
     for size in sizes:
         if imm_mode:
             tg, sg, rg = imm.sample_times(1, cfg.imm, generator)
-            if boundary_fraction > 0:
-                boundary.append(bool(torch.rand(1, generator=generator) < boundary_fraction))
-                if boundary[-1]:
-                    sg = rg = tg
+            # no draw at fraction 0, so the paper's IMM keeps its exact random stream
+            on_boundary = boundary_fraction > 0 and bool(torch.rand(1, generator=generator) < boundary_fraction)
+            boundary.append(on_boundary)
+            if on_boundary:
+                sg = rg = tg
         else:
             tg = fm.sample_t(1, cfg.fm, generator)
             sg = rg = tg
@@ -97,8 +98,6 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
     if not sizes:
         z = torch.zeros(0)
         return Noise(z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [], [])
-    if imm_mode and not boundary:
-        boundary = [False] * len(sizes)
     return Noise(torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps), sizes if imm_mode else [],
                  boundary)
 

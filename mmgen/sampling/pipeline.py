@@ -163,6 +163,17 @@ class MMGenPipeline:
         return [Result(p, r.segments) for p, r in zip(parsed, rows)]
 
 
+    def text_to_image(self, prompts: list[str], batch: int = 50, seed: int = 0, **options: Any) -> list[np.ndarray]:
+        """One image per prompt (image first, no text), in batches of `batch`; batch i uses seed + its first
+        index, so a prompt's image does not depend on the other prompts' count. Options as in `__call__`."""
+        images: list[np.ndarray] = []
+        for i in range(0, len(prompts), batch):
+            res = self(prompts[i : i + batch], image_first=True, stop_after_image=True, max_new_tokens=0,
+                       seed=seed + i, **options)  # fmt: skip
+            images += [r.images[0] for r in res]
+        return images
+
+
 def check_match(config, text_tok, image_tok) -> None:
     """The tokenizers must be the ones the model was trained with (sizes and special ids)."""
     problems = []

@@ -179,10 +179,10 @@ class Trainer:
             bar.update(1)
             if self.step % tc.log_every == 0 or self.step == stop:
                 dt = time.perf_counter() - t_window
-                mem = memory_mb(e.device)
-                live = live_tensor_mb(e.device)
-                per_rank = e.all_reduce([mem if r == e.rank else 0.0 for r in range(e.world_size)])
-                live_per_rank = e.all_reduce([live if r == e.rank else 0.0 for r in range(e.world_size)])
+                # per-rank peak memory and live tensor memory, gathered in one reduction (zeros off this rank)
+                mine = (memory_mb(e.device), live_tensor_mb(e.device))
+                both = e.all_reduce([v if r == e.rank else 0.0 for v in mine for r in range(e.world_size)])
+                mem, per_rank, live_per_rank = mine[0], both[: e.world_size], both[e.world_size :]
                 last.update(step=self.step, tokens_per_s=tok_window / max(dt, 1e-9), tokens_seen=self.tokens_seen,
                             mem_mb=mem, mem_mb_per_rank=per_rank, tensor_mb_per_rank=live_per_rank,
                             data_skipped=self.data.cursor.skipped,
