@@ -36,8 +36,8 @@ class LossNorm:
 
 
 def imm_groups(n_targets: int, M: int) -> list[int]:
-    """Group sizes for n targets: as many groups as fit M, the remainder spread (sizes M or M+1); a batch
-    with fewer than M targets forms one smaller group."""
+    """Group sizes for n targets: as many groups as fit M, the remainder spread over them (sizes differ by at
+    most one, each >= M); a batch with fewer than M targets forms one smaller group."""
     if n_targets == 0:
         return []
     n_groups = max(1, n_targets // M)
@@ -212,7 +212,7 @@ class MultimodalLoss:
             none = torch.zeros_like(batch["labels"], dtype=torch.bool)
             out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
             y_r = imm.flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
-        for size in sorted(set(sizes)):  # one batched kernel per group size (sizes are M and M+1)
+        for size in sorted(set(sizes)):  # one batched kernel per group size (at most two sizes)
             first = [a for a, sz, b in zip(starts, sizes, noise.boundary) if sz == size and not b]
             if not first:
                 continue
