@@ -10,7 +10,8 @@ from test_model import _randomize, tiny_config
 from mmgen.config import ObjectiveConfig, from_dict
 from mmgen.data.plan import IGNORE, KIND_NOISY
 from mmgen.models.model import MMGenModel
-from mmgen.objectives.multimodal import MultimodalLoss, count_units, imm_groups
+from mmgen.objectives.groups import condition_keys, imm_groups, prompt_groups
+from mmgen.objectives.multimodal import MultimodalLoss, count_units
 
 
 def test_group_sizes():
@@ -107,3 +108,96 @@ def test_target_branch_carries_no_gradient(batch):
     torch.testing.assert_close(loss, loss2)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------ grouping by prompt (imm.group_by)
+@pytest.fixture(scope="module")
+def class_batch(text_tokenizer):
+    """CIFAR-style documents: "caption <image>" (a target) or "<image> caption" (context only), three captions,
+    plus two-image documents whose second image sees the first."""
+    import numpy as np
+
+    from mmgen.data.documents import Document, Image
+    from mmgen.data.packing import Packer, PackSpec
+    from mmgen.data.shards import Item
+    from mmgen.tokenizer.text import SpecialIds
+
+    ids = SpecialIds.of(text_tokenizer)
+    packer = Packer(text_tokenizer, PackSpec(96, 4, 16, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    captions = ["a red circle", "a blue square", "a green triangle"]
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(200):
+        cap = captions[int(rng.integers(3))]
+        img = Image(pixels=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+        if i % 7 == 6:
+            segs = [cap, Image(pixels=img.pixels.copy()), "the same", img]
+        elif i % 3 == 2:
+            img.loss = False
+            segs = [img, cap]
+        else:
+            segs = [cap, img]
+        items.append(Item(Document(f"d{i}", segs, {"caption": cap}), 0, 0, i))
+    return next(packer.batches(items)), text_tokenizer
+
+
+def test_condition_keys_are_the_text_before_each_target(class_batch):
+    from mmgen.tokenizer.text import SpecialIds
+
+    batch, tok = class_batch
+    ids = SpecialIds.of(tok)
+    keys = condition_keys(batch)
+    targets = batch["image_loss"].nonzero().squeeze(1).tolist()
+    assert len(keys) == len(targets) >= 12
+    alone = [k for k in keys if k[0] == "image context"]
+    assert alone and all(k[1] in targets for k in alone)  # the second image of a two-image document
+    captions = set()
+    for key in keys:
+        if key[0] != "image context":  # <s> caption <boi>, exactly as the tokenizer writes the caption
+            assert key[0] == ids.bos and key[-1] == ids.boi and list(key[1:-1]) == tok.encode(
+                tok.decode(list(key[1:-1])).strip(), add_special_tokens=False)
+            captions.add(tok.decode(list(key[1:-1])).strip())
+    assert captions == {"a red circle", "a blue square", "a green triangle"}
+
+
+def test_prompt_groups_pinned():
+    keys = [("a",), ("b",), ("a",), ("a",), ("b",), ("c",), ("a",)]
+    # a: 0 2 3 6 -> two groups of 2; b: 1 4 -> one group; c alone is pooled into a smaller group
+    assert prompt_groups(keys, 2) == ([0, 2, 3, 6, 1, 4, 5], [2, 2, 2, 1])
+    assert prompt_groups(keys, 4) == ([0, 2, 3, 6, 1, 4, 5], [4, 3])  # b and c are pooled
+    assert prompt_groups([], 4) == ([], [])
+
+
+def test_prompt_grouped_draws_share_condition_time_and_dropout(class_batch):
+    batch, _ = class_batch
+    cfg, model, loss_fn, x0 = _setup(batch, imm={"group_by": "prompt", "particles": 3, "cond_dropout": 0.5})
+    keys = condition_keys(batch)
+    noise = loss_fn.draw(batch, torch.Generator().manual_seed(5))
+    assert sorted(noise.order.tolist()) == list(range(len(keys))) and count_units(batch, cfg)[1] == len(noise.sizes)
+    a = 0
+    pure = 0
+    for size in noise.sizes:
+        sl = slice(a, a + size)
+        assert len(set(noise.t[sl].tolist())) == 1 and len(set(noise.uncond[sl].tolist())) == 1
+        pure += len({keys[j] for j in noise.order[sl].tolist()}) == 1
+        a += size
+    assert pure >= len(noise.sizes) - 1 and any(noise.uncond) and not all(noise.uncond)
+    loss, _ = loss_fn(model, batch, x0, noise)
+    assert torch.isfinite(loss)
+
+
+def test_slot_order_reaches_every_target_input(class_batch):
+    """With one particle per group, grouping by prompt only reorders the targets: the loss equals the one of
+    position grouping given the same draws per target."""
+    batch, _ = class_batch
+    _, model, by_prompt, x0 = _setup(batch, text_weight=0.0, imm={"group_by": "prompt", "particles": 1})
+    _, _, by_position, _ = _setup(batch, text_weight=0.0, imm={"particles": 1})
+    noise = by_prompt.draw(batch, torch.Generator().manual_seed(6))
+    assert noise.order.tolist() != sorted(noise.order.tolist())  # a real permutation
+    ref = by_position.draw(batch, torch.Generator().manual_seed(7))
+    back = torch.argsort(noise.order)  # target i sits in slot back[i]
+    for f in ("t", "s", "r", "uncond", "eps"):
+        setattr(ref, f, getattr(noise, f)[back])
+    ref.boundary = [noise.boundary[j] for j in back.tolist()]
+    torch.testing.assert_close(by_prompt(model, batch, x0, noise)[0], by_position(model, batch, x0, ref)[0],
+                               rtol=1e-5, atol=1e-7)  # fmt: skip

@@ -132,6 +132,9 @@ class ImmConfig:
     sigma_d: float = 0.5
     kernel_weight_max: float = 1e4  # clamp of w(s, t) = 1 / ((t - s) sigma_d)
     cond_dropout: float = 0.1
+    # mmgen extension ("position" = the paper's random groups): "prompt" groups targets that share their text
+    # context, so each group's MMD compares M particles of one conditional distribution (see groups.py)
+    group_by: Literal["position", "prompt"] = "position"
     # mmgen extension (0 = the paper's IMM): this fraction of groups trains the flow map at its boundary
     # s = t with the flow-matching loss, since d f(x_t, t, s) / ds at s = t is the probability-flow velocity;
     # a dense signal that speeds up small-batch training without moving the IMM optimum

@@ -1,7 +1,7 @@
 """The joint objective on a packed interleaved batch: next-token text + IMM (or flow matching) images.
 
 Every image with a noisy copy is a generation target. For IMM the targets of a micro-batch are split into
-groups of M particles (consecutive targets; M or M+1 per group) that share (s, r, t); y_t comes from the
+groups of M particles (`groups.py`: consecutive targets, or targets of one prompt) that share (s, r, t); y_t comes from the
 forward with gradient, y_r from a second forward of the same weights without gradient in which only the
 noisy copies change (x_r at time r). Condition dropout makes a target's noisy copy unconditional (the mask
 isolates it), which trains the unconditional branch of classifier-free guidance.
@@ -24,6 +24,7 @@ from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.models.patches import from_dense, patchify, per_token, to_dense, unpatchify
 from mmgen.objectives import flow_matching as fm
 from mmgen.objectives import imm
+from mmgen.objectives.groups import plan_groups
 from mmgen.objectives.ntp import ntp_loss_sum, text_targets
 
 
@@ -35,48 +36,38 @@ class LossNorm:
     image_units: float
 
 
-def imm_groups(n_targets: int, M: int) -> list[int]:
-    """Group sizes for n targets: as many groups as fit M, the remainder spread over them (sizes differ by at
-    most one, each >= M); a batch with fewer than M targets forms one smaller group."""
-    if n_targets == 0:
-        return []
-    n_groups = max(1, n_targets // M)
-    base, extra = divmod(n_targets, n_groups)
-    return [base + (1 if i < extra else 0) for i in range(n_groups)]
-
-
 def count_units(batch: dict[str, Any], cfg: ObjectiveConfig) -> tuple[int, int]:
     """(text targets, image loss units) of a micro-batch, known before any forward."""
     n_text = int((batch["labels"] != IGNORE).sum())
-    n_targets = int(batch["image_loss"].sum())
-    units = len(imm_groups(n_targets, cfg.imm.particles)) if cfg.image == "imm" else n_targets
-    return n_text, units
+    return n_text, len(plan_groups(batch, cfg)[1])
 
 
 @dataclass
 class Noise:
-    """The random draws of one micro-batch, per target image (in target order).
+    """The random draws of one micro-batch, per slot: slot j holds target `order[j]`, groups are consecutive
+    slots (see `mmgen/objectives/groups.py`).
 
     Drawn group by group and image by image from one generator, so splitting a batch into micro-batches
     (with group boundaries aligned) consumes the generator exactly like the whole batch: accumulation and
     resumption are exact."""
 
+    order: torch.Tensor  # [n_targets] target index (in image_loss order) of each slot
     t: torch.Tensor  # [n_targets]
     s: torch.Tensor
     r: torch.Tensor  # IMM only (= s for flow matching)
-    uncond: torch.Tensor  # bool [n_targets]: condition dropped
+    uncond: torch.Tensor  # bool [n_targets]: condition dropped (per group with imm.group_by = prompt)
     eps: torch.Tensor  # [n_targets, C, h, w], already scaled by sigma_d
     sizes: list[int]  # IMM group sizes (empty for flow matching)
     boundary: list[bool]  # per IMM group: trained at s = t with the flow-matching loss (imm.boundary_fraction)
 
 
-def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ...],
+def draw_noise(cfg: ObjectiveConfig, order: list[int], sizes: list[int], latent_shape: tuple[int, ...],
                generator: torch.Generator, step: int = 0) -> Noise:  # fmt: skip
     imm_mode = cfg.image == "imm"
     boundary_fraction = 1.0 if step < cfg.imm.warm_start_steps else cfg.imm.boundary_fraction
     sd = cfg.imm.sigma_d if imm_mode else cfg.fm.sigma_d
     p_drop = cfg.imm.cond_dropout if imm_mode else cfg.fm.cond_dropout
-    sizes = imm_groups(n_targets, cfg.imm.particles) if imm_mode else [1] * n_targets
+    group_drop = imm_mode and cfg.imm.group_by == "prompt"  # one condition per group, dropped together
     t, s, r, unc, eps, boundary = [], [], [], [], [], []
     for size in sizes:
         if imm_mode:
@@ -89,24 +80,25 @@ def draw_noise(cfg: ObjectiveConfig, n_targets: int, latent_shape: tuple[int, ..
         else:
             tg = fm.sample_t(1, cfg.fm, generator)
             sg = rg = tg
+        dropped = torch.rand(1, generator=generator) < p_drop if group_drop else None
         for _ in range(size):
             t.append(tg)
             s.append(sg)
             r.append(rg)
-            unc.append(torch.rand(1, generator=generator) < p_drop)
+            unc.append(dropped if group_drop else torch.rand(1, generator=generator) < p_drop)
             eps.append(torch.randn((1, *latent_shape), generator=generator) * sd)
     if not sizes:
         z = torch.zeros(0)
-        return Noise(z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [], [])
-    return Noise(torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps), sizes if imm_mode else [],
-                 boundary)
+        return Noise(z.long(), z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [], [])
+    return Noise(torch.tensor(order), torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps),
+                 sizes if imm_mode else [], boundary)  # fmt: skip
 
 
 @dataclass
 class _Prepared:
     """One micro-batch's image inputs for the forward with gradient (and, for IMM, the target forward)."""
 
-    targets: torch.Tensor  # [n] indices of the target images
+    targets: torch.Tensor  # [n] image index of each slot
     clean: torch.Tensor  # [N, G, P] c_in(0) x0 patches of every image (the clean copies)
     noisy: torch.Tensor  # [N, G, P] c_in(t) x_t patches (rows of target images only)
     t: torch.Tensor  # [N] time of each image's noisy copy (0 for non-targets)
@@ -127,13 +119,13 @@ class MultimodalLoss:
 
     def draw(self, batch: dict[str, Any], generator: torch.Generator, step: int = 0) -> Noise:
         """The random draws of a micro-batch at optimizer step `step` (the step matters during warm start)."""
-        n_t = int(batch["image_loss"].sum())
+        order, sizes = plan_groups(batch, self.cfg)
         h, w = self.grid[0] * self.p, self.grid[1] * self.p
-        return draw_noise(self.cfg, n_t, (self.latent_channels, h, w), generator, step)
+        return draw_noise(self.cfg, order, sizes, (self.latent_channels, h, w), generator, step)
 
     def _prepare(self, batch: dict[str, Any], x0: torch.Tensor, noise: Noise) -> _Prepared:
         sd, dev, N = self.sigma_d, x0.device, x0.shape[0]
-        targets = batch["image_loss"].nonzero().squeeze(1).to(dev)
+        targets = batch["image_loss"].nonzero().squeeze(1)[noise.order].to(dev)  # in slot order
         t_i = noise.t.to(dev)
         t, s = x0.new_zeros(N), x0.new_zeros(N)
         t[targets], s[targets] = t_i, noise.s.to(dev)
