@@ -26,8 +26,9 @@ def _valid_cuts(batch) -> list[int]:
     return [c for c in range(1, im.shape[1]) if not inside[:, c - 1].any()]
 
 
-@pytest.mark.parametrize("pick", [[5, 20], [0, 1, 2, 3, 30], []])
-def test_chunked_cached_forward_equals_full_forward(batch, pick):
+@pytest.mark.parametrize("pick, grow", [([5, 20], False), ([0, 1, 2, 3, 30], True), ([], False)])
+def test_chunked_cached_forward_equals_full_forward(batch, pick, grow):
+    """grow: the cache starts at 4 slots and reallocates as the chunks arrive."""
     valid = _valid_cuts(batch)
     assert len(valid) > 30
     cuts = [valid[i] for i in pick] + [batch["doc"].shape[1]]
@@ -37,7 +38,8 @@ def test_chunked_cached_forward_equals_full_forward(batch, pick):
     x = _inputs(batch, cfg, uncond_every=3)
     with torch.no_grad():
         full = model(**x)
-        cache = KVCache.for_model(model, batch=x["input_ids"].shape[0], max_len=200)
+        B = x["input_ids"].shape[0]
+        cache = KVCache.for_model(model, batch=B, capacity=4) if grow else KVCache.for_model(model, batch=B, max_len=200)
         logits, images, a = [], [], 0
         for b in cuts:
             out = model(**_slice(x, a, b), cache=cache)
@@ -45,7 +47,7 @@ def test_chunked_cached_forward_equals_full_forward(batch, pick):
                 logits.append(out.logits.view(-1, cfg.vocab_size))
             images.append(out.image if out.image is not None else torch.zeros(x["input_ids"].shape[0], b - a, cfg.patch_dim))
             a = b
-    assert cache.length == 160
+    assert cache.length == 160 and cache.capacity >= 160
     text = batch["kind"] == KIND_TEXT
     # logits come back row-major per chunk; reorder the full forward's the same way
     order = torch.cat([text[:, a:b].nonzero() + torch.tensor([0, a]) for a, b in zip([0] + cuts[:-1], cuts)])

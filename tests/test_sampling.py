@@ -267,3 +267,43 @@ def test_generation_benchmark_measures_the_same_work_both_ways(pipe):
     assert pc["prefix_tokens"] >= 40 and pc["steps"] == 2 and pc["cached_s"] > 0 and pc["recompute_s"] > 0
     rows = bench.images_per_s(pipe, batch=2, steps_list=[1, 2], repeats=1, device=cpu)
     assert [r["steps"] for r in rows] == [1, 2] and all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_rows_drawing_at_different_times_outgrow_one_row_context(pipe, monkeypatch):
+    """Lockstep rows that open images at different steps fill more cache slots than one row's context (every
+    forward takes a slot in every row). The cache grows for them: the run succeeds, and its images equal a
+    run whose cache was large enough from the start."""
+    import mmgen.sampling.interleaved as il
+    from mmgen.models.kv_cache import KVCache
+
+    c = pipe.model.config
+    B, word = 4, pipe.text_tok.convert_tokens_to_ids(pipe.text_tok.tokenize("circle")[0])
+    calls = {"n": 0}
+
+    def scripted(logits, temperature, top_k, top_p, generator):  # row b opens images at steps b+1 and b+6
+        k = calls["n"] = calls["n"] + 1
+        return torch.tensor([c.boi_token_id if k in (b + 1, b + 6) else word for b in range(B)])
+
+    monkeypatch.setattr(il, "next_token", scripted)
+    prompts = ["a small red circle"] * B
+    prompt_len = len(pipe.sampler.encode_prompt(["a small red circle"])[0]["ids"])
+    max_new = c.max_seq_len - prompt_len - 2 * (c.image_tokens + 2) - 1  # one row's budget fills the context
+    kw = dict(steps=2, max_images=2, max_new_tokens=max_new, seed=3)
+    sizes = []
+    real_for_model = KVCache.for_model
+
+    def spy(model, batch, max_len=None, capacity=None):
+        cache = real_for_model(model, batch, max_len, capacity)
+        sizes.append(cache)
+        return cache
+
+    monkeypatch.setattr(KVCache, "for_model", staticmethod(spy))
+    grown = pipe(prompts, **kw)
+    assert sizes[-1].length > c.max_seq_len  # more slots than one row's context
+    calls["n"] = 0
+    monkeypatch.setattr(KVCache, "for_model", staticmethod(lambda m, b, max_len=None, capacity=None:
+                                                           real_for_model(m, b, capacity=4 * c.max_seq_len)))
+    roomy = pipe(prompts, **kw)
+    for x, y in zip(grown, roomy):
+        assert len(x.images) == 2 and all(np.array_equal(i, j) for i, j in zip(x.images, y.images))
+        assert x.text == y.text

@@ -3,6 +3,8 @@
 Rows of a batch advance in lockstep over one shared `KVCache` (slot i of every row is filled by the same
 forward). A row with nothing to add in a forward gets padding tokens (document -1: invisible to everything),
 so rows can decode text, draw images and stop at different times; rotary positions are tracked per row.
+Rows that draw images at different times use more slots than one row's context: the cache grows for them,
+while each row's positions stay within the context (checked before any work in `pipeline.py`).
 
 Per image, for the rows that opened one (<boi>):
   1. sample the latent grid with the flow map in N steps. Each step is ONE forward over the cached prefix in
@@ -125,10 +127,10 @@ class InterleavedSampler:
             "uncond": torch.zeros((B, L), dtype=torch.bool, device=dev),
         }
 
-    def prefill(self, prompts: list[list], cache: KVCache):
+    def prefill(self, prompts: list[list], cache: KVCache, encoded: list | None = None):
         """Forward every prompt (right-padded with invisible padding); returns logits of each row's last token,
-        the next rotary position and the number of images per row."""
-        encoded = [self.encode_prompt(p) for p in prompts]
+        the next rotary position and the number of images per row. `encoded`: the prompts' `encode_prompt`."""
+        encoded = encoded or [self.encode_prompt(p) for p in prompts]
         B, L = len(prompts), max(len(e[0]["ids"]) for e in encoded)
         cols = self._pad_cols(B, L)
         last = torch.zeros(B, L, dtype=torch.bool, device=self.device)
@@ -228,8 +230,12 @@ class InterleavedSampler:
         opts.validate()
         c, B = self.c, len(prompts)
         gen = torch.Generator().manual_seed(opts.seed)
-        cache = KVCache.for_model(self.model, B, c.max_seq_len)
-        logits, pos, n_img = self.prefill(prompts, cache)
+        # enough slots for one row's worst case (the CFG copy lives in scratch); rows that draw images at
+        # different times need more, and the cache grows for them
+        encoded = [self.encode_prompt(p) for p in prompts]
+        need = max(len(e[0]["ids"]) for e in encoded) + opts.max_new_tokens + opts.max_images * (2 * self.G + 3) + 1
+        cache = KVCache.for_model(self.model, B, capacity=need)
+        logits, pos, n_img = self.prefill(prompts, cache, encoded)
         outs = [RowOutput() for _ in range(B)]
         drawn, n_text = [0] * B, [0] * B
         pending: list[list[int]] = [[] for _ in range(B)]  # text ids since the last image
