@@ -53,11 +53,12 @@ def judge(net, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return net.head(feats).argmax(1).numpy(), feats.numpy()
 
 
-def generate(pipe: MMGenPipeline, per_class: int, steps: int, guidance: float, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
+def generate(pipe: MMGenPipeline, per_class: int, steps: int, batch: int, **options) -> tuple[np.ndarray, np.ndarray, float]:
+    """per_class images of every class; options: SamplingOptions (guidance, method, time_grid)."""
     prompts = [f"a photo of a {c}" for c in CIFAR10_CLASSES for _ in range(per_class)]
     labels = np.repeat(np.arange(10), per_class)
     t0 = time.perf_counter()
-    images = pipe.text_to_image(prompts, batch=batch, steps=steps, guidance=guidance)
+    images = pipe.text_to_image(prompts, batch=batch, steps=steps, **options)
     return np.stack(images), labels, time.perf_counter() - t0
 
 
@@ -80,6 +81,11 @@ def main() -> None:
     ap.add_argument("--real", type=int, default=5000, help="real test images for the reference statistics")
     ap.add_argument("--captions", type=int, default=500, help="real test images to caption")
     ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--sampler", choices=["pushforward", "euler", "restart"], default=None,
+                    help="default: pushforward for IMM, euler for flow matching")
+    ap.add_argument("--time-grid", choices=["uniform", "cosine"], default="uniform")
+    ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                    help="guide only the steps that start at t in [LO, HI]")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
     ap.add_argument("--out", default=None, help="default results/cifar10/eval.json (reference.json without --model)")
@@ -102,7 +108,9 @@ def main() -> None:
         "judge": {"test_accuracy_real": round(float((pred == real_labels).mean()), 4), **info},
         "real_vs_real_fd": round(frechet_distance(real_feats[: len(real) // 2], real_feats[len(real) // 2 :]), 3),
         "real_floor_fd": floor,  # other real test images, as many as one generated point, against the reference
-        "guidance": args.guidance, "per_class": args.per_class, "real": args.real, "captions": args.captions,
+        "guidance": args.guidance, "sampler": args.sampler or "model default", "time_grid": args.time_grid,
+        "guidance_interval": args.guidance_interval,
+        "per_class": args.per_class, "real": args.real, "captions": args.captions,
         "models": {},
     }  # fmt: skip
     print(f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
@@ -113,7 +121,9 @@ def main() -> None:
         kind = pipe.model.config.image_objective
         rows = {}
         for n in args.imm_steps if kind == "imm" else args.fm_steps:
-            imgs, labels, dt = generate(pipe, args.per_class, n, args.guidance, args.batch)
+            imgs, labels, dt = generate(pipe, args.per_class, n, args.batch, guidance=args.guidance,
+                                        method=args.sampler, time_grid=args.time_grid,
+                                        guidance_interval=tuple(args.guidance_interval))  # fmt: skip
             p, f = judge(net, imgs)
             rows[str(n)] = {"nfe": n, "class_accuracy": round(float((p == labels).mean()), 4),
                             "frechet_distance": round(frechet_distance(f, real_feats), 3),

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="outputs", help="folder for PNGs and HTML")
     ap.add_argument("--steps", type=int, default=4, help="network evaluations per image (1, 2, 4, 8, ...)")
     ap.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight")
+    ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                    help="guide only the sampler steps that start at t in [LO, HI]")
     ap.add_argument("--time-grid", default="uniform", choices=["uniform", "cosine"])
     ap.add_argument("--sampler", default=None, choices=["pushforward", "euler", "restart"],
                     help="default: pushforward for IMM models, euler for flow-matching models")
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pipe = MMGenPipeline.from_pretrained(args.model, device=args.device)
         t0 = time.perf_counter()
-        results = pipe(prompts, steps=args.steps, guidance=args.guidance, time_grid=args.time_grid,
+        results = pipe(prompts, steps=args.steps, guidance=args.guidance,
+                       guidance_interval=tuple(args.guidance_interval), time_grid=args.time_grid,
                        method=args.sampler, image_first=args.image_first, max_images=args.max_images,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed)  # fmt: skip

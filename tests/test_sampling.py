@@ -150,6 +150,23 @@ def test_batched_cfg_equals_two_forwards(pipe):
     assert not torch.allclose(cond, unc)
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it(pipe):
+    """N = 2 uniform steps start at t = 0.994 and 0.497. An interval holding neither is plain conditional
+    sampling (w = 1); one holding both is the default; one holding the second step only differs from both."""
+    kw = dict(steps=2, image_first=True, stop_after_image=True, guidance=4.0, seed=5)
+
+    def image(**extra):
+        return pipe(["a small red circle"], **(kw | extra))[0].images[0]
+
+    plain, full = image(guidance=1.0), image()
+    assert np.array_equal(image(guidance_interval=(0.0, 0.3)), plain)
+    assert np.array_equal(image(guidance_interval=(0.4, 1.0)), full)
+    late = image(guidance_interval=(0.4, 0.6))
+    assert not np.array_equal(late, plain) and not np.array_equal(late, full)
+    with pytest.raises(PromptError, match="guidance_interval"):
+        pipe(["x"], guidance_interval=(0.5, 0.2))
+
+
 def test_same_seed_same_output_and_interleaving(pipe, tmp_path):
     kw = dict(steps=2, image_first=True, max_images=2, max_new_tokens=6, temperature=1.0, top_k=20, seed=7)
     a = pipe(["a small red circle", "a large blue square"], **kw)

@@ -36,6 +36,9 @@ UNCOND_IMAGE_ID = 1 << 20  # image ids of the unconditional copies (never a real
 class SamplingOptions:
     steps: int = 4  # network evaluations per image
     guidance: float = 1.5  # classifier-free guidance weight w (1 = conditional only, 0 = unconditional)
+    # guidance acts on steps that start at a time t in [lo, hi] (Kynkaanniemi et al. 2024, "guidance in a
+    # limited interval"); other steps are conditional only. The default guides every step.
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     time_grid: str = "uniform"
     method: str | None = None  # pushforward (IMM) / euler (flow matching); default from the model
     max_new_tokens: int = 32
@@ -52,6 +55,9 @@ class SamplingOptions:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 <= self.guidance <= 20.0:
             raise ValueError(f"guidance must lie in [0, 20], got {self.guidance}")
+        lo, hi = self.guidance_interval
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1, got {self.guidance_interval}")
         if self.max_new_tokens < 0 or self.max_images < 0:
             raise ValueError("max_new_tokens and max_images must be >= 0")
         if self.method not in (None, "pushforward", "euler", "restart"):
@@ -204,7 +210,9 @@ class InterleavedSampler:
             with cache.scratch():
                 out = self._forward(cols, cache).image  # [B, n, P]
             g_c = out[:, :G]
-            g_w = cfg_combine(g_c, out[:, G:], opts.guidance) if use_uncond else g_c
+            lo, hi = opts.guidance_interval
+            w = opts.guidance if lo <= float(t[0]) <= hi else 1.0  # one time per step for every row
+            g_w = cfg_combine(g_c, out[:, G:], w) if use_uncond else g_c
             return unpatchify(g_w, p, c.image_grid, c.latent_channels)
 
         method = opts.method or ("pushforward" if c.image_objective == "imm" else "euler")
