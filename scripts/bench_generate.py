@@ -110,7 +110,7 @@ def prefix_cache_speedup(pipe, prefix_tokens: int, steps: int, repeats: int, dev
 
     def image_after_prefix(n_steps: int) -> None:
         cache = KVCache.for_model(pipe.model, 1, c.max_seq_len)
-        _, pos, n_img = s.prefill([prompt], cache)
+        _, pos, n_img = s.prefill([s.encode_prompt(prompt)], cache)
         rows = torch.ones(1, dtype=torch.bool)
         s._feed_tokens(torch.tensor([c.boi_token_id]), rows, pos, cache)
         pos = [pos[0] + 1]
@@ -145,7 +145,7 @@ def text_decoding(pipe, prompt_tokens: int, new_tokens: int, repeats: int, devic
     def cached():
         with torch.no_grad():
             cache = KVCache.for_model(pipe.model, 1, c.max_seq_len)
-            logits, pos, _ = s.prefill([prompt], cache)
+            logits, pos, _ = s.prefill([s.encode_prompt(prompt)], cache)
             toks, active = [], torch.ones(1, dtype=torch.bool)
             for _ in range(new_tokens):
                 tok = logits.argmax(-1).view(1).cpu()

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"train.py: {e}")
     if trainer.resumed_from is not None and trainer.engine.is_main:
         print(f"resumed from {trainer.resumed_from} at step {trainer.step}")
+        if trainer.config_changes:
+            print(f"the config differs from the one this run started with (kept as config-until-step-"
+                  f"{trainer.step:07d}.yaml): {'; '.join(trainer.config_changes)}. To start afresh instead, "
+                  f"use another train.output_dir or --resume none")  # fmt: skip
     trainer.train(max_steps=args.stop_after)
     if trainer.engine.is_main:
         if trainer.step >= cfg.train.steps:

@@ -50,16 +50,20 @@ def reference(cfg, world: int = 2):
     losses = []
     for step in range(cfg.train.steps):
         micro = [[next(p) for _ in range(cfg.train.grad_accum)] for p in pipes]
-        counts = [sum(count_units(b, cfg.objective)[i] for m in micro for b in m) for i in (0, 1)]
+        noises = []
+        for r, mbs in enumerate(micro):
+            gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 7919 + r)
+            noises.append([loss_fn.draw(b, gen, step) for b in mbs])
+        pairs = [(b, n) for mbs, ns in zip(micro, noises) for b, n in zip(mbs, ns)]
+        counts = [sum(count_units(b, n, cfg.objective)[i] for b, n in pairs) for i in (0, 1)]
         norm = LossNorm(*counts)
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg.train)
         total = 0.0
-        for r, mbs in enumerate(micro):
-            gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 7919 + r)
-            for b in mbs:
+        for mbs, ns in zip(micro, noises):
+            for b, noise in zip(mbs, ns):
                 x0 = build.clean_latents(b, image, loss_fn.sigma_d, torch.device("cpu"))
-                loss, _ = loss_fn(model, b, x0, loss_fn.draw(b, gen), norm)
+                loss, _ = loss_fn(model, b, x0, noise, norm)
                 loss.backward()
                 total += float(loss.detach())
         opt.step()

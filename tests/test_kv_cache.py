@@ -74,3 +74,23 @@ def test_scratch_forward_keeps_cache(batch):
         torch.testing.assert_close(first, second)
         with pytest.raises(ContextOverflow, match="exceed the context of 160"):
             model(**_slice(x, 0, 100), cache=cache)
+
+
+def test_growing_inside_scratch_keeps_the_prefix(batch):
+    """A scratch forward that needs more slots than allocated grows the cache; the kept prefix survives and
+    the result equals that of a cache that was large enough from the start."""
+    cfg = tiny_config()
+    model = MMGenModel(cfg).eval()
+    _randomize(model)
+    x = _inputs(batch, cfg)
+    with torch.no_grad():
+        roomy = KVCache.for_model(model, batch=3, max_len=160)
+        tight = KVCache.for_model(model, batch=3, capacity=100)
+        for cache in (roomy, tight):
+            model(**_slice(x, 0, 100), cache=cache)
+        with roomy.scratch(), tight.scratch():
+            want = model(**_slice(x, 100, 120), cache=roomy).image
+            got = model(**_slice(x, 100, 120), cache=tight).image
+        assert tight.length == 100 and tight.capacity >= 120
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tight.k[:, :, :, :100], roomy.k[:, :, :, :100])

@@ -80,8 +80,9 @@ def test_no_text_targets_and_no_images_stay_finite(batch):
     b = dict(batch)
     b["image_loss"] = torch.zeros_like(batch["image_loss"])
     b["kind"] = torch.where(batch["kind"] == KIND_NOISY, torch.ones_like(batch["kind"]), batch["kind"])
-    loss, st = loss_fn(model, b, x0, loss_fn.draw(b, torch.Generator().manual_seed(3)))
-    assert torch.isfinite(loss) and st["image_units"] == 0 and count_units(b, cfg)[1] == 0
+    noise = loss_fn.draw(b, torch.Generator().manual_seed(3))
+    loss, st = loss_fn(model, b, x0, noise)
+    assert torch.isfinite(loss) and st["image_units"] == 0 and count_units(b, noise, cfg)[1] == 0
 
 
 def test_target_branch_carries_no_gradient(batch):
@@ -113,8 +114,8 @@ def test_target_branch_carries_no_gradient(batch):
 # ------------------------------------------------------------------ grouping by prompt (imm.group_by)
 @pytest.fixture(scope="module")
 def class_batch(text_tokenizer):
-    """CIFAR-style documents: "caption <image>" (a target) or "<image> caption" (context only), three captions,
-    plus two-image documents whose second image sees the first."""
+    """CIFAR-style documents: "caption <image>" (a target) or "<image> caption" (a target without text before
+    it, or context only), three captions, plus two-image documents whose second image sees the first."""
     import numpy as np
 
     from mmgen.data.documents import Document, Image
@@ -133,7 +134,7 @@ def class_batch(text_tokenizer):
         if i % 7 == 6:
             segs = [cap, Image(pixels=img.pixels.copy()), "the same", img]
         elif i % 3 == 2:
-            img.loss = False
+            img.loss = i % 2 == 0
             segs = [img, cap]
         else:
             segs = [cap, img]
@@ -157,7 +158,8 @@ def test_condition_keys_are_the_text_before_each_target(class_batch):
             assert key[0] == ids.bos and key[-1] == ids.boi and list(key[1:-1]) == tok.encode(
                 tok.decode(list(key[1:-1])).strip(), add_special_tokens=False)
             captions.add(tok.decode(list(key[1:-1])).strip())
-    assert captions == {"a red circle", "a blue square", "a green triangle"}
+    # "" is an image that opens its document: it sees only <s> <boi>
+    assert captions == {"", "a red circle", "a blue square", "a green triangle"} and (ids.bos, ids.boi) in keys
 
 
 def test_prompt_groups_pinned():
@@ -168,20 +170,34 @@ def test_prompt_groups_pinned():
     assert prompt_groups([], 4) == ([], [])
 
 
-def test_prompt_grouped_draws_share_condition_time_and_dropout(class_batch):
+def test_prompt_groups_hold_one_condition_and_dropped_targets_apart(class_batch):
+    """Dropout is decided per target before grouping: a group holds targets of one prompt, all kept, or
+    targets whose condition was dropped (whatever their prompt); mixed groups only come from the final pool."""
     batch, _ = class_batch
-    cfg, model, loss_fn, x0 = _setup(batch, imm={"group_by": "prompt", "particles": 3, "cond_dropout": 0.5})
+    _, model, loss_fn, x0 = _setup(batch, imm={"group_by": "prompt", "particles": 3, "cond_dropout": 0.3})
     keys = condition_keys(batch)
     noise = loss_fn.draw(batch, torch.Generator().manual_seed(5))
-    assert sorted(noise.order.tolist()) == list(range(len(keys))) and count_units(batch, cfg)[1] == len(noise.sizes)
-    a = 0
-    pure = 0
+    order = noise.order.tolist()
+    assert sorted(order) == list(range(len(keys)))
+    dropped = noise.uncond[torch.argsort(noise.order)]  # per target
+    assert 0 < int(dropped.sum()) < len(keys)
+    kinds, a = [], 0
     for size in noise.sizes:
         sl = slice(a, a + size)
-        assert len(set(noise.t[sl].tolist())) == 1 and len(set(noise.uncond[sl].tolist())) == 1
-        pure += len({keys[j] for j in noise.order[sl].tolist()}) == 1
+        members = order[sl]
+        assert len(set(noise.t[sl].tolist())) == 1
+        if all(dropped[j] for j in members):
+            kinds.append("dropped")
+        elif not any(dropped[j] for j in members) and len({keys[j] for j in members}) == 1:
+            kinds.append("one prompt")
+        else:
+            kinds.append("pool")
         a += size
-    assert pure >= len(noise.sizes) - 1 and any(noise.uncond) and not all(noise.uncond)
+    assert "dropped" in kinds and kinds.count("one prompt") >= 2
+    assert "pool" not in kinds or kinds[kinds.index("pool"):] == ["pool"] * (len(kinds) - kinds.index("pool"))
+    mixed = {keys[j] for size, k, a in zip(noise.sizes, kinds, [sum(noise.sizes[:i]) for i in range(len(kinds))])
+             if k == "dropped" for j in order[a : a + size]}  # fmt: skip
+    assert len(mixed) >= 2  # dropped targets of several prompts share groups: draws from the marginal
     loss, _ = loss_fn(model, batch, x0, noise)
     assert torch.isfinite(loss)
 

@@ -316,7 +316,8 @@ def test_rows_drawing_at_different_times_outgrow_one_row_context(pipe, monkeypat
 
     monkeypatch.setattr(KVCache, "for_model", staticmethod(spy))
     grown = pipe(prompts, **kw)
-    assert sizes[-1].length > c.max_seq_len  # more slots than one row's context
+    first = max_new + prompt_len + 2 * (c.image_tokens + 2) + 1 + 2 * c.image_tokens  # the first allocation
+    assert sizes[-1].length > first and sizes[-1].capacity > first  # the lockstep rows outgrew it
     calls["n"] = 0
     monkeypatch.setattr(KVCache, "for_model", staticmethod(lambda m, b, max_len=None, capacity=None:
                                                            real_for_model(m, b, capacity=4 * c.max_seq_len)))

@@ -158,3 +158,24 @@ def test_truncated_shard_is_reported_not_fatal(tmp_path):
 def test_too_few_shards_for_the_split(shapes_shards):
     with pytest.raises(ValueError, match="cannot feed 4 ranks x 4 workers"):
         ShardStream(shapes_shards, Split(0, 4, 4))
+
+
+def test_prepare_data_writes_a_seeded_shuffled_order(tmp_path):
+    """Sources list their files sorted (CIFAR-10: class by class); prepare_data writes a seeded permutation,
+    or the source order with --shuffle-seed -1."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
+    spec = importlib.util.spec_from_file_location("prepare_data", path)
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+
+    def keys(out, *flags):
+        prepare.main(["--source", "shapes", "--limit", "40", "--shard-size", "10", "--out", str(out), *flags])
+        return [d.key for d in read_documents(sorted(str(p) for p in out.glob("*.tar")))]
+
+    source = keys(tmp_path / "source", "--shuffle-seed", "-1")
+    shuffled = keys(tmp_path / "a")
+    assert sorted(shuffled) == sorted(source) and shuffled != source
+    assert keys(tmp_path / "b") == shuffled and keys(tmp_path / "c", "--shuffle-seed", "1") != shuffled

@@ -43,7 +43,7 @@ def test_resume_is_exact(tiny_assets, tmp_path):
     run(part_cfg, max_steps=3)
     assert find_checkpoint(tmp_path / "part" / "checkpoints", "auto").name == "step-0000003"
     resumed = run(part_cfg)
-    assert resumed.resumed_from is not None and resumed.step == 6
+    assert resumed.resumed_from is not None and resumed.step == 6 and resumed.config_changes == []
     a, b = metrics(tmp_path / "full"), metrics(tmp_path / "part")
     assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(a, b):
@@ -70,6 +70,17 @@ def test_accumulating_4_micro_batches_equals_one_4x_batch(tiny_assets, tmp_path,
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
     for p, q in zip(big.engine.unwrapped.parameters(), acc.engine.unwrapped.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_resuming_with_another_config_names_the_changes(tiny_assets, tmp_path):
+    from mmgen.train.loop import Trainer
+
+    run(tiny_run(tiny_assets, tmp_path / "r"), max_steps=3)
+    longer = Trainer(tiny_run(tiny_assets, tmp_path / "r", "train.steps=8", "objective.imm.particles=2"))
+    assert longer.step == 3
+    assert longer.config_changes == ["objective.imm.particles: 4 -> 2", "train.steps: 6 -> 8"]
+    kept = tmp_path / "r" / "config-until-step-0000003.yaml"
+    assert kept.is_file() and "steps: 6" in kept.read_text() and "steps: 8" in (tmp_path / "r" / "config.yaml").read_text()
 
 
 def test_nonfinite_loss_skips_step_then_stops(tiny_assets, tmp_path, capsys):

@@ -26,7 +26,9 @@ class KVCache:
     def __init__(self, depth: int, batch: int, n_heads: int, head_dim: int, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  capacity: int | None = None):  # fmt: skip
-        capacity = capacity or max_len or 256
+        capacity = capacity or max_len
+        if not capacity:
+            raise ValueError("KVCache needs a capacity or a max_len")
         self.k = torch.zeros((depth, batch, n_heads, capacity, head_dim), device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.doc = torch.full((batch, capacity), -1, dtype=torch.long, device=device)
@@ -43,7 +45,8 @@ class KVCache:
         allocation (default: max_len, else the model's context)."""
         c = model.config
         p = next(model.parameters())
-        return cls(c.depth, batch, c.n_heads, c.head_dim, max_len, p.device, p.dtype, capacity or max_len or c.max_seq_len)
+        capacity = capacity or max_len or c.max_seq_len
+        return cls(c.depth, batch, c.n_heads, c.head_dim, max_len, p.device, p.dtype, capacity)
 
     @property
     def capacity(self) -> int:
@@ -55,14 +58,15 @@ class KVCache:
         if self.max_len is not None:
             new = min(new, self.max_len)
         n = self.length
-        for name, fill in (("k", 0), ("v", 0), ("doc", -1), ("kind", 0), ("image", -1), ("uncond", 0)):
+        for name in ("k", "v"):  # [depth, batch, heads, slots, head_dim]
             old = getattr(self, name)
-            buf = torch.full((*old.shape[:-2], new, old.shape[-1]) if name in "kv" else (old.shape[0], new), fill,
-                             dtype=old.dtype, device=old.device)  # fmt: skip
-            if name in "kv":
-                buf[..., :n, :] = old[..., :n, :]
-            else:
-                buf[:, :n] = old[:, :n]
+            buf = old.new_zeros((*old.shape[:3], new, old.shape[4]))
+            buf[:, :, :, :n] = old[:, :, :, :n]
+            setattr(self, name, buf)
+        for name, fill in (("doc", -1), ("kind", 0), ("image", -1), ("uncond", 0)):  # [batch, slots]
+            old = getattr(self, name)
+            buf = torch.full((old.shape[0], new), fill, dtype=old.dtype, device=old.device)
+            buf[:, :n] = old[:, :n]
             setattr(self, name, buf)
 
     @contextmanager

@@ -6,10 +6,12 @@ M different prompts then holds one particle per conditional distribution, and it
 of them. With `group_by = "prompt"` targets that see the same context (the same text since the start of their
 document and no earlier image) are grouped first, so each group holds M particles of one conditional
 distribution, as IMM.md suggests for data sets with few distinct prompts (CIFAR-10 class captions).
-Classifier-free guidance then drops the condition of a whole group, which keeps the group on one condition.
+Condition dropout is decided per target before grouping, and the dropped targets share one key: their
+images are draws from the data marginal, which is what the unconditional flow map transports (dropping a
+whole group of one prompt would ask the unconditional map to transport that prompt's distribution).
 
-Everything here depends only on the token plan, so the trainer knows the number of groups (the loss
-normaliser) before any random draw.
+The trainer draws every micro-batch's groups before its forwards, so it knows the number of groups (the loss
+normaliser) first.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ def imm_groups(n_targets: int, M: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n_groups)]
 
 
+UNCOND = ("condition dropped",)
+
+
 def condition_keys(batch: dict[str, Any]) -> list[tuple]:
     """One hashable key per target image (in target order): the text ids of its document before its first
     token (from <s> to <boi>). A target with an image earlier in its document gets a key of its own, since
-    its condition includes that image."""
-    image, kind, doc, ids = batch["image"], batch["kind"], batch["doc"], batch["input_ids"]
+    its condition includes that image. Reads the plan on the CPU (a few small tensors)."""
+    image, kind, doc, ids = (batch[k].cpu() for k in ("image", "kind", "doc", "input_ids"))
     L = image.shape[1]
     flat = image.reshape(-1)
     where = (flat >= 0).nonzero().squeeze(1)
@@ -55,8 +60,8 @@ def condition_keys(batch: dict[str, Any]) -> list[tuple]:
 
 def prompt_groups(keys: list[tuple], M: int) -> tuple[list[int], list[int]]:
     """(order, sizes): target indices in group order, and the group sizes. Targets of one key form groups of
-    M to 2M-1 (`imm_groups`); keys with fewer than M targets are pooled in order of appearance and grouped
-    the same way (a pool smaller than M is one smaller group, so the groups of one prompt stay pure)."""
+    M to 2M-1 (`imm_groups`). Targets whose key has fewer than M members are pooled, in order of appearance,
+    and grouped the same way; a pool smaller than M forms one smaller group rather than joining a pure one."""
     buckets: dict[tuple, list[int]] = {}
     for i, k in enumerate(keys):
         buckets.setdefault(k, []).append(i)
@@ -72,12 +77,17 @@ def prompt_groups(keys: list[tuple], M: int) -> tuple[list[int], list[int]]:
     return order + rest, sizes + imm_groups(len(rest), M)
 
 
-def plan_groups(batch: dict[str, Any], cfg: ObjectiveConfig) -> tuple[list[int], list[int]]:
+def plan_groups(batch: dict[str, Any], cfg: ObjectiveConfig, dropped: torch.Tensor | None = None
+                ) -> tuple[list[int], list[int]]:  # fmt: skip
     """(order, sizes) of a micro-batch: `order[j]` is the target (in `image_loss` order) of slot j; slots
-    come group after group. Flow matching: every target alone, in order."""
+    come group after group. Flow matching: every target alone, in order. `dropped` [n_targets] bool (group_by
+    = prompt): targets whose condition is dropped, grouped together under `UNCOND`."""
     n_targets = int(batch["image_loss"].sum())
     if cfg.image != "imm":
         return list(range(n_targets)), [1] * n_targets
     if cfg.imm.group_by == "prompt":
-        return prompt_groups(condition_keys(batch), cfg.imm.particles)
+        keys = condition_keys(batch)
+        if dropped is not None:
+            keys = [UNCOND if d else k for k, d in zip(keys, dropped.tolist())]
+        return prompt_groups(keys, cfg.imm.particles)
     return list(range(n_targets)), imm_groups(n_targets, cfg.imm.particles)

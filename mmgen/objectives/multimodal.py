@@ -36,10 +36,11 @@ class LossNorm:
     image_units: float
 
 
-def count_units(batch: dict[str, Any], cfg: ObjectiveConfig) -> tuple[int, int]:
-    """(text targets, image loss units) of a micro-batch, known before any forward."""
+def count_units(batch: dict[str, Any], noise: Noise, cfg: ObjectiveConfig) -> tuple[int, int]:
+    """(text targets, image loss units: IMM groups or flow-matching images) of a drawn micro-batch, known
+    before any forward, so the trainer can reduce the global counts first."""
     n_text = int((batch["labels"] != IGNORE).sum())
-    return n_text, len(plan_groups(batch, cfg)[1])
+    return n_text, len(noise.sizes) if cfg.image == "imm" else len(noise.t)
 
 
 @dataclass
@@ -49,25 +50,27 @@ class Noise:
 
     Drawn group by group and image by image from one generator, so splitting a batch into micro-batches
     (with group boundaries aligned) consumes the generator exactly like the whole batch: accumulation and
-    resumption are exact."""
+    resumption are exact. With imm.group_by = prompt the groups depend on which targets share a micro-batch,
+    so there accumulation equals the same micro-batches, not one large batch; resumption stays exact."""
 
     order: torch.Tensor  # [n_targets] target index (in image_loss order) of each slot
     t: torch.Tensor  # [n_targets]
     s: torch.Tensor
     r: torch.Tensor  # IMM only (= s for flow matching)
-    uncond: torch.Tensor  # bool [n_targets]: condition dropped (per group with imm.group_by = prompt)
+    uncond: torch.Tensor  # bool [n_targets]: condition dropped
     eps: torch.Tensor  # [n_targets, C, h, w], already scaled by sigma_d
     sizes: list[int]  # IMM group sizes (empty for flow matching)
     boundary: list[bool]  # per IMM group: trained at s = t with the flow-matching loss (imm.boundary_fraction)
 
 
 def draw_noise(cfg: ObjectiveConfig, order: list[int], sizes: list[int], latent_shape: tuple[int, ...],
-               generator: torch.Generator, step: int = 0) -> Noise:  # fmt: skip
+               generator: torch.Generator, step: int = 0, dropped: torch.Tensor | None = None) -> Noise:  # fmt: skip
+    """`dropped` [n_targets] (target order): condition dropout already decided (grouping by prompt needs it
+    first); None draws it per image here."""
     imm_mode = cfg.image == "imm"
     boundary_fraction = 1.0 if step < cfg.imm.warm_start_steps else cfg.imm.boundary_fraction
     sd = cfg.imm.sigma_d if imm_mode else cfg.fm.sigma_d
     p_drop = cfg.imm.cond_dropout if imm_mode else cfg.fm.cond_dropout
-    group_drop = imm_mode and cfg.imm.group_by == "prompt"  # one condition per group, dropped together
     t, s, r, unc, eps, boundary = [], [], [], [], [], []
     for size in sizes:
         if imm_mode:
@@ -80,12 +83,13 @@ def draw_noise(cfg: ObjectiveConfig, order: list[int], sizes: list[int], latent_
         else:
             tg = fm.sample_t(1, cfg.fm, generator)
             sg = rg = tg
-        dropped = torch.rand(1, generator=generator) < p_drop if group_drop else None
         for _ in range(size):
+            slot = len(t)
             t.append(tg)
             s.append(sg)
             r.append(rg)
-            unc.append(dropped if group_drop else torch.rand(1, generator=generator) < p_drop)
+            drop = torch.rand(1, generator=generator) < p_drop if dropped is None else dropped[order[slot]].reshape(1)
+            unc.append(drop)
             eps.append(torch.randn((1, *latent_shape), generator=generator) * sd)
     if not sizes:
         z = torch.zeros(0)
@@ -119,9 +123,13 @@ class MultimodalLoss:
 
     def draw(self, batch: dict[str, Any], generator: torch.Generator, step: int = 0) -> Noise:
         """The random draws of a micro-batch at optimizer step `step` (the step matters during warm start)."""
-        order, sizes = plan_groups(batch, self.cfg)
+        cfg, n_t = self.cfg, int(batch["image_loss"].sum())
+        dropped = None
+        if cfg.image == "imm" and cfg.imm.group_by == "prompt":  # dropped targets form their own groups
+            dropped = torch.rand(n_t, generator=generator) < cfg.imm.cond_dropout
+        order, sizes = plan_groups(batch, cfg, dropped)
         h, w = self.grid[0] * self.p, self.grid[1] * self.p
-        return draw_noise(self.cfg, order, sizes, (self.latent_channels, h, w), generator, step)
+        return draw_noise(cfg, order, sizes, (self.latent_channels, h, w), generator, step, dropped)
 
     def _prepare(self, batch: dict[str, Any], x0: torch.Tensor, noise: Noise) -> _Prepared:
         sd, dev, N = self.sigma_d, x0.device, x0.shape[0]
@@ -204,7 +212,7 @@ class MultimodalLoss:
             none = torch.zeros_like(batch["labels"], dtype=torch.bool)
             out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
             y_r = imm.flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
-        for size in sorted(set(sizes)):  # one batched kernel per group size (at most two sizes)
+        for size in sorted(set(sizes)):  # one batched kernel per group size (a few distinct sizes)
             first = [a for a, sz, b in zip(starts, sizes, noise.boundary) if sz == size and not b]
             if not first:
                 continue

@@ -4,7 +4,7 @@ Rows of a batch advance in lockstep over one shared `KVCache` (slot i of every r
 forward). A row with nothing to add in a forward gets padding tokens (document -1: invisible to everything),
 so rows can decode text, draw images and stop at different times; rotary positions are tracked per row.
 Rows that draw images at different times use more slots than one row's context: the cache grows for them,
-while each row's positions stay within the context (checked before any work in `pipeline.py`).
+while each row's positions stay within the context (`row_tokens`, checked before any work).
 
 Per image, for the rows that opened one (<boi>):
   1. sample the latent grid with the flow map in N steps. Each step is ONE forward over the cached prefix in
@@ -133,11 +133,14 @@ class InterleavedSampler:
             "uncond": torch.zeros((B, L), dtype=torch.bool, device=dev),
         }
 
-    def prefill(self, prompts: list[list], cache: KVCache, encoded: list | None = None):
-        """Forward every prompt (right-padded with invisible padding); returns logits of each row's last token,
-        the next rotary position and the number of images per row. `encoded`: the prompts' `encode_prompt`."""
-        encoded = encoded or [self.encode_prompt(p) for p in prompts]
-        B, L = len(prompts), max(len(e[0]["ids"]) for e in encoded)
+    def row_tokens(self, prompt_len: int, opts: SamplingOptions) -> int:
+        """Tokens one row may take: the prompt, its text, and per image <boi>, G tokens and <eoi>, then </s>."""
+        return prompt_len + opts.max_new_tokens + opts.max_images * (self.G + 2) + 1
+
+    def prefill(self, encoded: list[tuple[dict, list[Image]]], cache: KVCache):
+        """Forward every prompt (`encode_prompt` output; right-padded with invisible padding); returns logits of
+        each row's last token, the next rotary position and the number of images per row."""
+        B, L = len(encoded), max(len(e[0]["ids"]) for e in encoded)
         cols = self._pad_cols(B, L)
         last = torch.zeros(B, L, dtype=torch.bool, device=self.device)
         pos_next, n_images = [], []
@@ -198,21 +201,21 @@ class InterleavedSampler:
         B = rows.shape[0]
         lat = (c.image_grid[0] * p, c.image_grid[1] * p)
         cond = self._image_cols(rows, pos, image_ids, KIND_NOISY, uncond=False)
-        use_uncond = opts.guidance != 1.0
-        cols = self._cat(cond, self._image_cols(rows, pos, image_ids, KIND_NOISY, uncond=True)) if use_uncond else cond
-        n = cols["ids"].shape[1]
+        both = self._cat(cond, self._image_cols(rows, pos, image_ids, KIND_NOISY, uncond=True))
+        lo, hi = opts.guidance_interval
 
         def g(x_in: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            # one time per step for every row; a step outside the guidance interval runs the conditional copy only
+            guided = opts.guidance != 1.0 and lo <= float(t[0]) <= hi
+            cols = both if guided else cond
+            n = cols["ids"].shape[1]
             tok = patchify(x_in, p)  # [B, G, P]
-            cols["values"] = torch.cat([tok, tok], dim=1) if use_uncond else tok
+            cols["values"] = torch.cat([tok, tok], dim=1) if guided else tok
             cols["t"] = t[:, None].expand(B, n).to(self.device)
             cols["s"] = s[:, None].expand(B, n).to(self.device)
             with cache.scratch():
                 out = self._forward(cols, cache).image  # [B, n, P]
-            g_c = out[:, :G]
-            lo, hi = opts.guidance_interval
-            w = opts.guidance if lo <= float(t[0]) <= hi else 1.0  # one time per step for every row
-            g_w = cfg_combine(g_c, out[:, G:], w) if use_uncond else g_c
+            g_w = cfg_combine(out[:, :G], out[:, G:], opts.guidance) if guided else out
             return unpatchify(g_w, p, c.image_grid, c.latent_channels)
 
         method = opts.method or ("pushforward" if c.image_objective == "imm" else "euler")
@@ -241,9 +244,18 @@ class InterleavedSampler:
         # enough slots for one row's worst case (the CFG copy lives in scratch); rows that draw images at
         # different times need more, and the cache grows for them
         encoded = [self.encode_prompt(p) for p in prompts]
-        need = max(len(e[0]["ids"]) for e in encoded) + opts.max_new_tokens + opts.max_images * (2 * self.G + 3) + 1
-        cache = KVCache.for_model(self.model, B, capacity=need)
-        logits, pos, n_img = self.prefill(prompts, cache, encoded)
+        need = [self.row_tokens(len(e[0]["ids"]), opts) for e in encoded]
+        for i, n in enumerate(need):  # fail before any work
+            if n > c.max_seq_len:
+                raise ContextOverflow(
+                    f"prompt {i + 1} takes {len(encoded[i][0]['ids'])} tokens; with max_new_tokens={opts.max_new_tokens}"
+                    f" and max_images={opts.max_images} it needs {n} > the model's context {c.max_seq_len}: shorten"
+                    f" the prompt or lower max_new_tokens"
+                )
+        # one row's worst case, plus the unconditional copies that live in scratch; rows that draw images at
+        # different times need more slots, and the cache grows for them
+        cache = KVCache.for_model(self.model, B, capacity=max(need) + opts.max_images * self.G)
+        logits, pos, n_img = self.prefill(encoded, cache)
         outs = [RowOutput() for _ in range(B)]
         drawn, n_text = [0] * B, [0] * B
         pending: list[list[int]] = [[] for _ in range(B)]  # text ids since the last image

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from mmgen.models.kv_cache import ContextOverflow
 from mmgen.models.model import MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
 
@@ -149,16 +148,6 @@ class MMGenPipeline:
         except ValueError as e:
             raise PromptError(str(e)) from e
         parsed = [parse_prompt(p, i) for i, p in enumerate(prompts)]
-        c = self.model.config
-        for i, segs in enumerate(parsed):  # fail before any work
-            cols, _ = self.sampler.encode_prompt(segs)
-            need = len(cols["ids"]) + opts.max_new_tokens + opts.max_images * (c.image_tokens + 2) + 1
-            if need > c.max_seq_len:
-                raise ContextOverflow(
-                    f"prompt {i + 1} takes {len(cols['ids'])} tokens; with max_new_tokens={opts.max_new_tokens} and "
-                    f"max_images={opts.max_images} it needs {need} > the model's context {c.max_seq_len}: shorten "
-                    f"the prompt or lower max_new_tokens"
-                )
         rows = self.sampler.run(parsed, opts)
         return [Result(p, r.segments) for p, r in zip(parsed, rows)]
 

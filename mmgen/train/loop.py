@@ -91,15 +91,34 @@ class Trainer:
             self.bad_in_a_row = state.get("bad_in_a_row", 0)
         self.data = build.data_pipe(cfg, self.spec, self.text_tok, e.rank, e.world_size, cursor_state)
         self.resumed_from = ckpt
+        self.config_changes = self._config_changes() if ckpt is not None else []
         shards = e.param_shards()
         self.params_local = sum(t.numel() for t in shards)  # under ZeRO-3: this rank's share
         self.params_total = sum(p.numel() for p in model.parameters()) if e.zero_stage != 3 else sum(
             p.ds_numel for p in e.unwrapped.parameters())
         if e.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.config_changes:  # keep the config the earlier steps ran with
+                (self.out / "config.yaml").replace(self.out / f"config-until-step-{self.step:07d}.yaml")
             dump_config(cfg, self.out / "config.yaml")
             (self.out / "model_config.json").write_text(json.dumps(self.mconf.architecture(), indent=1))
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=e.is_main)
+
+    def _config_changes(self) -> list[str]:
+        """'key: old -> new' for every setting that differs from the run's saved config.yaml (a resumed run
+        may change its schedule or length on purpose; a forgotten output_dir should not pass unnoticed)."""
+        saved = self.out / "config.yaml"
+        if not saved.is_file():
+            return []
+
+        def flat(d: dict, prefix: str = "") -> dict:
+            out = {}
+            for k, v in d.items():
+                out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+            return out
+
+        old, new = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(self.cfg))
+        return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
     def _check_same_model(self, ckpt: Path) -> None:
         saved = self.out / "model_config.json"
@@ -119,21 +138,22 @@ class Trainer:
 
     def train_step(self, micro: list[dict]) -> dict[str, float]:
         e, cfg = self.engine, self.cfg
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7919 + e.rank)
+        # every micro-batch's draws first (on the CPU batch): the IMM groups fix the loss normaliser
+        noises = [self.loss_fn.draw(b, gen, self.step) for b in micro]
         counts = [0.0, 0.0]
-        for b in micro:
-            n_text, units = count_units(b, cfg.objective)
+        for b, noise in zip(micro, noises):
+            n_text, units = count_units(b, noise, cfg.objective)
             counts[0] += n_text
             counts[1] += units
         g_text, g_units = e.all_reduce(counts)
         norm = LossNorm(g_text, g_units)
         e.set_lr(learning_rate(self.step, cfg.train))
-        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7919 + e.rank)
         bad = False
         sums = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0}
-        for i, b in enumerate(micro):
+        for i, (b, noise) in enumerate(zip(micro, noises)):
             x0 = build.clean_latents(b, self.image_tok, self.loss_fn.sigma_d, e.device)
             b = {k: (v.to(e.device) if torch.is_tensor(v) else v) for k, v in b.items()}
-            noise = self.loss_fn.draw(b, gen, self.step)
             with e.autocast():
                 loss, st = self.loss_fn(e.model, b, x0, noise, norm)
             bad |= e.any_rank(not math.isfinite(float(loss.detach())))
