@@ -58,11 +58,15 @@ def test_chunked_cached_forward_equals_full_forward(batch, pick, grow):
     torch.testing.assert_close(torch.cat(images, dim=1)[img], full.image[img], rtol=1e-4, atol=1e-4)
 
 
-def test_scratch_forward_keeps_cache(batch):
+def _model_and_inputs(batch):
     cfg = tiny_config()
     model = MMGenModel(cfg).eval()
     _randomize(model)
-    x = _inputs(batch, cfg)
+    return model, _inputs(batch, cfg)
+
+
+def test_scratch_forward_keeps_cache(batch):
+    model, x = _model_and_inputs(batch)
     with torch.no_grad():
         cache = KVCache.for_model(model, batch=3, max_len=160)
         model(**_slice(x, 0, 100), cache=cache)
@@ -79,10 +83,7 @@ def test_scratch_forward_keeps_cache(batch):
 def test_growing_inside_scratch_keeps_the_prefix(batch):
     """A scratch forward that needs more slots than allocated grows the cache; the kept prefix survives and
     the result equals that of a cache that was large enough from the start."""
-    cfg = tiny_config()
-    model = MMGenModel(cfg).eval()
-    _randomize(model)
-    x = _inputs(batch, cfg)
+    model, x = _model_and_inputs(batch)
     with torch.no_grad():
         roomy = KVCache.for_model(model, batch=3, max_len=160)
         tight = KVCache.for_model(model, batch=3, capacity=100)
