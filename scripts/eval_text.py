@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -48,11 +49,16 @@ def main() -> None:
     packer = Packer(text, PackSpec(c.max_seq_len, 4, c.image_size, tuple(c.image_grid), c.bos_token_id, c.eos_token_id,
                                    c.pad_token_id, c.boi_token_id, c.eoi_token_id))  # fmt: skip
     items = ShardStream(args.shards, Split(), shuffle=False, epochs=1).items(0)
-    if args.shuffle_images:  # documents come grouped by photo: a shift of half the set pairs other photos
-        items = list(items)
-        pics = [[s for s in it.doc.segments if not isinstance(s, str)] for it in items]
+    if args.shuffle_images:
+        # in key order a photo's captions are adjacent (keys name the photo), so a shift of half the set pairs
+        # every document with another photo, whatever order the shards were written in
+        items = sorted(items, key=lambda it: it.doc.key)
+        pics = [it.doc.images for it in items]
         for i, it in enumerate(items):
-            other = iter(pics[(i + len(items) // 2) % len(items)])
+            theirs = pics[(i + len(items) // 2) % len(items)]
+            if any(a.data == b.data for a, b in zip(it.doc.images, theirs)):
+                sys.exit(f"eval_text: --shuffle-images would give {it.doc.key} its own photo")
+            other = iter(theirs)
             it.doc.segments = [s if isinstance(s, str) else next(other, s) for s in it.doc.segments]
 
     def context_only(it):

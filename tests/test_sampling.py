@@ -306,22 +306,24 @@ def test_rows_drawing_at_different_times_outgrow_one_row_context(pipe, monkeypat
     prompt_len = len(pipe.sampler.encode_prompt(["a small red circle"])[0]["ids"])
     max_new = c.max_seq_len - prompt_len - 2 * (c.image_tokens + 2) - 1  # one row's budget fills the context
     kw = dict(steps=2, max_images=2, max_new_tokens=max_new, seed=3)
-    sizes = []
+    caches = []
     real_for_model = KVCache.for_model
 
-    def spy(model, batch, max_len=None, capacity=None):
-        cache = real_for_model(model, batch, max_len, capacity)
-        sizes.append(cache)
-        return cache
+    def spy(roomy: bool):
+        def for_model(model, batch, max_len=None, capacity=None):
+            caches.append(real_for_model(model, batch, max_len, 4 * c.max_seq_len if roomy else capacity))
+            return caches[-1]
 
-    monkeypatch.setattr(KVCache, "for_model", staticmethod(spy))
+        return staticmethod(for_model)
+
+    monkeypatch.setattr(KVCache, "for_model", spy(roomy=False))
     grown = pipe(prompts, **kw)
     first = max_new + prompt_len + 2 * (c.image_tokens + 2) + 1 + 2 * c.image_tokens  # the first allocation
-    assert sizes[-1].length > first and sizes[-1].capacity > first  # the lockstep rows outgrew it
+    assert caches[-1].length > first and caches[-1].capacity > first  # the lockstep rows outgrew it
     calls["n"] = 0
-    monkeypatch.setattr(KVCache, "for_model", staticmethod(lambda m, b, max_len=None, capacity=None:
-                                                           real_for_model(m, b, capacity=4 * c.max_seq_len)))
+    monkeypatch.setattr(KVCache, "for_model", spy(roomy=True))
     roomy = pipe(prompts, **kw)
+    assert caches[-1].capacity == 4 * c.max_seq_len  # never grew
     for x, y in zip(grown, roomy):
         assert len(x.images) == 2 and all(np.array_equal(i, j) for i, j in zip(x.images, y.images))
         assert x.text == y.text

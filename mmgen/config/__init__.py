@@ -3,6 +3,7 @@
 from mmgen.config.core import (
     ConfigError,
     dump_config,
+    flatten,
     from_dict,
     load_config,
     merge_overrides,
@@ -40,6 +41,7 @@ __all__ = [
     "TextTokenizerRecipe",
     "TrainConfig",
     "dump_config",
+    "flatten",
     "from_dict",
     "load_config",
     "merge_overrides",

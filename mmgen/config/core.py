@@ -276,5 +276,13 @@ def dump_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (the override syntax): {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
 def replace(cfg: T, **changes: Any) -> T:
     return dataclasses.replace(cfg, **changes)

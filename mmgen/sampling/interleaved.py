@@ -241,8 +241,6 @@ class InterleavedSampler:
         opts.validate()
         c, B = self.c, len(prompts)
         gen = torch.Generator().manual_seed(opts.seed)
-        # enough slots for one row's worst case (the CFG copy lives in scratch); rows that draw images at
-        # different times need more, and the cache grows for them
         encoded = [self.encode_prompt(p) for p in prompts]
         need = [self.row_tokens(len(e[0]["ids"]), opts) for e in encoded]
         for i, n in enumerate(need):  # fail before any work

@@ -151,7 +151,6 @@ class MMGenPipeline:
         rows = self.sampler.run(parsed, opts)
         return [Result(p, r.segments) for p, r in zip(parsed, rows)]
 
-
     def text_to_image(self, prompts: list[str], batch: int = 50, seed: int = 0, **options: Any) -> list[np.ndarray]:
         """One image per prompt (image first, no text), in batches of `batch`; batch i uses seed + its first
         index, so a prompt's image does not depend on the other prompts' count. Options as in `__call__`."""

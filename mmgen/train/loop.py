@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mmgen.config import ConfigError, RunConfig, dump_config, to_dict
+from mmgen.config import ConfigError, RunConfig, dump_config, flatten, read_yaml, to_dict
 from mmgen.models.model import MMGenModel
 from mmgen.objectives.multimodal import LossNorm, MultimodalLoss, count_units
 from mmgen.train import build
@@ -110,14 +110,7 @@ class Trainer:
         saved = self.out / "config.yaml"
         if not saved.is_file():
             return []
-
-        def flat(d: dict, prefix: str = "") -> dict:
-            out = {}
-            for k, v in d.items():
-                out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-            return out
-
-        old, new = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(self.cfg))
+        old, new = flatten(read_yaml(saved)), flatten(to_dict(self.cfg))
         return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
     def _check_same_model(self, ckpt: Path) -> None:
