@@ -53,12 +53,13 @@ def judge(net, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return net.head(feats).argmax(1).numpy(), feats.numpy()
 
 
-def generate(pipe: MMGenPipeline, per_class: int, steps: int, batch: int, **options) -> tuple[np.ndarray, np.ndarray, float]:
+def generate(pipe: MMGenPipeline, per_class: int, steps: int, batch: int, seed: int = 0,
+             **options) -> tuple[np.ndarray, np.ndarray, float]:
     """per_class images of every class; options: SamplingOptions (guidance, method, time_grid)."""
     prompts = [f"a photo of a {c}" for c in CIFAR10_CLASSES for _ in range(per_class)]
     labels = np.repeat(np.arange(10), per_class)
     t0 = time.perf_counter()
-    images = pipe.text_to_image(prompts, batch=batch, steps=steps, **options)
+    images = pipe.text_to_image(prompts, batch=batch, steps=steps, seed=seed, **options)
     return np.stack(images), labels, time.perf_counter() - t0
 
 
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                     help="guide only the steps that start at t in [LO, HI]")
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0, help="noise seed of the generated images (another seed: the metrics' spread)")
     ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
     ap.add_argument("--out", default=None, help="default results/cifar10/eval.json (reference.json without --model)")
     args = ap.parse_args()
@@ -110,7 +112,7 @@ def main() -> None:
         "real_floor_fd": floor,  # other real test images, as many as one generated point, against the reference
         "guidance": args.guidance, "sampler": args.sampler or "model default", "time_grid": args.time_grid,
         "guidance_interval": args.guidance_interval,
-        "per_class": args.per_class, "real": args.real, "captions": args.captions,
+        "per_class": args.per_class, "seed": args.seed, "real": args.real, "captions": args.captions,
         "models": {},
     }  # fmt: skip
     print(f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
@@ -121,7 +123,7 @@ def main() -> None:
         kind = pipe.model.config.image_objective
         rows = {}
         for n in args.imm_steps if kind == "imm" else args.fm_steps:
-            imgs, labels, dt = generate(pipe, args.per_class, n, args.batch, guidance=args.guidance,
+            imgs, labels, dt = generate(pipe, args.per_class, n, args.batch, args.seed, guidance=args.guidance,
                                         method=args.sampler, time_grid=args.time_grid,
                                         guidance_interval=tuple(args.guidance_interval))  # fmt: skip
             p, f = judge(net, imgs)
