@@ -88,7 +88,8 @@ def main() -> None:
     ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                     help="guide only the steps that start at t in [LO, HI]")
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0, help="noise seed of the generated images (another seed: the metrics' spread)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="noise seed of the generated images (other seeds give the metrics' spread)")
     ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
     ap.add_argument("--out", default=None, help="default results/cifar10/eval.json (reference.json without --model)")
     args = ap.parse_args()

@@ -82,3 +82,18 @@ def tiny_assets(tmp_path_factory, text_tokenizer):
                                   latent_channels=4, sources=["shapes"])  # fmt: skip
     ImageTokenizer(recipe).save_pretrained(out / "image")
     return out
+
+
+def tiny_model(assets: Path, **config):
+    """(text tokenizer, image tokenizer, untrained MMGenModel) from `tiny_assets`, with `config` for
+    MMGenConfig (vocab_size comes from the tokenizer); seeded, so every call builds the same weights."""
+    import torch
+
+    from mmgen.models.model import MMGenConfig, MMGenModel
+    from mmgen.tokenizer.image import load_image_tokenizer
+    from mmgen.tokenizer.text import load_text_tokenizer
+
+    text = load_text_tokenizer(assets / "text")
+    image = load_image_tokenizer(assets / "image")
+    torch.manual_seed(0)
+    return text, image, MMGenModel(MMGenConfig(vocab_size=len(text), **config))

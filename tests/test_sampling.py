@@ -6,27 +6,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.models.kv_cache import ContextOverflow
-from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.models.patches import patchify, unpatchify
 from mmgen.sampling.flow_map import cfg_combine, sample, time_grid
 from mmgen.sampling.interleaved import SamplingOptions
 from mmgen.sampling.pipeline import MMGenPipeline, PromptError
-from mmgen.tokenizer.image import load_image_tokenizer
-from mmgen.tokenizer.text import SPECIAL_IDS, load_text_tokenizer
+from mmgen.tokenizer.text import SPECIAL_IDS
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_assets, tmp_path_factory):
-    text = load_text_tokenizer(tiny_assets / "text")
-    image = load_image_tokenizer(tiny_assets / "image")
-    cfg = MMGenConfig(vocab_size=len(text), depth=2, width=64, head_dim=16, mlp_hidden=128, latent_channels=4,
-                      patch_size=2, image_grid=(2, 2), image_size=16, downsample=4, max_seq_len=160)  # fmt: skip
-    torch.manual_seed(0)
-    model = MMGenModel(cfg).eval()
+    text, image, model = tiny_model(tiny_assets, depth=2, width=64, head_dim=16, mlp_hidden=128, latent_channels=4,
+                                    patch_size=2, image_grid=(2, 2), image_size=16, downsample=4, max_seq_len=160)  # fmt: skip
+    model.eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial weights everywhere, so every path matters
         for p in model.parameters():

@@ -1,9 +1,9 @@
 """The joint objective on a packed interleaved batch: next-token text + IMM (or flow matching) images.
 
 Every image with a noisy copy is a generation target. For IMM the targets of a micro-batch are split into
-groups of M particles (`groups.py`: consecutive targets, or targets of one prompt) that share (s, r, t); y_t comes from the
-forward with gradient, y_r from a second forward of the same weights without gradient in which only the
-noisy copies change (x_r at time r). Condition dropout makes a target's noisy copy unconditional (the mask
+groups of M particles (`groups.py`: consecutive targets, or targets of one prompt) that share (s, r, t); y_t
+comes from the forward with gradient, y_r from a second forward of the same weights without gradient in which
+only the noisy copies change (x_r at time r). Condition dropout makes a target's noisy copy unconditional (the mask
 isolates it), which trains the unconditional branch of classifier-free guidance.
 
 Normalisation is by global counts: text loss = sum of token cross-entropies / (text targets in the whole
