@@ -16,11 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
+from mmgen.errors import SampleError
+
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-
-
-class SampleError(ValueError):
-    """A stored sample that cannot be decoded (corrupt image, bad JSON, missing part)."""
 
 
 @dataclass

@@ -24,15 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from mmgen.data.documents import Document, Image, encode_png
+from mmgen.errors import DataNotFound
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 SOURCES = ("shapes", "cifar10", "flickr8k", "mnist", "text")
-
-
-class DataNotFound(FileNotFoundError):
-    """A real data set is not where the data root says; the message names the path and the fix."""
 
 
 def data_root() -> Path:

@@ -23,14 +23,11 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from mmgen.errors import PromptError
 from mmgen.models.model import MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
 
 IMAGE_REF = re.compile(r"<image:([^>]+)>")
-
-
-class PromptError(ValueError):
-    """A prompt that cannot be run (missing or unreadable image, too long, bad options)."""
 
 
 def read_image(path: str | Path, where: str = "") -> np.ndarray:
