@@ -94,8 +94,10 @@ class ShardStream:
     """Deterministic document stream for one (rank, logical worker); iterate with `items(worker, start)`."""
 
     def __init__(self, shards: str | Path | list[str], split: Split, *, seed: int = 0, shuffle: bool = True,
-                 shuffle_buffer: int = 256, epochs: int | None = None):  # fmt: skip
+                 shuffle_buffer: int = 256, epochs: int | None = None,
+                 decode: Callable[[dict], Document] = from_sample):  # fmt: skip
         self.shards = list_shards(shards)
+        self.decode = decode  # sample dict -> Document, raising SampleError (other layouts: img2dataset.py)
         self.split = split
         self.seed = seed
         self.shuffle = shuffle
@@ -145,7 +147,7 @@ class ShardStream:
                     skipped.clear()  # damage before the cursor was reported by the run that read it
                     continue
                 try:
-                    doc = from_sample(sample)
+                    doc = self.decode(sample)
                 except SampleError as e:
                     key = sample.get("__key__", "?")
                     skipped.append((f"{sample.get('__url__', '?')}:{key}", str(e)))
