@@ -45,8 +45,14 @@ class ShapesConfig:
 class DataConfig:
     """Where training documents come from and how they are packed into fixed-length rows."""
 
-    source: Literal["shapes", "shards"] = "shapes"
+    source: Literal["shapes", "shards", "img2dataset", "imagefolder", "jsonl"] = "shapes"
     shards: str = ""  # a directory written by scripts/prepare_data.py, or a glob of .tar files
+    # img2dataset / imagefolder / jsonl: data in those layouts, read as it is (data/README.md)
+    path: str = ""  # img2dataset: folder, glob or brace pattern of .tar; imagefolder: folder; jsonl: file/folder/glob
+    caption_field: str = ""  # "" = the layout's convention: img2dataset {key}.txt, imagefolder column "text"
+    caption_layout: Literal["caption_image", "image_caption", "both"] = "caption_image"  # captioned-image order
+    min_image_size: int = 0  # shorter side below this: a skipped bad sample (0 = image_size; 1 = any size)
+    latents: bool = False  # data.shards holds latents from scripts/cache_latents.py (checked against the tokenizer)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     image_size: int = 32  # every image is centre-cropped and resized to this (pixels)
     seq_len: int = 256  # tokens per packed row
@@ -60,6 +66,11 @@ class DataConfig:
         _check(self.rows >= 1, f"rows must be >= 1, got {self.rows}")
         _check(self.num_workers >= 0, "num_workers must be >= 0")
         _check(self.source != "shards" or bool(self.shards), "source 'shards' needs data.shards=<dir or glob>")
+        _check(self.source in ("shapes", "shards") or bool(self.path),
+               f"source '{self.source}' needs data.path=<where the data is> (see data/README.md)")  # fmt: skip
+        _check(not self.latents or self.source == "shards",
+               "data.latents=true reads shards written by scripts/cache_latents.py: set data.source=shards")  # fmt: skip
+        _check(self.min_image_size >= 0, f"min_image_size must be >= 0, got {self.min_image_size}")
 
 
 # ------------------------------------------------------------------------------------------ tokenizers

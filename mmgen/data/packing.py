@@ -43,6 +43,7 @@ from PIL import Image as PILImage
 from mmgen.data.documents import Document, Image
 from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.data.shards import Item
+from mmgen.errors import DataError
 
 __all__ = ["IGNORE", "KIND_CLEAN", "KIND_NOISY", "KIND_TEXT", "EncodedDoc", "PackSpec", "Packer", "to_model_pixels"]
 
@@ -257,8 +258,11 @@ class Packer:
             return torch.zeros((0, 3, sp.image_size, sp.image_size), dtype=torch.uint8)
         if self.use_latents:
             if any(im.latents is None for im in images):
-                raise ValueError("use_latents is set but a document has no cached latents; re-prepare the shards")
+                raise DataError("data.latents=true but a document has images without cached latents: write the "
+                                "shards with scripts/cache_latents.py")  # fmt: skip
             return torch.from_numpy(np.stack([im.latents for im in images])).float()
+        if any(im.latents is not None and im.data is None and im.pixels is None for im in images):
+            raise DataError("the shards hold cached latents (scripts/cache_latents.py), not images: set data.latents=true")
         return torch.from_numpy(np.stack([to_model_pixels(im, sp.image_size) for im in images]))
 
     def _place(self, rows: list[list[EncodedDoc]], used: int, pieces: list[EncodedDoc]) -> int | None:

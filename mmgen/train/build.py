@@ -36,6 +36,10 @@ def load_tokenizers(cfg: RunConfig):
     if image.kind != "kl":
         raise ConfigError(f"image_tokenizer: the generative model needs a continuous (kl) tokenizer, "
                           f"'{cfg.image_tokenizer}' is {image.kind}")  # fmt: skip
+    if cfg.data.latents:  # cached latents are only valid for the tokenizer that made them
+        from mmgen.data.latent_cache import check_latents
+
+        check_latents(cfg.data.shards, image, cfg.data.image_size)
     return text, image
 
 
@@ -76,6 +80,11 @@ def document_source(cfg: RunConfig, split: Split):
 
             shapes = replace(shapes, image_size=d.image_size)
         return ShapesStream(shapes, split)
+    if d.source in ("img2dataset", "imagefolder", "jsonl"):
+        from mmgen.data.external import ReadOptions, open_layout
+
+        opts = ReadOptions(d.image_size, d.min_image_size or d.image_size, d.caption_field, d.caption_layout)
+        return open_layout(d.source, d.path, opts, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
     try:
         return ShardStream(d.shards, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
     except FileNotFoundError as e:
@@ -97,7 +106,7 @@ def data_pipe(cfg: RunConfig, spec: PackSpec, text_tok, rank: int, world: int,
     split = Split(rank, world, n_logical)
     cursor = DataCursor.from_state(cursor_state, n_logical) if cursor_state else DataCursor(n_logical)
     source = document_source(cfg, split)
-    ds = PackedDataset(source, Packer(text_tok, spec), cursor)
+    ds = PackedDataset(source, Packer(text_tok, spec, use_latents=cfg.data.latents), cursor)
     return DataPipe(make_loader(ds, cfg.data.num_workers), cursor)
 
 

@@ -1,0 +1,171 @@
+"""Data in the layouts the field already uses, read as it is: the parts the three readers share.
+
+    img2dataset   webdataset tars of {key}.jpg + {key}.txt / {key}.json       (img2dataset.py)
+    imagefolder   a folder of images with metadata.jsonl or metadata.csv       (imagefolder.py)
+    jsonl         interleaved documents, OBELICS / MMC4 style                  (interleaved_jsonl.py)
+
+Every reader keeps the contract of `ShardStream`: a deterministic stream per (rank, logical worker), a cursor
+(epoch, index) that resumes exactly, and bad samples (missing caption, unreadable or too small image, empty
+document) skipped, logged and reported in `Item.skipped`, so the trainer counts them. The tar layout reuses
+`ShardStream` itself; the file layouts are lists of records (a metadata row, a JSONL line) read by
+`RecordStream`, which deals records instead of shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mmgen.data.documents import Document, Image
+from mmgen.data.packing import to_model_pixels
+from mmgen.data.shards import Item, Split, deal
+from mmgen.data.sources import _caption_doc, _order
+from mmgen.errors import DataError, SampleError
+
+log = logging.getLogger(__name__)
+LAYOUTS = ("img2dataset", "imagefolder", "jsonl")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    image_size: int = 0  # centre-crop and resize every image to this many pixels a side (0: keep the file's bytes)
+    min_image_size: int = 1  # an image whose shorter side is below this is a bad sample
+    caption_field: str = ""  # "" = the layout's convention (img2dataset: {key}.txt, imagefolder: column "text")
+    caption_layout: str = "caption_image"  # caption_image, image_caption or both (chosen per document by key)
+
+
+def load_image(data: bytes, fmt: str, opts: ReadOptions, meta: dict | None = None) -> Image:
+    """Decoded, size-checked and (with opts.image_size) centre-cropped and resized; SampleError if not usable."""
+    img = Image(data=data, fmt=fmt, meta=meta or {})
+    h, w = img.rgb().shape[:2]
+    if min(h, w) < opts.min_image_size:
+        raise SampleError(f"image is {w}x{h}, below min_image_size={opts.min_image_size}")
+    if opts.image_size:
+        img = Image(pixels=to_model_pixels(img, opts.image_size).transpose(1, 2, 0), meta=img.meta)
+    return img
+
+
+def safe_key(name: str) -> str:
+    """A document key from a file name or id: shard writers split keys on '.' and '/'."""
+    return re.sub(r"[./\\\s]+", "_", name).strip("_") or "doc"
+
+
+def caption_document(key: str, caption: str, image: Image, opts: ReadOptions, source: str) -> Document:
+    """One captioned image as a document; with caption_layout=both the order is a function of the key."""
+    caption = " ".join(caption.split())
+    if not caption:
+        raise SampleError(f"document {key!r} has an empty caption")
+    image_first = _order(opts.caption_layout, hashlib.sha1(key.encode()).digest()[0])
+    return _caption_doc(key, caption, image, image_first, {"source": source})
+
+
+class RecordStream:
+    """Documents decoded from records (one per document), dealt to (rank, logical worker) in a seeded order
+    per epoch; iterate with `items(worker, start)` exactly as a `ShardStream`."""
+
+    def __init__(self, records: Sequence[Any], decode: Callable[[Any], Document], split: Split, *, seed: int = 0,
+                 shuffle: bool = True, epochs: int | None = None, name: Callable[[Any], str] = str,
+                 what: str = "records"):  # fmt: skip
+        self.records, self.decode, self.split, self.name = records, decode, split, name
+        self.seed, self.shuffle, self.epochs = seed, shuffle, epochs
+        streams = split.world_size * split.num_workers
+        if len(records) < streams:
+            raise DataError(f"{len(records)} {what} cannot feed {split.world_size} ranks x {split.num_workers} "
+                            f"workers (each needs at least one): add data or use fewer DataLoader workers")  # fmt: skip
+        self.unreported: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def records_for(self, epoch: int, worker: int) -> list[int]:
+        order = list(range(len(self.records)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        s = self.split
+        return deal(deal(order, s.rank, s.world_size), worker, s.num_workers)
+
+    def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
+        """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
+        epoch, skip = start
+        skipped: list[tuple[str, str]] = []
+        while self.epochs is None or epoch < self.epochs:
+            mine, found = self.records_for(epoch, worker), False
+            for index in range(skip, len(mine)):
+                rec = self.records[mine[index]]
+                try:
+                    doc = self.decode(rec)
+                except SampleError as e:
+                    skipped.append((self.name(rec), str(e)))
+                    log.warning("skipping a bad sample: %s", e)  # the reason names the record
+                    continue
+                found = True
+                yield Item(doc, worker, epoch, index, skipped)
+                skipped = []
+            if not found and skip == 0 and self.epochs is None:
+                raise DataError(f"every one of the {len(mine)} records of rank {self.split.rank} worker {worker} "
+                                f"is unreadable (first: {skipped[0] if skipped else '-'}): fix the data")  # fmt: skip
+            epoch, skip = epoch + 1, 0
+        self.unreported = skipped  # bad records at the very end of a finite stream (also logged)
+
+
+def open_layout(layout: str, path: str, opts: ReadOptions, split: Split | None = None, *, seed: int = 0,
+                shuffle: bool = True, shuffle_buffer: int = 256, epochs: int | None = None):  # fmt: skip
+    """The stream of one external layout (`LAYOUTS`) at `path`."""
+    split = split or Split()
+    if layout == "img2dataset":
+        from mmgen.data.img2dataset import img2dataset_stream
+
+        return img2dataset_stream(path, opts, split, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                                  epochs=epochs)  # fmt: skip
+    if layout == "imagefolder":
+        from mmgen.data.imagefolder import imagefolder_stream
+
+        return imagefolder_stream(path, opts, split, seed=seed, shuffle=shuffle, epochs=epochs)
+    if layout == "jsonl":
+        from mmgen.data.interleaved_jsonl import jsonl_stream
+
+        return jsonl_stream(path, opts, split, seed=seed, shuffle=shuffle, epochs=epochs)
+    raise DataError(f"unknown data layout {layout!r}; known: {', '.join(LAYOUTS)}")
+
+
+def read_items(spec: str, opts: ReadOptions, start: int = 0, split: str = "train", limit: int = 0):
+    """One pass in stored order from raw index `start`, for prepare_data and cache_latents: (items, their
+    total or None, a callable giving the samples skipped after the last item). `spec` is `<layout>:PATH`,
+    `shards:DIR` (prepare_data's shards) or a named source of sources.py."""
+    kind, _, path = spec.partition(":")
+    if kind == "shards" or kind in LAYOUTS:
+        if not path:
+            raise DataError(f"source {spec!r} needs a path: {kind}:PATH")
+        if kind == "shards":
+            from mmgen.data.shards import ShardStream
+
+            stream = ShardStream(path, Split(), shuffle=False, epochs=1)
+        else:
+            stream = open_layout(kind, path, opts, shuffle=False, epochs=1)
+        items = stream.items(0, (0, start))
+        if limit:
+            items = itertools.islice(items, max(0, limit - start))
+        total = len(stream) if isinstance(stream, RecordStream) else None
+        return items, total, lambda: getattr(stream, "unreported", [])
+    from mmgen.data.sources import open_source
+
+    docs = itertools.islice(open_source(spec, split=split, limit=limit, layout=opts.caption_layout), start, None)
+    return (Item(d, 0, 0, i) for i, d in enumerate(docs, start=start)), limit or None, lambda: []
+
+
+def add_read_args(ap) -> None:
+    """The command-line options of the external layouts (prepare_data.py, cache_latents.py)."""
+    ap.add_argument("--caption-field", default="", help="img2dataset: a .json field instead of {key}.txt; "
+                    "imagefolder: the metadata column (default text)")  # fmt: skip
+    ap.add_argument("--min-image-size", type=int, default=0,
+                    help="skip images whose shorter side is below this (0: the --image-size, else any size)")
+
+
+def read_options(args, image_size: int) -> ReadOptions:
+    return ReadOptions(image_size, args.min_image_size or image_size or 1, args.caption_field, args.layout)

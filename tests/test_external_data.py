@@ -1,0 +1,234 @@
+"""Data in other layouts, read as it is: img2dataset tars, an image folder with metadata, interleaved JSONL.
+
+Tiny fixtures of each layout are written in a temporary folder, with bad samples among them; the tests check
+the documents (text, image order, sizes), the bad-sample counts and reasons, the rank/worker split and the
+exact resumption from a cursor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image as PILImage
+
+from mmgen.data.documents import Image
+from mmgen.data.external import ReadOptions, open_layout
+from mmgen.data.shards import Split
+from mmgen.errors import DataError
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (240, 240, 240)}
+SIZE = 16  # the model's image size: every image comes out SIZE x SIZE
+OPTS = ReadOptions(image_size=SIZE, min_image_size=SIZE)
+
+
+def image_bytes(color: str, size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", size, COLORS[color]).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def color_of(img: Image) -> str:
+    assert img.rgb().shape == (SIZE, SIZE, 3)
+    mean = img.rgb().reshape(-1, 3).mean(0)
+    return min(COLORS, key=lambda c: np.abs(mean - COLORS[c]).sum())
+
+
+def parts(doc) -> list[str]:
+    return [s if isinstance(s, str) else f"<{color_of(s)}>" for s in doc.segments]
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+def write_img2dataset_fixture(root: Path) -> dict[str, tuple[str, str]]:
+    """4 tars of 4 samples: 13 good ({key}.txt or only .json), 3 bad; stats and parquet files beside them."""
+    root.mkdir(parents=True, exist_ok=True)
+    good: dict[str, tuple[str, str]] = {}
+    names = list(COLORS)
+    for shard in range(4):
+        with wds.TarWriter(str(root / f"{shard:05d}.tar")) as sink:
+            for i in range(4):
+                key, color = f"{shard:05d}{i:04d}", names[(shard + i) % 4]
+                caption = f"a {color} picture number {shard * 4 + i}"
+                sample = {"__key__": key, "jpg": image_bytes(color), "txt": caption.encode(),
+                          "json": json.dumps({"caption": caption, "alt": f"alt {caption}", "key": key}).encode()}  # fmt: skip
+                if (shard, i) == (1, 2):  # caption only in the .json: still read
+                    del sample["txt"]
+                if (shard, i) == (0, 1):  # no caption anywhere
+                    del sample["txt"]
+                    sample["json"] = json.dumps({"key": key, "status": "success"}).encode()
+                elif (shard, i) == (2, 3):
+                    sample["jpg"] = b"\xff\xd8 not a jpeg"
+                elif (shard, i) == (3, 0):
+                    sample["jpg"] = image_bytes(color, (12, 40))
+                else:
+                    good[key] = (caption, color)
+                sink.write(sample)
+        (root / f"{shard:05d}_stats.json").write_text(json.dumps({"count": 4}))
+        (root / f"{shard:05d}.parquet").write_bytes(b"PAR1 not read PAR1")
+    return good
+
+
+@pytest.fixture
+def i2d(tmp_path):
+    return tmp_path / "i2d", write_img2dataset_fixture(tmp_path / "i2d")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """3 good images (one in a subfolder named from the root's metadata.jsonl, one from a subfolder's CSV) and
+    4 bad: empty caption, a row whose file is missing, an image with no row, a too small image."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub2").mkdir()
+    (root / "a.jpg").write_bytes(image_bytes("red"))
+    (root / "sub" / "b.png").write_bytes(image_bytes("green", fmt="PNG"))
+    (root / "c.webp").write_bytes(image_bytes("blue", fmt="WEBP"))
+    (root / "e.jpg").write_bytes(image_bytes("white"))
+    (root / "tiny.png").write_bytes(image_bytes("white", (8, 8), "PNG"))
+    (root / "sub2" / "d.jpg").write_bytes(image_bytes("blue"))
+    rows = [("a.jpg", "a red square"), ("sub/b.png", "a green  square"), ("c.webp", "  "), ("gone.jpg", "lost"),
+            ("tiny.png", "too small")]  # fmt: skip
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "text": t}) + "\n" for f, t in rows))
+    (root / "sub2" / "metadata.csv").write_text('file_name,text\nd.jpg,"a blue square, from a csv"\n')
+    return root
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    """Two JSONL files: 3 good documents of three images each (both forms), 5 bad ones."""
+    root = tmp_path / "docs"
+    (root / "img").mkdir(parents=True)
+    for c in ("red", "green", "blue"):
+        (root / "img" / f"{c}.jpg").write_bytes(image_bytes(c, (64, 48)))
+    (root / "img" / "white.png").write_bytes(image_bytes("white", (20, 20), "PNG"))
+    a = [
+        {"id": "obelics", "texts": ["Intro.", None, "Middle.", None, None, "End."],
+         "images": [None, "img/red.jpg", None, "img/green.jpg", "img/blue.jpg", None]},
+        {"texts": [], "images": []},  # empty
+        {"texts": ["See", None], "images": [None, "img/missing.jpg"]},
+        {"texts": ["See", None], "images": [None, "https://example.com/x.jpg"]},
+    ]  # fmt: skip
+    b = [
+        {"key": "typed.1", "segments": [{"type": "image", "image": "img/blue.jpg"}, {"type": "text", "text": "then"},
+                                        {"type": "image", "image": "img/red.jpg"},
+                                        {"type": "image", "image": "img/white.png"}]},
+        {"texts": ["a", None], "images": [None]},  # lists of unequal length
+        {"texts": [None, None, None, "last"], "images": ["img/green.jpg", "img/green.jpg", "img/red.jpg", None]},
+    ]  # fmt: skip
+    (root / "a.jsonl").write_text("".join(json.dumps(d) + "\n" for d in a) + "\n")
+    (root / "b.jsonl").write_text(json.dumps(b[0]) + "\n{not json\n" + "".join(json.dumps(d) + "\n" for d in b[1:]))
+    return root
+
+
+def read_all(layout: str, path, opts: ReadOptions = OPTS):
+    stream = open_layout(layout, str(path), opts, shuffle=False, epochs=1)
+    items = list(stream.items(0))
+    skipped = [s for it in items for s in it.skipped] + stream.unreported
+    return [it.doc for it in items], skipped
+
+
+# ----------------------------------------------------------------------------------------------- documents
+def test_img2dataset_documents_and_bad_samples(i2d):
+    root, good = i2d
+    docs, skipped = read_all("img2dataset", root)
+    assert {d.key: (d.segments[0], color_of(d.segments[1])) for d in docs} == good
+    assert all(d.meta["layout"] == "caption_image" for d in docs)
+    reasons = sorted((key.rsplit(":", 1)[-1], why) for key, why in skipped)
+    assert [k for k, _ in reasons] == ["000000001", "000020003", "000030000"]
+    assert "no caption" in reasons[0][1] and "cannot decode image" in reasons[1][1]
+    assert "image is 12x40, below min_image_size=16" in reasons[2][1]
+
+
+def test_img2dataset_caption_field_order_and_brace_urls(i2d):
+    root, good = i2d
+    opts = ReadOptions(SIZE, SIZE, caption_field="alt", caption_layout="image_caption")
+    docs, skipped = read_all("img2dataset", f"{root}/{{00000..00003}}.tar", opts)
+    assert {d.key: (d.segments[1], color_of(d.segments[0])) for d in docs} == {
+        k: (f"alt {cap}", c) for k, (cap, c) in good.items()}  # fmt: skip
+    both, _ = read_all("img2dataset", root, ReadOptions(SIZE, SIZE, caption_layout="both"))
+    first = {d.key: isinstance(d.segments[0], Image) for d in both}
+    assert first == {k: hashlib.sha1(k.encode()).digest()[0] % 2 == 1 for k in good} and len(set(first.values())) == 2
+    with pytest.raises(DataError, match=r"1 of the 5 shards of .* do not exist \(first: .*00004.tar\)"):
+        read_all("img2dataset", f"{root}/{{00000..00004}}.tar")
+
+
+def test_imagefolder_documents_and_bad_samples(folder):
+    docs, skipped = read_all("imagefolder", folder)
+    assert {d.key: parts(d) for d in docs} == {
+        "a": ["a red square", "<red>"], "sub_b": ["a green square", "<green>"],
+        "sub2_d": ["a blue square, from a csv", "<blue>"],
+    }  # fmt: skip
+    assert docs[0].images[0].meta == {"file": "a.jpg"}
+    why = dict(skipped)
+    assert set(why) == {"c.webp", "e.jpg", "gone.jpg", "tiny.png"}
+    assert "empty caption" in why["c.webp"] and "no caption" in why["e.jpg"]
+    assert "does not exist" in why["gone.jpg"] and "below min_image_size" in why["tiny.png"]
+    with pytest.raises(DataError, match="no metadata.jsonl or metadata.csv"):
+        read_all("imagefolder", folder / "sub")
+
+
+def test_interleaved_jsonl_three_images_per_document(jsonl):
+    docs, skipped = read_all("jsonl", jsonl)
+    assert {d.key: parts(d) for d in docs} == {
+        "obelics": ["Intro.", "<red>", "Middle.", "<green>", "<blue>", "End."],
+        "typed_1": ["<blue>", "then", "<red>", "<white>"],
+        "b-4": ["<green>", "<green>", "<red>", "last"],
+    }
+    assert all(len(d.images) == 3 and all(im.loss for im in d.images) for d in docs)
+    why = dict(skipped)
+    assert sorted(why) == ["a.jsonl:2", "a.jsonl:3", "a.jsonl:4", "b.jsonl:2", "b.jsonl:3"]
+    assert "empty document" in why["a.jsonl:2"] and "img/missing.jpg not found" in why["a.jsonl:3"]
+    assert "is a URL" in why["a.jsonl:4"] and "not a JSON object" in why["b.jsonl:2"]
+    assert "equal length" in why["b.jsonl:3"]
+    small, skipped = read_all("jsonl", jsonl / "b.jsonl", ReadOptions(SIZE, min_image_size=32))
+    assert [d.key for d in small] == ["b-4"] and "image img/white.png: image is 20x20" in dict(skipped)["b.jsonl:1"]
+
+
+# ----------------------------------------------------------------------------------------------- split and resume
+@pytest.mark.parametrize("layout", ["img2dataset", "imagefolder", "jsonl"])
+def test_ranks_workers_cover_each_document_once_and_resume_exactly(layout, i2d, folder, jsonl):
+    path, n_docs, n_bad = {"img2dataset": (i2d[0], 13, 3), "imagefolder": (folder, 3, 4), "jsonl": (jsonl, 3, 5)}[layout]
+
+    def stream(rank: int, epochs: int):
+        return open_layout(layout, str(path), OPTS, Split(rank, 2, 2), seed=7, shuffle_buffer=4, epochs=epochs)
+
+    keys, bad = [], 0
+    for rank in range(2):
+        for worker in range(2):
+            s = stream(rank, 1)
+            items = list(s.items(worker))
+            keys += [it.doc.key for it in items]
+            bad += sum(len(it.skipped) for it in items) + len(s.unreported)
+    assert len(keys) == n_docs and len(set(keys)) == n_docs and bad == n_bad
+    for rank, worker in itertools.product(range(2), range(2)):
+        full = [(it.epoch, it.index, it.doc.key) for it in stream(rank, 3).items(worker)]
+        for stop in range(len(full)):
+            e, i, _ = full[stop]
+            rest = [(it.epoch, it.index, it.doc.key) for it in stream(rank, 3).items(worker, (e, i + 1))]
+            assert full[: stop + 1] + rest == full
+
+
+def test_dataloader_workers_read_a_record_layout(folder):
+    from mmgen.data.loader import PackedDataset, make_loader
+
+    s = open_layout("imagefolder", str(folder), OPTS, Split(0, 1, 2), seed=1, epochs=1)
+    keys = [it.doc.key for it in make_loader(PackedDataset(s, None), 2)]
+    assert sorted(keys) == ["a", "sub2_d", "sub_b"]
+
+
+def test_training_config_reads_each_layout(i2d, folder, jsonl):
+    from mmgen.config import ConfigError, RunConfig, load_config
+    from mmgen.train.build import document_source
+
+    for layout, path in (("img2dataset", i2d[0]), ("imagefolder", folder), ("jsonl", jsonl)):
+        cfg = load_config(RunConfig, None, [f"data.source={layout}", f"data.path={path}", "data.image_size=16"])
+        item = next(document_source(cfg, Split()).items(0))
+        assert all(im.rgb().shape == (16, 16, 3) for im in item.doc.images) and item.doc.images
+    with pytest.raises(ConfigError, match=r"source 'jsonl' needs data.path"):
+        load_config(RunConfig, None, ["data.source=jsonl"])
