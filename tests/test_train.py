@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmgen.config import ConfigError, RunConfig, load_config
+from mmgen.errors import CheckpointError
 from mmgen.train.checkpoint import find_checkpoint
 
 
@@ -122,7 +123,7 @@ def test_interrupted_checkpoint_write_is_ignored(tiny_assets, tmp_path):
     assert find_checkpoint(root, "auto").name == "step-0000004"
     (root / "latest").unlink()  # even without the pointer
     assert find_checkpoint(root, "auto").name == "step-0000004"
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="step-0000006.tmp: cannot resume from this folder: an unfinished write"):
         find_checkpoint(root, str(root / "step-0000006.tmp"))
 
 

@@ -101,6 +101,37 @@ def to_sample(doc: Document) -> dict[str, Any]:
     return sample
 
 
+def check_structure(spec: Any, key: str) -> list[dict[str, Any]]:
+    """The segment entries of a sample's parsed .json, each checked: `{"text": str}` or
+    `{"image": int >= 0, "meta": {...}?, "loss": bool?}`; anything else is a SampleError naming it."""
+
+    def bad(what: str) -> SampleError:
+        return SampleError(f'sample {key!r}: {what} (a document is {{"segments": [{{"text": "..."}}, {{"image": 0}}, '
+                           f'...], "meta": {{...}}}})')  # fmt: skip
+
+    segments = spec.get("segments") if isinstance(spec, dict) else None
+    if not isinstance(segments, list) or not segments:
+        found = f"segments {segments!r:.60}" if isinstance(spec, dict) else f"{spec!r:.60}"
+        raise bad(f".json holds {found}, not a non-empty list of segments")
+    if not isinstance(spec.get("meta", {}), dict):
+        raise bad(f"meta is {spec['meta']!r:.60}, not an object")
+    for i, entry in enumerate(segments):
+        if not isinstance(entry, dict):
+            raise bad(f"segment {i} is {entry!r:.60}, not an object")
+        if "text" in entry:
+            if not isinstance(entry["text"], str):
+                raise bad(f"segment {i} has text {entry['text']!r:.60}, not a string")
+        elif "image" in entry:
+            n = entry["image"]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise bad(f"segment {i} has image {n!r:.60}, not an image index >= 0")
+            if not isinstance(entry.get("meta", {}), dict) or not isinstance(entry.get("loss", True), bool):
+                raise bad(f"segment {i} has a meta that is not an object or a loss that is not true/false")
+        else:
+            raise bad(f"segment {i} has neither text nor image")
+    return segments
+
+
 def from_sample(sample: dict[str, Any]) -> Document:
     """webdataset sample dict -> Document; raises SampleError naming what is wrong."""
     key = sample.get("__key__", "?")
@@ -108,13 +139,12 @@ def from_sample(sample: dict[str, Any]) -> Document:
         raise SampleError(f"sample {key!r} has no .json part (parts: {sorted(k for k in sample if k[0] != '_')})")
     try:
         spec = json.loads(sample["json"])
-        segments_spec = spec["segments"]
     except Exception as e:
         raise SampleError(f"sample {key!r}: unreadable .json ({type(e).__name__}: {e})") from e
     segments: list[Segment] = []
-    for entry in segments_spec:
+    for entry in check_structure(spec, key):
         if "text" in entry:
-            segments.append(str(entry["text"]))
+            segments.append(entry["text"])
             continue
         i = entry.get("image")
         img = Image(meta=entry.get("meta", {}), loss=entry.get("loss", True))

@@ -20,6 +20,7 @@ from mmgen.config import ShapesConfig
 from mmgen.data.packing import Packer
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shards import Item, Split
+from mmgen.errors import CheckpointError, MMGenError
 
 
 class DocumentSource(Protocol):
@@ -75,7 +76,7 @@ class DataCursor:
     @classmethod
     def from_state(cls, state: dict[str, Any], num_workers: int) -> DataCursor:
         if state["num_workers"] != num_workers:
-            raise ValueError(
+            raise CheckpointError(
                 f"the checkpoint's data cursor was written with {state['num_workers']} DataLoader workers, "
                 f"this run has {num_workers}: resume with data.num_workers={state['num_workers']}"
             )
@@ -103,18 +104,44 @@ class PackedDataset(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)  # workers decode and pack; the main process owns the cores
         items = self.source.items(logical, start)
-        yield from (self.packer.batches(items) if self.packer is not None else items)
+        try:
+            yield from (self.packer.batches(items) if self.packer is not None else items)
+        except MMGenError as e:
+            if info is None:
+                raise
+            yield WorkerError(e)
 
 
-def make_loader(dataset: PackedDataset, num_workers: int) -> DataLoader:
+@dataclass
+class WorkerError:
+    """Bad input found in a DataLoader worker, carried to the main process as an item: re-raised there as
+    itself (the DataLoader would paste the worker's traceback into its message)."""
+
+    error: MMGenError
+
+
+class Loader:
+    """A DataLoader whose workers' bad-input errors are raised in the main process with their own message."""
+
+    def __init__(self, dataloader: DataLoader):
+        self.dataloader = dataloader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.dataloader:
+            if isinstance(item, WorkerError):
+                raise item.error
+            yield item
+
+
+def make_loader(dataset: PackedDataset, num_workers: int) -> Loader:
     """num_workers = 0 reads in the main process (one logical worker)."""
     n = num_workers
     if max(1, n) != dataset.cursor.num_workers:
         raise ValueError(f"the dataset is split for {dataset.cursor.num_workers} workers, not {n}")
-    return DataLoader(
+    return Loader(DataLoader(
         dataset,
         batch_size=None,
         num_workers=n,
         prefetch_factor=4 if n > 0 else None,
         persistent_workers=False,
-    )
+    ))  # fmt: skip

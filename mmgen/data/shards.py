@@ -6,8 +6,10 @@ then to DataLoader workers; samples are shuffled in a seeded buffer. A cursor (e
 worker says how many samples of that stream were consumed, so a resumed reader skips exactly those (before
 decoding, so skipping is cheap).
 
-A sample that cannot be read (truncated tar member, broken image, bad JSON) is skipped, logged with its key
-and reported downstream in `Item.skipped`, so the trainer counts it: never a crash, never a silent drop.
+A sample that cannot be read (truncated tar member, broken image, bad or malformed JSON) is skipped, logged
+with its key (the first few, then a count: skips.py) and reported downstream in `Item.skipped`, so the trainer
+counts it: never a crash, never a silent drop. A whole pass over a stream's shards without one readable
+document is a DataError naming the shards (an endless stream would otherwise spin for ever).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 import webdataset as wds
 
 from mmgen.data.documents import Document, SampleError, from_sample, to_sample
+from mmgen.data.skips import SkipReport
+from mmgen.errors import DataError
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
@@ -97,6 +101,7 @@ class ShardStream:
                  shuffle_buffer: int = 256, epochs: int | None = None,
                  decode: Callable[[dict], Document] = from_sample):  # fmt: skip
         self.shards = list_shards(shards)
+        self.skip_report = SkipReport()  # logs the first few skipped samples, then one line per thousand
         self.decode = decode  # sample dict -> Document, raising SampleError (other layouts: img2dataset.py)
         self.split = split
         self.seed = seed
@@ -123,8 +128,9 @@ class ShardStream:
 
     def _raw(self, epoch: int, worker: int, skipped: list[tuple[str, str]]) -> Iterator[dict]:
         def handler(exn: Exception) -> bool:  # tar-level damage: report, keep reading
-            skipped.append((f"<tar:{getattr(exn, 'args', [''])[-1]}>", f"{type(exn).__name__}: {exn}"))
-            log.warning("skipping unreadable shard data: %s", exn)
+            what = exn.args[0] if exn.args else exn  # webdataset appends (stream, url) to the args
+            skipped.append((f"<tar:{getattr(exn, 'args', [''])[-1]}>", f"{type(exn).__name__}: {what}"))
+            self._log_skip(*skipped[-1])
             return True
 
         stages: list[Callable | Iterable] = [
@@ -136,29 +142,47 @@ class ShardStream:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=rng_seed))
         return iter(wds.DataPipeline(*stages))
 
+    def _log_skip(self, key: str, reason: str) -> None:
+        if (line := self.skip_report.add(key, reason)) is not None:
+            log.warning(line)
+
     def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
         """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
         epoch, skip = start
         carry: list[tuple[str, str]] = []  # skipped samples not yet reported with an item
         while self.epochs is None or epoch < self.epochs:
             skipped: list[tuple[str, str]] = []  # the tar handler appends here too
+            read = 0  # documents decoded in this pass, or passed over by the cursor
             for index, sample in enumerate(self._raw(epoch, worker, skipped)):
                 if index < skip:
                     skipped.clear()  # damage before the cursor was reported by the run that read it
+                    read += 1
                     continue
                 try:
                     doc = self.decode(sample)
                 except SampleError as e:
-                    key = sample.get("__key__", "?")
-                    skipped.append((f"{sample.get('__url__', '?')}:{key}", str(e)))
-                    log.warning("skipping sample %s: %s", key, e)
+                    skipped.append((f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}", str(e)))
+                    self._log_skip(*skipped[-1])
                     continue
+                read += 1
                 report, carry = carry + skipped, []
                 skipped.clear()
                 yield Item(doc, worker, epoch, index, report)
+            if read == 0:  # another pass would read nothing either: an endless stream would spin for ever
+                raise unreadable_pass(self.shards_for(epoch, worker), skipped)
             carry += skipped
             epoch, skip = epoch + 1, 0
         self.unreported = carry  # skipped at the very end of a finite stream (also logged)
+
+
+def unreadable_pass(shards: list[str], skipped: list[tuple[str, str]]) -> DataError:
+    names = ", ".join(shards[:4]) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
+    found = (f"{len(skipped)} unreadable sample(s) or tar member(s), the first: {skipped[0][0]}: {skipped[0][1]}"
+             if skipped else "they hold no samples")  # fmt: skip
+    return DataError(
+        f"no readable document in a whole pass over {len(shards)} shard(s) ({names}): {found}. Check them "
+        f"(`tar tvf SHARD`), or write the shards again with scripts/prepare_data.py"
+    )
 
 
 def read_documents(shards: str | Path | list[str]) -> Iterator[Document]:

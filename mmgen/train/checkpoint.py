@@ -2,22 +2,35 @@
 
 A checkpoint is a folder `checkpoints/step-0000500/` written as `step-0000500.tmp/` by every rank
 (model + optimizer + RNG through accelerate / DeepSpeed, this rank's EMA shard and data cursor), then
-renamed by rank 0 once every rank has finished; `latest` (a one-line file, replaced atomically) names the
-newest complete one. A crash mid-write leaves a `.tmp` folder that resumption ignores, and the previous
-checkpoint untouched.
+finished by rank 0 once every rank is done: `trainer_state.json`, then `manifest.json` (every file's size
+and sha256, see manifest.py) last, then the rename; `latest` (a one-line file, replaced atomically) names
+the newest one. A crash mid-write leaves a `.tmp` folder that resumption ignores, and the previous
+checkpoint untouched. Pruning renames a folder to `.deleting` before deleting it, so a kill mid-delete never
+leaves a folder that looks complete with files missing.
+
+Resumption (`choose_checkpoint`) takes the newest checkpoint whose files match its manifest, and says which
+one it took and why it passed over newer ones (truncated, half-deleted, changed files). A checkpoint written
+before manifests existed is accepted only where every file is read without unpickling code (one process or
+DDP: safetensors and `torch.load(weights_only=True)`); under DeepSpeed it is refused (see distributed.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmgen.errors import CheckpointError
+from mmgen.train.manifest import check_manifest, has_manifest, write_manifest
+
 STATE_FILE = "trainer_state.json"
+NAME = re.compile(r"step-\d+")  # a finished checkpoint folder (not .tmp, .old, .deleting)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -45,25 +58,83 @@ def step_dir(root: Path, step: int) -> Path:
 def complete_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_FILE).is_file())
+    return sorted(p for p in root.glob("step-*") if NAME.fullmatch(p.name) and p.is_dir() and (p / STATE_FILE).is_file())
 
 
-def find_checkpoint(root: Path, resume: str) -> Path | None:
-    """`auto`: the newest complete checkpoint under root (None if there is none); `none`: None; else a path."""
+def delete_checkpoint(folder: Path) -> None:
+    """Rename first, then delete: a kill mid-delete leaves `*.deleting`, which nothing resumes from."""
+    doomed = folder.with_name(folder.name + ".deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.replace(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def checkpoint_problem(folder: Path, allow_unverified: bool) -> str:
+    """'' if `folder` can be resumed from, else why not (in words)."""
+    if not folder.is_dir():
+        return "no such folder"
+    if not NAME.fullmatch(folder.name):
+        return "an unfinished write or a checkpoint being deleted (the name is not step-NNNNNNN)"
+    if not (folder / STATE_FILE).is_file():
+        return f"no {STATE_FILE} in it (an unfinished or half-deleted checkpoint)"
+    if has_manifest(folder) or not allow_unverified:
+        return check_manifest(folder)
+    return ""
+
+
+@dataclass
+class Resume:
+    """The checkpoint to resume from (None: start afresh) and what was passed over on the way, in words."""
+
+    path: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _scan(root: Path, allow_unverified: bool) -> tuple[Path | None, list[str]]:
+    """(the newest checkpoint under root that verifies, 'name: problem' for each newer one that does not)."""
+    passed: list[str] = []
+    for path in reversed(complete_checkpoints(root)):
+        problem = checkpoint_problem(path, allow_unverified)
+        if not problem:
+            return path, passed
+        passed.append(f"{path.name}: {problem}")
+    return None, passed
+
+
+def choose_checkpoint(root: Path, resume: str, allow_unverified: bool = False) -> Resume:
+    """`auto`: the newest checkpoint under root that verifies (None if there is none at all); `none`: None;
+    else that folder, which must verify. `allow_unverified` accepts a checkpoint without a manifest (one
+    written before manifests existed), with a note; never one whose manifest fails."""
     if resume == "none":
-        return None
-    if resume == "auto":
-        latest = root / "latest"
-        if latest.is_file():
-            p = root / latest.read_text().strip()
-            if (p / STATE_FILE).is_file():
-                return p
-        found = complete_checkpoints(root)
-        return found[-1] if found else None
-    p = Path(resume)
-    if not (p / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE} in it)")
-    return p
+        return Resume(None)
+    if resume != "auto":
+        path = Path(resume)
+        problem = checkpoint_problem(path, allow_unverified)
+        if problem:
+            good = _scan(path.parent, allow_unverified)[0]
+            other = f" (the newest one that does is {good})" if good is not None else ""
+            raise CheckpointError(f"--resume {resume}: cannot resume from this folder: {problem}. Pass a checkpoint "
+                                  f"folder that verifies{other}, or --resume auto to take the newest one")  # fmt: skip
+        return Resume(path, _unverified_note(path))
+    path, passed = _scan(root, allow_unverified)
+    if path is None and passed:
+        raise CheckpointError(
+            f"no checkpoint under {root} can be resumed from ({'; '.join(passed)}). Start afresh with --resume none "
+            f"(or another train.output_dir); the damaged folders can be deleted"
+        )
+    if path is None:
+        return Resume(None)
+    notes = [f"resuming from {path.name}, the newest checkpoint that verifies; passed over {'; '.join(passed)}"]
+    return Resume(path, (notes if passed else []) + _unverified_note(path))
+
+
+def _unverified_note(path: Path) -> list[str]:
+    return [] if has_manifest(path) else [f"{path} has no manifest (written before manifests existed): loaded unverified"]
+
+
+def find_checkpoint(root: Path, resume: str, allow_unverified: bool = False) -> Path | None:
+    """The folder `choose_checkpoint` resumes from."""
+    return choose_checkpoint(root, resume, allow_unverified).path
 
 
 def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], ema_state: dict[str, torch.Tensor],
@@ -81,25 +152,52 @@ def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], ema_st
     engine.barrier()
     if engine.is_main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        write_manifest(tmp)  # last: a folder with a manifest that verifies is complete
         _swap_in(tmp, final)
         _write_atomic(root / "latest", final.name)
         for stale in complete_checkpoints(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(stale, ignore_errors=True)
+            delete_checkpoint(stale)
+        for leftover in root.glob("step-*.deleting"):  # a delete that an earlier kill interrupted
+            shutil.rmtree(leftover, ignore_errors=True)
     engine.barrier()
     return final
 
 
+def _unloadable(path: Path, what: str, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path}: cannot load {what} ({type(e).__name__}: {e}). Resume from an older checkpoint "
+        f"(--resume {path.parent}/step-...) or start afresh with --resume none"
+    )
+
+
 def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore model/optimizer/RNG into the engine; return (trainer state, this rank's EMA, cursor)."""
-    state = json.loads((path / STATE_FILE).read_text())
-    if state.get("world_size") != engine.world_size:
-        raise ValueError(
-            f"checkpoint {path} was written by {state.get('world_size')} processes, this run has "
+    """Restore model/optimizer/RNG into the engine; return (trainer state, this rank's EMA, cursor).
+    Anything unreadable is a CheckpointError naming the folder and the fix."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        world = state["world_size"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _unloadable(path, STATE_FILE, e) from e
+    if world != engine.world_size:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {world} processes, this run has "
             f"{engine.world_size}: resume with the same number of processes"
         )
-    engine.load_state(str(path))
-    ema = load_file(str(path / f"ema_rank{engine.rank}.safetensors"))
-    cursor = json.loads((path / f"cursor_rank{engine.rank}.json").read_text())
+    try:
+        engine.load_state(str(path))
+    except CheckpointError:
+        raise
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError) as e:  # incl. UnpicklingError, SafetensorError
+        raise _unloadable(path, "the model and optimizer state", e) from e
+    ema_file, cursor_file = path / f"ema_rank{engine.rank}.safetensors", path / f"cursor_rank{engine.rank}.json"
+    try:
+        ema = load_file(str(ema_file))
+    except Exception as e:  # safetensors raises its own error type (and OSError) for a damaged file
+        raise _unloadable(path, ema_file.name, e) from e
+    try:
+        cursor = json.loads(cursor_file.read_text())
+    except (OSError, ValueError) as e:
+        raise _unloadable(path, cursor_file.name, e) from e
     return state, ema, cursor
 
 

@@ -8,7 +8,8 @@
                           back-propagated too (so DDP and ZeRO stay in step across ranks); its step is skipped.
   step(skip)              clip and update (or discard the accumulated gradients of a bad step)
   all_reduce / any_rank   counts and flags across ranks
-  save_state/load_state   resumable state: model, optimizer, per-rank RNG (DeepSpeed writes its shards)
+  save_state/load_state   resumable state: model, optimizer, per-rank RNG (DeepSpeed writes its shards);
+                          nothing is unpickled with weights_only=False (see `safe_torch_load`)
   param_shards            what this rank owns of each parameter (the shard under ZeRO-3) for the EMA
   full_state_dict         consolidated weights on rank 0 (gathered from ZeRO-3 shards)
 
@@ -21,14 +22,51 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
+import sys
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from mmgen.errors import CheckpointError
+
 
 def _launched_with_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def deepspeed_state_classes() -> list[type]:
+    """The only non-tensor classes in a DeepSpeed ZeRO-1/2/3 checkpoint (deepspeed 0.19.8: the optimizer
+    file's loss scaler, ZeRO stage and parameter-slice addresses): plain state, built without running code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_torch_load(path: str, map_location=None, allow: list[type] | None = None):
+    """torch.load(weights_only=True) with `allow` added to torch's allow-list for the duration of the call.
+
+    The rule for DeepSpeed checkpoints: DeepSpeed's own loader calls torch.load(weights_only=False), which runs
+    whatever a planted pickle asks for. So (1) a checkpoint folder is only resumed from when every file matches
+    its manifest and no other file is there (checkpoint.py), and (2) DeepSpeed's files are read here instead,
+    with weights_only=True: tensors, containers and the classes of `deepspeed_state_classes()` only. A file
+    that asks for any other global (a function to call, another class) is refused before anything runs."""
+    try:
+        with torch.serialization.safe_globals(list(allow or [])):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        wants = found.group(1) if found else str(e).strip().splitlines()[-1]
+        raise CheckpointError(
+            f"{path}: refused to load: it asks for {wants}, which a checkpoint written by this trainer never holds "
+            f"(the file may have been planted or written by another program). Delete this checkpoint folder and "
+            f"resume from an older one (--resume auto takes the newest that verifies), or start afresh with "
+            f"--resume none"
+        ) from None
 
 
 class Engine:
@@ -160,7 +198,33 @@ class Engine:
         self.acc.save_state(folder, safe_serialization=True)
 
     def load_state(self, folder: str) -> None:
-        self.acc.load_state(folder)
+        if not self.deepspeed:
+            self.acc.load_state(folder)  # safetensors + accelerate's torch.load(weights_only=True)
+        else:
+            # DeepSpeed reads its model and optimizer files through `checkpoint_engine.load`; this instance
+            # attribute replaces it for the duration of the call (see safe_torch_load for the rule).
+            reader, allow = self.model.checkpoint_engine, deepspeed_state_classes()
+            reader.load = lambda path, map_location=None: safe_torch_load(path, map_location, allow)
+            try:
+                self.acc.load_state(folder)
+            finally:
+                del reader.load
+        self._report_rng_state(folder)
+
+    def _report_rng_state(self, folder: str) -> None:
+        """accelerate swallows a failed RNG-state load (one log line at INFO, on rank 0 only): say it here.
+        The training draws do not depend on these generators (they are seeded per step), so it is a warning."""
+        from accelerate.utils import load
+
+        path = os.path.join(folder, f"random_states_{self.rank}.pkl")
+        try:
+            restored = torch.equal(load(path)["torch_manual_seed"], torch.get_rng_state())
+            problem = "" if restored else "accelerate did not restore it"
+        except Exception as e:  # a missing or unreadable file: whatever torch.load raised
+            problem = f"{type(e).__name__}: {e}"
+        if problem:
+            print(f"warning: rank {self.rank}: the random-number state in {path} was not restored ({problem}); "
+                  f"training goes on (its draws are seeded per step)", file=sys.stderr, flush=True)  # fmt: skip
 
     def end(self) -> None:
         self.acc.end_training()

@@ -42,9 +42,30 @@ class MetricsLog:
         self.path = path
         self.enabled = enabled
 
+    def drop_after(self, step: int) -> int:
+        """Remove the rows of steps after `step` (a resumed run replays them and writes them again); returns
+        how many were removed. The file is replaced atomically."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if not line.strip() or _step(line) <= step]
+        if len(keep) < len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(self.path)
+        return len(lines) - len(keep)
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _step(line: str) -> float:
+    """The step of a metrics row; a row that cannot be parsed (a line cut by a kill) counts as after every step."""
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return float("inf")

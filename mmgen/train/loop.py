@@ -19,10 +19,12 @@ import torch
 import yaml
 
 from mmgen.config import ConfigError, RunConfig, dump_config, flatten, read_yaml, to_dict
+from mmgen.data.skips import SkipReport
+from mmgen.errors import CheckpointError
 from mmgen.models.model import MMGenModel
 from mmgen.objectives.multimodal import LossNorm, MultimodalLoss, count_units
 from mmgen.train import build
-from mmgen.train.checkpoint import export_release, find_checkpoint, load_checkpoint, save_checkpoint
+from mmgen.train.checkpoint import choose_checkpoint, export_release, load_checkpoint, save_checkpoint
 from mmgen.train.distributed import Engine
 from mmgen.train.ema import EMA
 from mmgen.train.log import MetricsLog, live_tensor_mb, memory_mb
@@ -82,7 +84,11 @@ class Trainer:
         self.bad_in_a_row = 0
         self.tokens_seen = 0
         cursor_state = None
-        ckpt = find_checkpoint(self.out / "checkpoints", resume)
+        # the newest checkpoint that verifies; one without a manifest only where nothing is unpickled
+        chosen = choose_checkpoint(self.out / "checkpoints", resume, allow_unverified=not e.deepspeed)
+        ckpt = chosen.path
+        for note in chosen.notes if e.is_main else []:
+            print(note, flush=True)
         if ckpt is not None:
             self._check_same_model(ckpt)
             state, ema_state, cursor_state = load_checkpoint(e, ckpt)
@@ -103,6 +109,10 @@ class Trainer:
             dump_config(cfg, self.out / "config.yaml")
             (self.out / "model_config.json").write_text(json.dumps(self.mconf.architecture(), indent=1))
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=e.is_main)
+        if replayed := self.log.drop_after(self.step):  # rows written after the checkpoint: replayed below
+            print(f"metrics.jsonl: {replayed} row(s) after step {self.step} removed; the replayed steps write them "
+                  f"again", flush=True)  # fmt: skip
+        self.skips = SkipReport()  # unreadable samples: the first few, then one line per thousand
 
     def _config_changes(self) -> list[str]:
         """'key: old -> new' for every setting that differs from the run's saved config.yaml (a resumed run
@@ -120,7 +130,7 @@ class Trainer:
             new = json.loads(json.dumps(self.mconf.architecture()))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint {ckpt} belongs to another model (differs in {', '.join(diff)}): use another "
                     f"train.output_dir or --resume none"
                 )
@@ -181,8 +191,9 @@ class Trainer:
             micro = self._micro_batches(it)
             for b in micro:
                 self.data.cursor.update(b)
-                if b["skipped"] and e.is_main:
-                    bar.write(f"skipped {len(b['skipped'])} unreadable sample(s): {b['skipped'][:3]}")
+                for key, reason in b["skipped"] if e.is_main else []:
+                    if (line := self.skips.add(key, reason)) is not None:
+                        bar.write(line)
             n_tok = e.all_reduce([float(sum(int((b["doc"] >= 0).sum()) for b in micro))])[0]
             last = self.train_step(micro)
             self.tokens_seen += int(n_tok)
