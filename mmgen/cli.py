@@ -5,7 +5,7 @@
 
 Expected errors (an `MMGenError`, or an OS error on a path the user gave) print one line
 `error: <message>` to stderr and exit with code 2, before or during the work. Any other exception is a bug
-in the code and keeps its traceback.
+in the code and keeps its traceback. The helpers below check command-line values before any work starts.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-from mmgen.errors import MMGenError
+from mmgen.config.schema import Range
+from mmgen.errors import ConfigError, FileInputError, MMGenError
 
 F = TypeVar("F", bound=Callable)
 
@@ -46,3 +48,29 @@ def cli_main(fn: F) -> F:
             raise SystemExit(EXIT_BAD_INPUT) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_option(flag: str, value: float, allowed: Range) -> None:
+    """A numeric command-line option must lie in `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"{flag} {value} is out of range (allowed: {allowed})")
+
+
+def output_folder(path: str | Path, flag: str) -> Path:
+    """An output folder the command may create or write into: not an existing file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise FileInputError(f"{flag} {p} is an existing file; give a folder (new or existing) for the output")
+    return p
+
+
+def read_text_file(path: str | Path, flag: str) -> str:
+    """The UTF-8 text of a file named on the command line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileInputError(f"{flag} {p}: {'is a folder' if p.is_dir() else 'no such file'}; give a text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FileInputError(f"{flag} {p} is not a text file (byte {e.start} is not UTF-8); give a UTF-8 text "
+                             f"file") from e  # fmt: skip

@@ -13,11 +13,13 @@ Prompt images of another size are centre-cropped and resized to the model's imag
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
+
+from mmgen.cli import cli_main, output_folder, read_text_file
+from mmgen.errors import PromptError
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a release folder (train.output_dir/release)")
@@ -41,24 +43,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
-    from mmgen.models.kv_cache import ContextOverflow
-    from mmgen.sampling.pipeline import MMGenPipeline, PromptError
+    from mmgen.sampling.interleaved import SamplingOptions
+    from mmgen.sampling.pipeline import MMGenPipeline
 
     prompts = list(args.prompt)
     if args.prompts_file:
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        text = read_text_file(args.prompts_file, "--prompts-file")
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        sys.exit("generate.py: give at least one --prompt or --prompts-file")
+        ap.error("give at least one --prompt or --prompts-file")
+    output_folder(args.out, "--out")
+    options = dict(steps=args.steps, guidance=args.guidance, guidance_interval=tuple(args.guidance_interval),
+                   time_grid=args.time_grid, method=args.sampler, image_first=args.image_first,
+                   max_images=args.max_images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
     try:
-        pipe = MMGenPipeline.from_pretrained(args.model, device=args.device)
-        t0 = time.perf_counter()
-        results = pipe(prompts, steps=args.steps, guidance=args.guidance,
-                       guidance_interval=tuple(args.guidance_interval), time_grid=args.time_grid,
-                       method=args.sampler, image_first=args.image_first, max_images=args.max_images,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed)  # fmt: skip
-    except (PromptError, ContextOverflow, FileNotFoundError, ValueError) as e:
-        sys.exit(f"generate.py: {e}")
+        SamplingOptions(**options).validate()  # before the model loads
+    except ValueError as e:
+        raise PromptError(f"{e} (see --help)") from e
+    pipe = MMGenPipeline.from_pretrained(args.model, device=args.device)
+    t0 = time.perf_counter()
+    results = pipe(prompts, **options)  # a prompt too long for the context: ContextOverflow, a PromptError
     dt = time.perf_counter() - t0
     for i, r in enumerate(results):
         page = r.save(args.out, name=f"result-{i:03d}")

@@ -20,16 +20,19 @@ import argparse
 import itertools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from mmgen.cli import check_option, cli_main, output_folder
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1
 from mmgen.data.shards import write_shards
-from mmgen.data.sources import DataNotFound, open_source
+from mmgen.data.sources import open_source
+from mmgen.errors import DataError
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, help="shapes, cifar10, flickr8k, mnist, text:<corpus>")
@@ -43,12 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the write order; -1 keeps the source order")
     args = ap.parse_args(argv)
 
+    check_option("--limit", args.limit, AT_LEAST_0)
+    check_option("--shard-size", args.shard_size, AT_LEAST_1)
+    output_folder(args.out, "--out")
     prefix = args.prefix or f"{args.source.replace(':', '-').replace('/', '-')}-{args.split}"
-    try:
-        docs = open_source(args.source, split=args.split, limit=args.limit, layout=args.layout)
-        first = next(docs)  # fail early (missing data) before creating the output folder
-    except DataNotFound as e:
-        sys.exit(f"prepare_data: {e}")
+    docs = open_source(args.source, split=args.split, limit=args.limit, layout=args.layout)
+    first = next(docs, None)  # fail early (missing data) before creating the output folder
+    if first is None:
+        raise DataError(f"--source {args.source} --split {args.split} holds no documents; check the source's files")
     t0 = time.perf_counter()
     docs = itertools.chain([first], docs)
     if args.shuffle_seed >= 0:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+from mmgen.cli import cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "train" / "shapes_tiny.yaml"
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT), help="a RunConfig YAML (configs/train/*.yaml)")
@@ -32,14 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(REPO)  # recipe and tokenizer paths in configs are relative to the repository
 
-    from mmgen.config import ConfigError, RunConfig, load_config
+    from mmgen.config import RunConfig, load_config
     from mmgen.train.loop import Trainer
 
-    try:
-        cfg = load_config(RunConfig, args.config, args.overrides)
-        trainer = Trainer(cfg, resume=args.resume)
-    except ConfigError as e:
-        sys.exit(f"train.py: {e}")
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    trainer = Trainer(cfg, resume=args.resume)
     if trainer.resumed_from is not None and trainer.engine.is_main:
         print(f"resumed from {trainer.resumed_from} at step {trainer.step}")
         if trainer.config_changes:

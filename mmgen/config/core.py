@@ -6,13 +6,16 @@ The dataclasses themselves live in `mmgen/config/schema.py` (one per component).
     dump_config(cfg, run_dir / "config.yaml")
 
 Unknown keys and values of the wrong type raise `ConfigError` naming the key and the file, with the valid
-keys (and the closest match) so the fix is obvious.
+keys (and the closest match) so the fix is obvious. Numbers must be finite and lie in the range their class
+lists in `RANGES`; ranges and the rules between fields (`__post_init__`) are checked once, after every
+override is applied, so the order of the overrides does not matter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -98,14 +101,19 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise fail()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise fail()
+        if number is None:
+            raise fail()
+        if not math.isfinite(number):
+            raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -134,6 +142,7 @@ def _from_dict(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], prefix + name, source)
+    _check_ranges(cls, kwargs, source, prefix)
     missing = [
         n
         for n, f in fields.items()
@@ -145,6 +154,18 @@ def _from_dict(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
         raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from e
+
+
+def _check_ranges(cls: type, values: dict[str, Any], source: str, prefix: str) -> None:
+    """Each number (or each number in a list) of `values` against its range in `cls.RANGES`."""
+    for name, allowed in getattr(cls, "RANGES", {}).items():
+        if name not in values:
+            continue
+        value = values[name]
+        for x in value if isinstance(value, (list, tuple)) else [value]:
+            if x not in allowed:
+                each = " for each item" if isinstance(value, (list, tuple)) else ""
+                raise ConfigError(f"{source}: '{prefix}{name}' = {value!r} is out of range (allowed{each}: {allowed})")
 
 
 def from_dict(cls: type[T], data: dict | None, source: str = "<dict>") -> T:
@@ -173,7 +194,10 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML config such as "
+                          f"configs/train/shapes_tiny.yaml") from e  # fmt: skip
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if data is None:
@@ -198,6 +222,9 @@ def _set_dotted(data: dict, dotted: str, value: Any, cls: type, source: str) -> 
                 + ", ".join(sorted(names))
             )
         if i == len(parts) - 1:
+            leaf = _hints(node_cls)[part] if names is not None else Any
+            if not dataclasses.is_dataclass(leaf):  # the type now, so the error names this override
+                _coerce(value, leaf, dotted, source)
             node[part] = value
             return
         sub_cls = _hints(node_cls)[part] if names is not None else Any
@@ -227,10 +254,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def merge_overrides(data: dict, overrides: typing.Iterable[str], cls: type) -> dict:
+def merge_overrides(data: dict, overrides: typing.Iterable[str], cls: type, base: str = "") -> dict:
+    """Apply `key.sub=value` overrides to `data`, checking each key and value type (`base`: the config they
+    change, named in errors)."""
+    on = f" on {base}" if base else ""
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(data, key, value, cls, source=f"command-line override '{text}'")
+        _set_dotted(data, key, value, cls, source=f"command-line override '{text}'{on}")
     return data
 
 
@@ -253,16 +283,14 @@ def _defaults(cls: type) -> dict:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
     """Load `cls` from a YAML file (or defaults when `path` is None), then apply `key.sub=value` overrides.
     Values not given keep the defaults of the enclosing config (nested mappings are merged, not replaced)."""
-    data = read_yaml(path) if path is not None else {}
-    if path is not None:
-        from_dict(cls, data, str(path))  # report unknown keys against the file as written
-    data = _merge(_defaults(cls), data)
+    data = _merge(_defaults(cls), read_yaml(path) if path is not None else {})
     source = str(path) if path is not None else f"<defaults of {cls.__name__}>"
-    cfg = from_dict(cls, data, source)  # errors in the file itself name the file
-    for text in overrides:  # one at a time, so an error names the override that caused it
-        merge_overrides(data, [text], cls)
-        cfg = from_dict(cls, data, f"{source} with override '{text}'")
-    return cfg
+    overrides = list(overrides)
+    for text in overrides:  # keys and types one at a time, so an error names the override that caused it
+        merge_overrides(data, [text], cls, base=source)
+    if overrides:
+        source += " with override" + ("s " if len(overrides) > 1 else " ") + ", ".join(f"'{t}'" for t in overrides)
+    return from_dict(cls, data, source)  # ranges and rules between fields: once, after every override
 
 
 def dump_config(cfg: Any, path: str | Path) -> Path:

@@ -6,13 +6,53 @@ values are written into the run's `config.yaml` and into the release checkpoint'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number, or of each item of a list of numbers: lo <= x <= hi (`lo_open` /
+    `hi_open` exclude the end; None = unbounded). NaN and infinity are never in a range.
+
+    Each config class lists its ranges in `RANGES` (field -> Range); `load_config` / `from_dict` check them
+    after every override is applied, and the error names the key, the value, this range and the file."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+
+
+AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
+POSITIVE = Range(0, lo_open=True)
+UNIT = Range(0, 1)  # a probability or a fraction
+UNIT_OPEN = Range(0, 1, hi_open=True)  # a decay or dropout rate (1 would freeze or drop everything)
+LEARNING_RATE = Range(0, 1, lo_open=True)  # AdamW on normalised networks: above 1 diverges at once
+# 2^16 tokens per packed row: the token plan, the rotary tables and the CPU path's dense (L x L) boolean
+# attention mask (4 GiB per row at this length) all grow with it; longer rows would need sequence parallelism
+MAX_SEQ_LEN = 65536
+MAX_SAMPLER_STEPS = 1000  # network evaluations per image; IMM needs 1-8, flow matching saturates far below
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -32,6 +72,11 @@ class ShapesConfig:
     p_interleaved: float = 0.25
     seed: int = 0
     split: Literal["train", "test"] = "train"
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "image_size": Range(16, 1024), "p_two_objects": UNIT, "background": Range(0, 255), "p_caption_image": UNIT,
+        "p_image_caption": UNIT, "p_interleaved": UNIT, "seed": AT_LEAST_0,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 16, f"image_size must be >= 16, got {self.image_size}")
@@ -61,6 +106,11 @@ class DataConfig:
     shuffle_buffer: int = 256
     seed: int = 0
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "image_size": Range(8, 1024), "seq_len": Range(8, MAX_SEQ_LEN), "rows": Range(1, 4096),
+        "num_workers": Range(0, 256), "shuffle_buffer": AT_LEAST_0, "seed": AT_LEAST_0,
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
         _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
         _check(self.rows >= 1, f"rows must be >= 1, got {self.rows}")
@@ -81,6 +131,8 @@ class CorpusSpec:
     source: str
     limit: int = 0  # max sentences taken from it; 0 = all
 
+    RANGES: ClassVar[dict[str, Range]] = {"limit": AT_LEAST_0}
+
 
 @dataclass
 class TextTokenizerRecipe:
@@ -93,6 +145,11 @@ class TextTokenizerRecipe:
     character_coverage: float = 1.0
     byte_fallback: bool = True
     max_sentence_length: int = 4096
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "vocab_size": Range(64, 1 << 20), "character_coverage": Range(0, 1, lo_open=True),
+        "max_sentence_length": AT_LEAST_1,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 64, f"vocab_size must be >= 64, got {self.vocab_size}")
@@ -120,6 +177,13 @@ class ModelConfig:
     max_seq_len: int = 0  # 0 = data.seq_len
     vocab_size: int = 0  # 0 = the text tokenizer's
     latent_channels: int = 0  # 0 = the image tokenizer's
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "depth": Range(1, 256), "aspect_ratio": Range(1, 1024), "width": Range(0, 65536), "head_dim": Range(8, 1024),
+        "mlp_ratio": Range(0, 64, lo_open=True), "patch_size": Range(1, 64), "rope_theta": POSITIVE,
+        "time_freq_dim": Range(2, 65536), "init_std": Range(0, 1, lo_open=True), "max_seq_len": Range(0, MAX_SEQ_LEN),
+        "vocab_size": Range(0, 1 << 24), "latent_channels": Range(0, 1024),
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
@@ -155,6 +219,13 @@ class ImmConfig:
     # matching at s = t), which learns the velocity fast; IMM then turns it into jumps
     warm_start_steps: int = 0
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "particles": Range(1, 1024), "k": Range(0, 64), "a": Range(0, 16), "t_max": UNIT_OPEN, "t_min": UNIT_OPEN,
+        "min_gap": Range(0, 1, hi_open=True), "sigma_d": POSITIVE, "kernel_weight_max": POSITIVE,
+        "cond_dropout": UNIT_OPEN, "boundary_fraction": UNIT, "boundary_weight": AT_LEAST_0,
+        "warm_start_steps": AT_LEAST_0,
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
         _check(self.particles >= 1, "particles must be >= 1")
         _check(0.0 <= self.boundary_fraction <= 1.0, "boundary_fraction must lie in [0, 1]")
@@ -172,6 +243,8 @@ class FlowMatchingConfig:
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
     cond_dropout: float = 0.1
 
+    RANGES: ClassVar[dict[str, Range]] = {"text_weight": AT_LEAST_0, "image_weight": AT_LEAST_0}
+
 
 @dataclass
 class ObjectiveConfig:
@@ -180,6 +253,11 @@ class ObjectiveConfig:
     image_weight: float = 1.0
     imm: ImmConfig = field(default_factory=ImmConfig)
     fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+
+    RANGES: ClassVar[dict[str, Range]] = {"sigma_d": POSITIVE, "t_min": UNIT, "t_max": UNIT, "cond_dropout": UNIT_OPEN}
+
+    def __post_init__(self) -> None:
+        _check(self.t_min < self.t_max, f"need t_min < t_max, got {self.t_min} and {self.t_max}")
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -206,6 +284,14 @@ class TrainConfig:
     seed: int = 0
     init_from: str = ""  # a release folder whose weights start this run (e.g. an IMM run from a flow-matching one)
 
+    # grad_clip, sample_every, ckpt_every: 0 = off (a negative ckpt_every would checkpoint every step)
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": AT_LEAST_1, "grad_accum": Range(1, 4096), "lr": LEARNING_RATE, "min_lr_ratio": UNIT,
+        "warmup_steps": AT_LEAST_0, "betas": UNIT_OPEN, "weight_decay": Range(0, 10), "grad_clip": AT_LEAST_0,
+        "ema_decay": UNIT_OPEN, "log_every": AT_LEAST_1, "sample_every": AT_LEAST_0, "ckpt_every": AT_LEAST_0,
+        "keep_checkpoints": AT_LEAST_1, "max_nonfinite": AT_LEAST_1, "seed": AT_LEAST_0,
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.grad_accum >= 1, "steps and grad_accum must be >= 1")
         _check(0.0 <= self.ema_decay < 1.0, "ema_decay must lie in [0, 1)")
@@ -222,6 +308,11 @@ class SampleConfig:
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": Range(1, MAX_SAMPLER_STEPS), "guidance": Range(0, 20), "seed": AT_LEAST_0,
+        "max_new_tokens": AT_LEAST_0, "temperature": Range(0, 100), "top_k": AT_LEAST_0, "top_p": Range(0, 1, lo_open=True),
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -290,6 +381,17 @@ class ImageTokenizerRecipe:
     ckpt_every: int = 200
     val_images: int = 64  # held-out images per source for the validation PSNR
     stats_batches: int = 16  # training batches whose latents give the per-channel mean / std
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "width": Range(4, 4096), "blocks": Range(0, 64), "latent_channels": Range(1, 1024), "kl_weight": AT_LEAST_0,
+        "codebook_size": Range(2, 1 << 20), "code_dim": Range(1, 1024), "ema_decay": UNIT_OPEN,
+        "dead_code_steps": AT_LEAST_1, "commitment_weight": AT_LEAST_0, "levels": Range(2, 1 << 16),
+        "l1_weight": AT_LEAST_0, "l2_weight": AT_LEAST_0, "source_weights": AT_LEAST_0, "images_per_source": AT_LEAST_0,
+        "crop_size": Range(2, 4096), "batch_size": Range(1, 65536), "steps": AT_LEAST_1, "lr": LEARNING_RATE,
+        "warmup_steps": AT_LEAST_0, "min_lr_ratio": UNIT, "weight_decay": Range(0, 10), "grad_clip": AT_LEAST_0,
+        "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "ckpt_every": AT_LEAST_1, "val_images": AT_LEAST_0,
+        "stats_batches": AT_LEAST_1,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(self.downsample in (2, 4, 8, 16, 32), f"downsample must be a power of 2 in 2..32, got {self.downsample}")

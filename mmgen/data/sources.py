@@ -18,13 +18,14 @@ import csv
 import gzip
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from mmgen.data.documents import Document, Image, encode_png
-from mmgen.errors import DataNotFound
+from mmgen.errors import DataError, DataNotFound
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -61,7 +62,7 @@ def _caption_doc(key: str, caption: str, image: Image, image_first: bool, meta: 
 def _order(layout: str, i: int) -> bool:
     """image_first for document i under a layout: caption_image, image_caption or both (alternating)."""
     if layout not in ("caption_image", "image_caption", "both"):
-        raise ValueError(f"layout must be caption_image, image_caption or both, got {layout!r}")
+        raise DataError(f"layout must be caption_image, image_caption or both, got {layout!r}")
     return layout == "image_caption" or (layout == "both" and i % 2 == 1)
 
 
@@ -69,7 +70,7 @@ def cifar10(split: str = "train", layout: str = "caption_image", limit: int = 0,
             ) -> Iterator[Document]:  # fmt: skip
     """CIFAR-10 from the JPEG zip: 'a photo of a {class}' and the image."""
     if split not in ("train", "test"):
-        raise ValueError(f"CIFAR-10 split must be train or test, got {split!r}")
+        raise DataError(f"CIFAR-10 split must be train or test, got {split!r}")
     path = require(f"cifar10/cifar10_{split}_jpg.zip", root)
     with zipfile.ZipFile(path) as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))
@@ -144,7 +145,7 @@ def text_files(spec: str = "tinyshakespeare", root: Path | None = None) -> list[
         return sorted(p for p in require("text/gutenberg", root).glob("*.txt"))
     if spec.startswith("gutenberg/"):
         return [require(f"text/{spec}{'' if spec.endswith('.txt') else '.txt'}", root)]
-    raise ValueError(f"unknown text corpus {spec!r}: use tinyshakespeare, gutenberg, gutenberg/<book> or a .txt path")
+    raise DataError(f"unknown text corpus {spec!r}: use tinyshakespeare, gutenberg, gutenberg/<book> or a .txt path")
 
 
 def text(spec: str = "tinyshakespeare", chunk_chars: int = 1000, limit: int = 0, root: Path | None = None
@@ -180,10 +181,14 @@ def image_files(spec: str = "kodak", root: Path | None = None) -> Iterator[tuple
             if p.suffix.lower() in exts:
                 yield p.name, p.read_bytes()
     elif path.suffix == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            for name in sorted(zf.namelist()):
-                if name.lower().endswith(exts):
-                    yield name, zf.read(name)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for name in sorted(zf.namelist()):
+                    if name.lower().endswith(exts):
+                        yield name, zf.read(name)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a corrupt archive or member
+            raise DataError(f"{path} is not a readable zip file ({e}); give a directory or an intact .zip "
+                            f"of images") from e  # fmt: skip
     else:
         yield path.name, path.read_bytes()
 
@@ -205,7 +210,7 @@ def open_source(name: str, split: str = "train", limit: int = 0, layout: str = "
         return mnist(split, layout, limit=limit, root=root)
     if name == "text" or name.startswith("text:"):
         return text(name.partition(":")[2] or "tinyshakespeare", limit=limit, root=root)
-    raise ValueError(f"unknown source {name!r}; known: {', '.join(SOURCES)} (text:<corpus>)")
+    raise DataError(f"unknown source {name!r}; known: {', '.join(SOURCES)} (text:<corpus>)")
 
 
 def sentences(name: str, limit: int = 0, root: Path | None = None) -> Iterator[str]:
@@ -246,4 +251,4 @@ def sentences(name: str, limit: int = 0, root: Path | None = None) -> Iterator[s
 
         yield from ShapesGenerator(ShapesConfig()).captions(limit or 10000)
         return
-    raise ValueError(f"unknown text source {name!r}; known: {', '.join(SOURCES)} (text:<corpus>)")
+    raise DataError(f"unknown text source {name!r}; known: {', '.join(SOURCES)} (text:<corpus>)")

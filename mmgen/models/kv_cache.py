@@ -15,10 +15,11 @@ from contextlib import contextmanager
 
 import torch
 
+from mmgen.errors import PromptError
 from mmgen.models.attention import MaskPlan
 
 
-class ContextOverflow(ValueError):
+class ContextOverflow(PromptError):
     """More tokens than the model's context."""
 
 

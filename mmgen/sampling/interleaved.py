@@ -16,11 +16,13 @@ Per image, for the rows that opened one (<boi>):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from mmgen.config.schema import MAX_SAMPLER_STEPS
 from mmgen.data.documents import Document, Image
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
@@ -53,6 +55,16 @@ class SamplingOptions:
     def validate(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.steps > MAX_SAMPLER_STEPS:
+            raise ValueError(f"steps must be <= {MAX_SAMPLER_STEPS}, got {self.steps}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {self.top_p}")
+        if self.time_grid not in ("uniform", "cosine"):
+            raise ValueError(f"time_grid must be uniform or cosine, got {self.time_grid!r}")
         if not 0.0 <= self.guidance <= 20.0:
             raise ValueError(f"guidance must lie in [0, 20], got {self.guidance}")
         lo, hi = self.guidance_interval

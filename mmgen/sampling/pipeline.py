@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from mmgen.errors import PromptError
+from mmgen.errors import PromptError, TokenizerError
 from mmgen.models.model import MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
 
@@ -36,9 +36,32 @@ def read_image(path: str | Path, where: str = "") -> np.ndarray:
         raise PromptError(f"image not found: {p}{where}")
     try:
         with PILImage.open(io.BytesIO(p.read_bytes())) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(im)
     except Exception as e:
         raise PromptError(f"cannot read image {p}{where}: {type(e).__name__}: {e}") from e
+
+
+def to_rgb8(im: PILImage.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of any Pillow image. 16-bit greyscale (modes I;16*, and I as Pillow opens 16-bit PNGs)
+    is scaled by 255 / 65535 (x / 257, rounded): Pillow's own convert("RGB") clips it at 255 instead, which
+    turns nearly every pixel white."""
+    if im.mode.startswith("I"):
+        x = np.asarray(im).astype(np.float64)
+        if x.min() < 0 or x.max() > 65535:
+            raise ValueError(f"{im.mode} pixels outside 0..65535 (min {x.min():g}, max {x.max():g})")
+        grey = np.rint(x / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+def check_text(text: str, where: str) -> str:
+    """Prompt text must be printable: no bytes that were not UTF-8 (surrogates) and no control characters
+    other than tab and newline (a binary file passed as a prompt)."""
+    bad = next((c for c in text if "\ud800" <= c <= "\udfff" or (ord(c) < 32 and c not in "\t\n\r") or c == "\x7f"), None)
+    if bad is not None:
+        raise PromptError(f"prompt text{where} is not plain text (character {bad!r} at position {text.index(bad)}); "
+                          f"give UTF-8 text, and images as <image:path>")  # fmt: skip
+    return text
 
 
 def parse_prompt(prompt: Any, index: int = 0) -> list[str | np.ndarray]:
@@ -52,6 +75,7 @@ def parse_prompt(prompt: Any, index: int = 0) -> list[str | np.ndarray]:
     if isinstance(prompt, str):
         segs: list[str | np.ndarray] = []
         pos = 0
+        check_text(prompt, where)
         for m in IMAGE_REF.finditer(prompt):
             if prompt[pos : m.start()].strip():
                 segs.append(prompt[pos : m.start()].strip())
@@ -66,14 +90,14 @@ def parse_prompt(prompt: Any, index: int = 0) -> list[str | np.ndarray]:
             if isinstance(s, np.ndarray):
                 segs.append(s)
             elif isinstance(s, str):
-                segs.append(s)
-            elif isinstance(s, dict) and "text" in s:
-                segs.append(str(s["text"]))
-            elif isinstance(s, dict) and "image" in s:
+                segs.append(check_text(s, where))
+            elif isinstance(s, dict) and isinstance(s.get("text"), str):
+                segs.append(check_text(s["text"], where))
+            elif isinstance(s, dict) and isinstance(s.get("image"), str):
                 segs.append(read_image(s["image"], where))
             else:
-                raise PromptError(f"prompt {index + 1}: a segment must be text, an image array, {{'text': ...}} "
-                                  f"or {{'image': path}}, got {type(s).__name__}")  # fmt: skip
+                raise PromptError(f"prompt {index + 1}: a segment must be text, an image array, {{'text': str}} "
+                                  f"or {{'image': path str}}, got {s!r:.80}")  # fmt: skip
         return segs
     raise PromptError(f"prompt {index + 1} must be a string or a list of segments, got {type(prompt).__name__}")
 
@@ -122,15 +146,9 @@ class MMGenPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> MMGenPipeline:
-        from mmgen.tokenizer.image import load_image_tokenizer
-        from mmgen.tokenizer.text import load_text_tokenizer
+        from mmgen.sampling.release import load_release
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
-                                    f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`")  # fmt: skip
-        model = MMGenModel.from_pretrained(path).to(device)
-        return cls(model, load_text_tokenizer(path), load_image_tokenizer(path / "image_tokenizer").to(device).eval())
+        return cls(*load_release(path, device))
 
     def __call__(self, prompts: Any, **options: Any) -> list[Result]:
         """Continue each prompt. Options are `SamplingOptions` fields (steps, guidance, max_new_tokens, ...)."""
@@ -173,5 +191,5 @@ def check_match(config, text_tok, image_tok) -> None:
         problems.append(f"image tokenizer is f{image_tok.downsample} x {image_tok.latent_channels} channels, the model "
                         f"expects f{config.downsample} x {config.latent_channels}")  # fmt: skip
     if problems:
-        raise ValueError("the tokenizers do not match this checkpoint: " + "; ".join(problems) +
+        raise TokenizerError("the tokenizers do not match this checkpoint: " + "; ".join(problems) +
                          ". Use the tokenizers saved with the release folder.")  # fmt: skip

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from mmgen.config import ImageTokenizerRecipe, from_dict, load_config, to_dict
+from mmgen.errors import TokenizerError
+from mmgen.files import check_shapes, read_json
 from mmgen.tokenizer.autoencoder import Decoder, Encoder
 from mmgen.tokenizer.bottleneck import BottleneckOut, build_bottleneck
 
@@ -133,10 +135,13 @@ class ImageTokenizer(nn.Module):
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{folder / CONFIG_NAME} is not an mmgen image tokenizer (format {config.get('format')!r})")
+        fix = f"copy the folder again or retrain it with `{_train_command(folder)}`"
+        config = read_json(folder / CONFIG_NAME, TokenizerError, fix)
+        if not isinstance(config, dict) or config.get("format") != FORMAT or "recipe" not in config:
+            found = config.get("format") if isinstance(config, dict) else type(config).__name__
+            raise TokenizerError(f"{folder / CONFIG_NAME} is not an mmgen image tokenizer (format {found!r}); {fix}")
         model = cls(from_dict(ImageTokenizerRecipe, config["recipe"], str(folder / CONFIG_NAME)))
+        check_shapes(folder / WEIGHTS_NAME, model.state_dict(), TokenizerError, fix)
         model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
         return model.eval()
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmgen.config import TextTokenizerRecipe, dump_config, load_config
+from mmgen.errors import TokenizerError
+from mmgen.files import read_json
 
 BOI, EOI = "<boi>", "<eoi>"
 SPECIAL_IDS = {"unk": 0, "bos": 1, "eos": 2, "pad": 3, "boi": 4, "eoi": 5}
@@ -92,8 +94,11 @@ def check_special_ids(tok, where: str | Path) -> SpecialIds:
     ids = SpecialIds.of(tok)
     expected = SpecialIds(*(SPECIAL_IDS[k] for k in ("bos", "eos", "pad", "boi", "eoi")))
     if ids != expected:
-        raise ValueError(f"tokenizer at {where} has special ids {ids}, expected {expected}: retrain it with mmgen")
+        raise TokenizerError(f"tokenizer at {where} has special ids {ids}, expected {expected}: retrain it with mmgen")
     return ids
+
+
+TEXT_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")  # what save_pretrained writes and loading needs
 
 
 def load_text_tokenizer(path: str | Path):
@@ -101,12 +106,17 @@ def load_text_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     folder = resolve_artifact(path)
-    if not (folder / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(
-            f"no text tokenizer at {folder}; train it with `python scripts/train_tokenizer.py text --recipe "
-            f"{folder}.yaml` (or pass a folder saved by save_pretrained)"
-        )
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    train = f"train it with `python scripts/train_tokenizer.py text --recipe {folder}.yaml`"
+    for name in TEXT_TOKENIZER_FILES:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"no text tokenizer at {folder} ({name} is missing); {train} (or pass a folder "
+                                    f"saved by save_pretrained)")  # fmt: skip
+        read_json(folder / name, TokenizerError, f"copy the folder again or {train}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # the tokenizers parser raises a bare Exception on a file it cannot use
+        raise TokenizerError(f"the text tokenizer at {folder} does not load ({type(e).__name__}: {e}); copy the "
+                             f"folder again or {train}") from e  # fmt: skip
     check_special_ids(tok, folder)
     return tok
 

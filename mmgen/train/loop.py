@@ -64,6 +64,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, resume: str = "auto"):
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"train.output_dir={cfg.train.output_dir!r} is an existing file, not a folder; set "
+                              f"train.output_dir to a new folder or to the run folder to resume")  # fmt: skip
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.text_tok, self.image_tok = build.load_tokenizers(cfg)
         self.mconf = build.model_config(cfg, self.text_tok, self.image_tok)

@@ -1,0 +1,57 @@
+"""Loading a release folder (config.json, model.safetensors, the text tokenizer, image_tokenizer/) with every
+file checked first: a missing, truncated or edited file is a `CheckpointError` or `TokenizerError` naming it,
+and a device that this machine lacks is refused before anything is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmgen.errors import CheckpointError, PromptError
+from mmgen.files import check_shapes, read_json
+
+FIX = "copy the release folder again, or export it again from its run (train.py writes release/ at the end)"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device that exists on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise PromptError(f"device {device!r} is not a device name ({e}); use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise PromptError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                              f"use --device cpu")  # fmt: skip
+        if dev.index is not None and dev.index >= n:
+            raise PromptError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PromptError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
+def load_release(path: str | Path, device: str | torch.device = "cpu"):
+    """(model, text tokenizer, image tokenizer) of a release folder, on `device`."""
+    from mmgen.models.model import MMGenConfig, MMGenModel
+    from mmgen.tokenizer.image import load_image_tokenizer
+    from mmgen.tokenizer.text import load_text_tokenizer
+
+    path = Path(path)
+    dev = resolve_device(device)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
+                                f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`")  # fmt: skip
+    read_json(path / "config.json", CheckpointError, FIX)
+    try:
+        config = MMGenConfig.from_pretrained(path)
+        with torch.device("meta"):  # shapes only, no memory
+            shell = MMGenModel(config)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path / 'config.json'} does not describe an mmgen model ({e}); {FIX}") from e
+    check_shapes(path / "model.safetensors", shell.state_dict(), CheckpointError, FIX)
+    model = MMGenModel.from_pretrained(path, config=config).to(dev)
+    text = load_text_tokenizer(path)
+    image = load_image_tokenizer(path / "image_tokenizer").to(dev).eval()
+    return model, text, image
