@@ -6,7 +6,14 @@
     python scripts/prepare_data.py --source flickr8k --split test --out data/shards/flickr8k-test
     python scripts/prepare_data.py --source text:gutenberg --out data/shards/gutenberg
 
-Real data is read from $MMGEN_DATA (default ../shared/data). Prints and returns samples/s.
+    python scripts/prepare_data.py --source img2dataset:/data/laion --out data/shards/laion
+    python scripts/prepare_data.py --source imagefolder:photos --latents tokenizers/image/cifar_kl.yaml \
+        --image-size 32 --out data/shards/photos-latents
+
+Real data is read from $MMGEN_DATA (default ../shared/data); data in the layouts of data/README.md is read
+from its path (`img2dataset:PATH`, `imagefolder:PATH`, `jsonl:PATH`). Bad samples are skipped, counted in
+index.json and reported. `--latents TOKENIZER` writes cached latents, as scripts/cache_latents.py does.
+Prints and returns samples/s.
 
 Documents are written in a seeded random order (`--shuffle-seed`; -1 keeps the source order). The readers
 list files sorted, so CIFAR-10 would otherwise come class by class, and a shard would hold a single class:
@@ -27,15 +34,16 @@ from tqdm import tqdm
 
 from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1
-from mmgen.data.shards import write_shards
-from mmgen.data.sources import open_source
+from mmgen.data.external import add_read_args, read_items, read_options
+from mmgen.data.shards import Item, write_shards
 from mmgen.errors import DataError
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, help="shapes, cifar10, flickr8k, mnist, text:<corpus>")
+    ap.add_argument("--source", required=True, help="shapes, cifar10, flickr8k, mnist, text:<corpus>, or "
+                    "img2dataset:PATH, imagefolder:PATH, jsonl:PATH, shards:DIR")  # fmt: skip
     ap.add_argument("--split", default="train", choices=["train", "test"])
     ap.add_argument("--layout", default="caption_image", choices=["caption_image", "image_caption", "both"],
                     help="caption before the image, after it, or alternating (captioned image sources)")
@@ -44,26 +52,58 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard-size", type=int, default=1000, help="documents per shard")
     ap.add_argument("--prefix", default=None, help="shard file prefix (default: source-split)")
     ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the write order; -1 keeps the source order")
+    ap.add_argument("--image-size", type=int, default=0,
+                    help="LAYOUT:PATH sources: centre-crop and resize images to this (0 keeps the files' bytes)")
+    ap.add_argument("--latents", default="", metavar="TOKENIZER",
+                    help="write latents of this image tokenizer (recipe or folder) instead of images; needs --image-size")
+    add_read_args(ap)
     args = ap.parse_args(argv)
 
     check_option("--limit", args.limit, AT_LEAST_0)
     check_option("--shard-size", args.shard_size, AT_LEAST_1)
     output_folder(args.out, "--out")
     prefix = args.prefix or f"{args.source.replace(':', '-').replace('/', '-')}-{args.split}"
-    docs = open_source(args.source, split=args.split, limit=args.limit, layout=args.layout)
-    first = next(docs, None)  # fail early (missing data) before creating the output folder
+    if args.latents and not args.image_size:
+        raise DataError("--latents needs --image-size (the run's data.image_size)")
+    items, _, unreported = read_items(args.source, read_options(args, args.image_size), split=args.split,
+                                      limit=args.limit)  # fmt: skip
+    first = next(items, None)  # fail early (missing data) before creating the output folder
     if first is None:
-        raise DataError(f"--source {args.source} --split {args.split} holds no documents; check the source's files")
+        raise DataError(f"--source {args.source} --split {args.split} holds no readable document; check the "
+                        f"source's files (skipped: {unreported()[:3]})")  # fmt: skip
     t0 = time.perf_counter()
-    docs = itertools.chain([first], docs)
+    items = itertools.chain([first], items)
     if args.shuffle_seed >= 0:
-        docs = list(docs)
-        random.Random(args.shuffle_seed).shuffle(docs)
-    bar = tqdm(docs, unit="doc", desc=prefix, mininterval=1.0)
-    index = write_shards(bar, args.out, prefix=prefix, max_count=args.shard_size)
+        items = list(items)
+        random.Random(args.shuffle_seed).shuffle(items)
+    items = (Item(it.doc, 0, 0, i, it.skipped) for i, it in enumerate(items))  # the write order's cursor
+    if args.latents:
+        from mmgen.data.latent_cache import LatentCache
+        from mmgen.tokenizer.image import ensure_image_tokenizer
+
+        cache = LatentCache(args.out, ensure_image_tokenizer(args.latents), args.image_size, source=args.source,
+                            prefix=prefix, shard_size=args.shard_size)  # fmt: skip
+        items = itertools.islice(items, cache.start, None)
+        index = cache.run(tqdm(items, unit="doc", desc=prefix, mininterval=1.0), unreported)
+        skipped = index["skipped_examples"]
+    else:
+        skipped: list[tuple[str, str]] = []
+
+        def docs():
+            for it in items:
+                skipped.extend(it.skipped)
+                yield it.doc
+            skipped.extend(unreported())
+
+        bar = tqdm(docs(), unit="doc", desc=prefix, mininterval=1.0)
+        index = write_shards(bar, args.out, prefix=prefix, max_count=args.shard_size)
+        index.update(skipped=len(skipped), skipped_examples=[list(s) for s in skipped[:50]])
     dt = time.perf_counter() - t0
     index.update(seconds=round(dt, 2), samples_per_s=round(index["samples"] / dt, 1), shuffle_seed=args.shuffle_seed)
-    print(json.dumps({k: v for k, v in index.items() if k != "shards"} | {"shards": len(index["shards"])}))
+    print(json.dumps({k: v for k, v in index.items() if k not in ("shards", "skipped_examples", "latents")}
+                     | {"shards": len(index["shards"])}))  # fmt: skip
+    for key, why in skipped[:5]:
+        print(f"  skipped {key}: {why}")
     (Path(args.out) / "index.json").write_text(json.dumps(index, indent=1))
     return index
 
