@@ -10,12 +10,12 @@ from mmgen.models.layers import TimeEmbedding
 
 
 class TimeMLP(nn.Module):
-    """x_in [n, dim], t [n], s [n] -> [n, dim]. The time embedding (t and stride t - s) is added to the input
-    projection and to every hidden layer."""
+    """x_in [n, dim], t [n], s [n] -> [n, dim]. The time embedding (t and the second time, see `TimeEmbedding`)
+    is added to the input projection and to every hidden layer."""
 
-    def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, freq_dim: int = 64):
+    def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, freq_dim: int = 64, time_input: str = "s"):
         super().__init__()
-        self.time = TimeEmbedding(width, freq_dim=freq_dim)
+        self.time = TimeEmbedding(width, freq_dim=freq_dim, time_input=time_input)
         self.inp = nn.Linear(dim, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.time_proj = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))

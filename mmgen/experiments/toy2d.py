@@ -32,6 +32,7 @@ class ContinuousStudyConfig:
     width: int = 128
     depth: int = 3
     batch: int = 256  # = 64 IMM groups of M = 4
+    time_input: str = "s"  # the flow map's second time: s, stride or both (see TimeEmbedding)
     fit: FitConfig = field(default_factory=FitConfig)  # 6000 steps, lr 1e-3, EMA 0.999
     imm: ImmConfig = field(default_factory=ImmConfig)  # the paper's defaults: M = 4, k = 12, a = 2
     fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
@@ -104,10 +105,10 @@ def run_target(name: str, cfg: ContinuousStudyConfig) -> tuple[dict, dict[str, d
     nets = {}
     for kind in ("fm", "imm"):
         torch.manual_seed(cfg.seed)  # the same initial weights for both
-        net = TimeMLP(2, cfg.width, cfg.depth)
+        net = TimeMLP(2, cfg.width, cfg.depth, time_input=cfg.time_input)
         if kind == "imm":
-            def loss_fn(m, _):
-                return imm_loss(m, target(cfg.batch, g), cfg.imm, g)[0]
+            def loss_fn(m, step):
+                return imm_loss(m, target(cfg.batch, g), cfg.imm, g, step)[0]
         else:
             def loss_fn(m, _):
                 return fm_loss(m, target(cfg.batch, g), cfg.fm, g)[0]

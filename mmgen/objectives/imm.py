@@ -125,21 +125,39 @@ def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.T
     return weighting(t, cfg) * mmd
 
 
-def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generator | None = None,
+             step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """IMM on flat data x [B, ...] with B = groups x M (consecutive rows form a group). Returns the mean over
-    groups and a few statistics. theta- (the y_r branch) is the same network without gradient."""
+    groups and a few statistics. theta- (the y_r branch) is the same network without gradient.
+
+    With `imm.boundary_fraction` (or during `imm.warm_start_steps`) a group is trained at its boundary s = t
+    with the flow-matching loss instead, weighted by `imm.boundary_weight`, as the packed objective does."""
     M = cfg.particles
     B = x.shape[0]
     if B % M:
         raise ValueError(f"batch size {B} is not a multiple of imm.particles={M}")
     G = B // M
-    t, s, r = (v.repeat_interleave(M) for v in sample_times(G, cfg, generator, x.device))
+    t, s, r = sample_times(G, cfg, generator, x.device)
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * cfg.sigma_d
+    fraction = 1.0 if step < cfg.warm_start_steps else cfg.boundary_fraction
+    on_boundary = torch.zeros(G, dtype=torch.bool, device=x.device)
+    if fraction > 0:  # no draw at fraction 0, so the paper's IMM keeps its exact random stream
+        on_boundary = (torch.rand(G, generator=generator) < fraction).to(x.device)
+        s, r = torch.where(on_boundary, t, s), torch.where(on_boundary, t, r)
+    t, s, r = (v.repeat_interleave(M) for v in (t, s, r))
     x_t = interpolate(x, eps, t)
-    x_r = ddim(x_t, x, t, r)
-    y_t = apply_flow_map(net, x_t, t, s, cfg.sigma_d)
-    with torch.no_grad():
-        y_r = apply_flow_map(net, x_r, r, s, cfg.sigma_d)
-    per_group = group_loss(y_t.view(G, M, -1), y_r.view(G, M, -1), t[::M], s[::M], cfg)
+    g_t = net(expand_as(c_in(t, cfg.sigma_d), x_t) * x_t, t, s)
+    per_group = x.new_zeros(G, dtype=torch.float32)
+    if bool(on_boundary.any()):  # d f(x_t, t, s) / ds at s = t is the velocity: flow matching on G
+        v = (eps - x) / cfg.sigma_d
+        fm = (g_t.float() - v.float()).pow(2).reshape(G, M, -1).mean((1, 2))
+        per_group = torch.where(on_boundary, cfg.boundary_weight * fm, per_group)
+    mmd = ~on_boundary
+    if bool(mmd.any()):
+        rows = mmd.repeat_interleave(M)
+        y_t = flow_map(x_t[rows], t[rows], s[rows], g_t[rows], cfg.sigma_d)
+        with torch.no_grad():
+            y_r = apply_flow_map(net, ddim(x_t, x, t, r)[rows], r[rows], s[rows], cfg.sigma_d)
+        n = int(mmd.sum())
+        per_group[mmd] = group_loss(y_t.view(n, M, -1), y_r.view(n, M, -1), t[rows][::M], s[rows][::M], cfg)
     return per_group.mean(), {"imm": float(per_group.detach().mean()), "t_mean": float(t.mean())}
