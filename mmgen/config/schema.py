@@ -177,6 +177,9 @@ class ModelConfig:
     max_seq_len: int = 0  # 0 = data.seq_len
     vocab_size: int = 0  # 0 = the text tokenizer's
     latent_channels: int = 0  # 0 = the image tokenizer's
+    # attention kernel: flex = FlexAttention block mask (skips tiles between packed documents), sdpa = dense
+    # [B, 1, L, L] mask; auto = flex on CUDA, sdpa elsewhere (torch has no FlexAttention backward on a CPU)
+    attention: Literal["auto", "sdpa", "flex"] = "auto"
 
     RANGES: ClassVar[dict[str, Range]] = {
         "depth": Range(1, 256), "aspect_ratio": Range(1, 1024), "width": Range(0, 65536), "head_dim": Range(8, 1024),
@@ -276,6 +279,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast where the device supports it
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the transformer blocks (worth it on a GPU; minutes of compiling on a CPU)
     log_every: int = 10
     sample_every: int = 500
     ckpt_every: int = 500

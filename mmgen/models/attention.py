@@ -8,8 +8,14 @@ The rule (`mask_mod(b, h, q, kv)`, read off the token plan):
   - an unconditional noisy copy (condition dropout / the CFG branch) sees only itself.
 
 The same function yields a dense boolean mask for `scaled_dot_product_attention` (CPU, tests, short
-sequences) and a FlexAttention `BlockMask` (GPU): the block mask is built once per forward, shared by all
+sequences) and a FlexAttention `BlockMask` (GPU): the block mask is built once per batch, shared by all
 layers and heads (no per-head dimension), and `flex_attention` is compiled so it never materialises scores.
+Because the document ids are part of the rule, a 128 x 128 tile between two packed documents is empty and
+the kernel skips it: on rows that pack many short documents the work grows with the documents' lengths,
+not with the row's.
+
+`model.attention` chooses: `auto` = flex on CUDA, sdpa elsewhere. On the CPU flex runs torch's eager
+reference (it materialises scores and has no backward there), so it serves tests and inference only.
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ import torch.nn.functional as F
 from mmgen.data.plan import KIND_NOISY
 
 Backend = Literal["sdpa", "flex"]
+ATTENTION_CHOICES = ("auto", "sdpa", "flex")
+FLEX_BLOCK = 128  # FlexAttention's tile (queries x keys)
+
+
+def resolve_backend(choice: str, device: torch.device | str) -> Backend:
+    """`model.attention` on `device`: auto = flex on CUDA (block-sparse fused kernel), sdpa elsewhere."""
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(f"model.attention must be one of {', '.join(ATTENTION_CHOICES)}, got {choice!r}")
+    if choice == "auto":
+        return "flex" if torch.device(device).type == "cuda" else "sdpa"
+    return choice  # type: ignore[return-value]
 
 
 @dataclass
@@ -34,6 +51,17 @@ class MaskPlan:
     image: torch.Tensor
     uncond: torch.Tensor  # bool: the token belongs to an image whose noisy copy is unconditional
     q_offset: int = 0  # queries are the last Lq keys when decoding with a cache
+
+    def same_as(self, other: MaskPlan) -> bool:
+        """Same columns (values, not identity) and offset: then the mask is the same."""
+        cols = ("doc", "kind", "image", "uncond")
+        return self.q_offset == other.q_offset and all(
+            getattr(self, c).shape == getattr(other, c).shape and torch.equal(getattr(self, c), getattr(other, c))
+            for c in cols
+        )
+
+    def clone(self) -> MaskPlan:
+        return MaskPlan(self.doc.clone(), self.kind.clone(), self.image.clone(), self.uncond.clone(), self.q_offset)
 
     def mask_mod(self, b, h, q_idx, kv_idx):
         """Broadcasting tensor code: works on index grids (dense) and under vmap (FlexAttention)."""
@@ -59,15 +87,18 @@ def dense_mask(plan: MaskPlan, q_len: int) -> torch.Tensor:
     return plan.mask_mod(b, None, q, kv).unsqueeze(1)
 
 
-def block_mask(plan: MaskPlan, q_len: int, block_size: int = 128):
-    """FlexAttention BlockMask from the same rule (H=None: one mask for every head)."""
+def block_mask(plan: MaskPlan, q_len: int, block_size: int = FLEX_BLOCK):
+    """FlexAttention BlockMask from the same rule (H=None: one mask for every head). On CUDA the mask is
+    evaluated by a compiled kernel tile by tile (`_compile`, in torch since 2.5), never as a [B, Lq, Lk] tensor."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):  # a plain function: flex tells mask_mod from score_mod by its arity
         return plan.mask_mod(b, h, q_idx, kv_idx)
 
     B, Lk = plan.doc.shape
-    return create_block_mask(mask_mod, B, None, q_len, Lk, device=plan.doc.device, BLOCK_SIZE=block_size)
+    dev = plan.doc.device
+    return create_block_mask(mask_mod, B, None, q_len, Lk, device=dev, BLOCK_SIZE=block_size,
+                             _compile=dev.type == "cuda")  # fmt: skip
 
 
 _compiled_flex = None
@@ -95,5 +126,25 @@ class AttentionMask:
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [B, H, Lq, Dh], k/v [B, H, Lk, Dh] -> [B, H, Lq, Dh]."""
         if self.backend == "flex":
-            return _flex()(q, k, v, block_mask=self.blocks)
+            # autocast casts SDPA's inputs but not flex's: q/k leave the fp32 QK-norm and rotary while v is
+            # bf16, so cast all three to the autocast dtype (the fused kernel wants one dtype)
+            dt = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else v.dtype
+            return _flex()(q.to(dt), k.to(dt), v.to(dt), block_mask=self.blocks)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense)
+
+
+class MaskMemo:
+    """The last full-sequence forward's mask, reused while the plan is the same: IMM runs each batch twice
+    (the forward with gradient and the stop-gradient target forward), so the mask is built once per batch.
+    The memo owns a copy of the plan, so a caller that edits its tensors in place cannot stale the mask."""
+
+    def __init__(self) -> None:
+        self.mask: AttentionMask | None = None
+        self.q_len = -1
+
+    def get(self, plan: MaskPlan, q_len: int, backend: Backend) -> AttentionMask:
+        m = self.mask
+        if m is not None and m.backend == backend and self.q_len == q_len and m.plan.same_as(plan):
+            return m
+        self.mask, self.q_len = AttentionMask(plan.clone(), q_len, backend), q_len
+        return self.mask

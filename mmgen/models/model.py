@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from mmgen.config import ModelConfig
 from mmgen.data.plan import KIND_TEXT
-from mmgen.models.attention import AttentionMask, Backend, MaskPlan
+from mmgen.models.attention import AttentionMask, Backend, MaskMemo, MaskPlan, resolve_backend
 from mmgen.models.layers import RMSNorm, TimeEmbedding, mlp_hidden, rope_axis, rope_cos_sin, rope_inv_freq
 from mmgen.models.mot import MoTBlock, Routing
 
@@ -50,6 +50,7 @@ class MMGenConfig(PretrainedConfig):
         max_seq_len: int = 256,
         init_std: float = 0.02,
         init_image_from_text: bool = False,
+        attention: str = "auto",
         bos_token_id: int = 1,
         eos_token_id: int = 2,
         pad_token_id: int = 3,
@@ -64,6 +65,7 @@ class MMGenConfig(PretrainedConfig):
         self.image_objective, self.rope_theta, self.time_freq_dim = image_objective, rope_theta, time_freq_dim
         self.max_seq_len, self.init_std, self.init_image_from_text = max_seq_len, init_std, init_image_from_text
         self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id
+        self.attention = attention  # auto | sdpa | flex: how, not what, the model computes (not architecture)
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
         if width % head_dim:
@@ -124,6 +126,7 @@ class MMGenConfig(PretrainedConfig):
             max_seq_len=m.max_seq_len or seq_len,
             init_std=m.init_std,
             init_image_from_text=m.init_image_from_text,
+            attention=m.attention,
             bos_token_id=special_ids["bos"],
             eos_token_id=special_ids["eos"],
             pad_token_id=special_ids["pad"],
@@ -163,6 +166,7 @@ class MMGenModel(PreTrainedModel):
         self.register_buffer("rope_inv_freq", rope_inv_freq(c.head_dim, c.rope_theta), persistent=False)
         self.register_buffer("rope_axis", rope_axis(c.head_dim), persistent=False)
         self.gradient_checkpointing = False
+        self._masks = MaskMemo()
         self.post_init()
         if c.init_image_from_text and c.experts == "mot":
             for layer in self.layers:
@@ -210,7 +214,7 @@ class MMGenModel(PreTrainedModel):
         uncond: torch.Tensor | None = None,
         text_positions: torch.Tensor | None = None,
         cache=None,
-        backend: Backend = "sdpa",
+        backend: Backend | None = None,
     ) -> MMGenOutput:
         """
         input_ids, kind, doc, image [B, L]; pos [3, B, L]: the token plan (see mmgen/data/packing.py).
@@ -220,6 +224,7 @@ class MMGenModel(PreTrainedModel):
         text_positions [B, L] bool: where to compute logits (default: every text token; pass a bool tensor of
         zeros to skip the LM head).
         cache: a `KVCache` (mmgen/models/kv_cache.py): this forward's tokens are appended to it.
+        backend: "sdpa" | "flex"; default `config.attention` resolved for the device (`attention_backend`).
         """
         B, L = input_ids.shape
         is_image = kind != KIND_TEXT
@@ -242,9 +247,12 @@ class MMGenModel(PreTrainedModel):
 
         plan = MaskPlan(doc, kind, image, uncond)
         layer_kv = [None] * len(self.layers)
-        if cache is not None:
+        if cache is None:  # a full sequence: one mask per batch (the memo), shared by every layer
+            mask = self._masks.get(plan, L, backend or self.attention_backend(doc.device))
+        else:  # prefill (empty cache) may use flex; decode steps are a few queries over the cache: SDPA
+            prefill = cache.length == 0
             plan, layer_kv = cache.extend(plan, L)
-        mask = AttentionMask(plan, L, backend)
+            mask = AttentionMask(plan, L, backend or self.attention_backend(doc.device, cached=not prefill))
         rope = rope_cos_sin(pos, self.rope_inv_freq, self.rope_axis)  # each [B, L, Dh/2]
 
         for i, layer in enumerate(self.layers):
@@ -266,6 +274,22 @@ class MMGenModel(PreTrainedModel):
             if idx.numel() > 0:
                 out.logits = self.lm_head(self.text_norm(h[route.rows_of(idx)]))
         return out
+
+    def attention_backend(self, device: torch.device | str | None = None, cached: bool = False) -> Backend:
+        """`config.attention` on `device` (default: the weights'); `cached` forwards (decode steps over a KV
+        cache) always use SDPA: a block mask per generated token would cost more than the few scores."""
+        if cached:
+            return "sdpa"
+        return resolve_backend(getattr(self.config, "attention", "auto"), device or self.embed.weight.device)
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """`torch.compile` every transformer block in place (`train.compile`). `nn.Module.compile` keeps the
+        parameter names, so checkpoints and state dicts do not change. The embedding, routing and heads stay
+        eager: their shapes change with each batch's text/image split, the blocks see that only as sizes
+        (dynamic after the first recompile). Graph breaks: none in the steady state, checked by
+        tests/test_gpu_path.py with `torch._dynamo.explain` (also: TORCH_LOGS=graph_breaks)."""
+        for layer in self.layers:
+            layer.compile(**compile_kwargs)
 
     def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Embed each distinct (t, s) once (an image copy shares its times), then index per token."""

@@ -26,6 +26,7 @@ from mmgen.config.schema import MAX_SAMPLER_STEPS
 from mmgen.data.documents import Document, Image
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+from mmgen.models.attention import FLEX_BLOCK
 from mmgen.models.kv_cache import ContextOverflow, KVCache
 from mmgen.models.patches import patchify, unpatchify
 from mmgen.sampling.flow_map import cfg_combine, sample, time_grid
@@ -151,8 +152,15 @@ class InterleavedSampler:
 
     def prefill(self, encoded: list[tuple[dict, list[Image]]], cache: KVCache):
         """Forward every prompt (`encode_prompt` output; right-padded with invisible padding); returns logits of
-        each row's last token, the next rotary position and the number of images per row."""
+        each row's last token, the next rotary position and the number of images per row.
+
+        With FlexAttention (`model.attention`, the model's `attention_backend`) the padded length is rounded up
+        to whole 128-token tiles: the compiled kernel is specialised per length, so prompts of 1..128 tokens
+        share one compilation instead of one each (padding slots are invisible storage, not positions)."""
         B, L = len(encoded), max(len(e[0]["ids"]) for e in encoded)
+        if self.model.attention_backend(self.device) == "flex":  # within a capped cache's room
+            room = cache.max_len - cache.length if cache.max_len is not None else 1 << 62
+            L = max(L, min(-(-L // FLEX_BLOCK) * FLEX_BLOCK, room))
         cols = self._pad_cols(B, L)
         last = torch.zeros(B, L, dtype=torch.bool, device=self.device)
         pos_next, n_images = [], []

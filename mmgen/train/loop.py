@@ -76,9 +76,14 @@ class Trainer:
             load_weights(model, cfg.train.init_from)
         if cfg.train.grad_checkpointing:
             model.gradient_checkpointing = True
+        if cfg.train.compile:
+            model.compile_blocks()
         self.engine = Engine(model, make_optimizer(model, cfg.train), grad_accum=cfg.train.grad_accum,
                              grad_clip=cfg.train.grad_clip, precision=cfg.train.precision)  # fmt: skip
         e = self.engine
+        if e.device.type == "cpu" and model.attention_backend(e.device) == "flex":
+            raise ConfigError("model.attention=flex: torch has no FlexAttention backward on a CPU; train with "
+                              "model.attention=auto (sdpa on a CPU, flex on CUDA) or sdpa")  # fmt: skip
         self.image_tok.to(e.device).eval().requires_grad_(False)
         self.loss_fn = MultimodalLoss(cfg.objective, self.mconf.patch_size, self.mconf.image_grid,
                                       self.mconf.latent_channels)  # fmt: skip
