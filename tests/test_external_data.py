@@ -232,3 +232,10 @@ def test_training_config_reads_each_layout(i2d, folder, jsonl):
         assert all(im.rgb().shape == (16, 16, 3) for im in item.doc.images) and item.doc.images
     with pytest.raises(ConfigError, match=r"source 'jsonl' needs data.path"):
         load_config(RunConfig, None, ["data.source=jsonl"])
+
+
+def test_an_endless_stream_of_only_bad_records_is_an_error(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"texts": [], "images": []}\n{"segments": [{"type": "video"}]}\n')
+    stream = open_layout("jsonl", str(tmp_path / "bad.jsonl"), OPTS, Split())
+    with pytest.raises(DataError, match=r"every one of the 2 records of rank 0 worker 0 is unreadable"):
+        next(stream.items(0))
