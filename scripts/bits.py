@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from mmgen.cli import cli_main
+
 
 def _table(rows: list[dict]) -> str:
     cols = ["name", "token", "bottleneck", "bits_in", "bits_out", "compression", "effective_bits",
@@ -29,6 +31,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="trained tokenizer folders (or recipes NAME.yaml)")

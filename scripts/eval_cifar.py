@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mmgen.bench import device_name, save_json
+from mmgen.cli import cli_main
 from mmgen.data.sources import CIFAR10_CLASSES, cifar10
 from mmgen.sampling.grid import save_grid
 from mmgen.sampling.pipeline import MMGenPipeline
@@ -73,6 +74,7 @@ def captions(pipe: MMGenPipeline, images: np.ndarray, labels: np.ndarray, batch:
     return acc, texts
 
 
+@cli_main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=[], help="release folder(s)")

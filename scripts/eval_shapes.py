@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mmgen.bench import save_json
+from mmgen.cli import cli_main
 from mmgen.config import ShapesConfig
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shapes_check import accuracy, check
@@ -43,6 +44,7 @@ def evaluate(pipe: MMGenPipeline, prompts: list[str], steps: int, guidance: floa
     return acc, images, dt
 
 
+@cli_main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="release folder(s)")

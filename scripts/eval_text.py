@@ -21,17 +21,17 @@ from pathlib import Path
 import torch
 
 from mmgen.bench import save_json
+from mmgen.cli import cli_main
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import IGNORE, KIND_CLEAN
 from mmgen.data.shards import ShardStream, Split
-from mmgen.models.model import MMGenModel
 from mmgen.models.patches import patchify, to_dense
-from mmgen.tokenizer.image import load_image_tokenizer
-from mmgen.tokenizer.text import load_text_tokenizer
+from mmgen.sampling.release import load_release
 from mmgen.train.build import clean_latents
 
 
 @torch.no_grad()
+@cli_main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -43,8 +43,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     folder = Path(args.model)
-    model = MMGenModel.from_pretrained(folder).eval()
-    text, image = load_text_tokenizer(folder), load_image_tokenizer(folder / "image_tokenizer").eval()
+    model, text, image = load_release(folder)  # every file checked, named in the error if it is bad
+    model, image = model.eval(), image.eval()
     c = model.config
     packer = Packer(text, PackSpec(c.max_seq_len, 4, c.image_size, tuple(c.image_grid), c.bos_token_id, c.eos_token_id,
                                    c.pad_token_id, c.boi_token_id, c.eoi_token_id))  # fmt: skip

@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from mmgen.cli import check_option, cli_main, output_folder
+from mmgen.config.schema import AT_LEAST_0
+from mmgen.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +44,7 @@ def _kbit_quantizers(tok, ks: list[int]):
     return {k: KBitQuantizer.fit(z, k) for k in ks}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="tokenizer folders (or recipes tokenizers/image/NAME.yaml)")
@@ -56,8 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", default="kodim05.png,kodim14.png,kodim23.png", help="images shown in crops.png")
     args = ap.parse_args(argv)
 
-    from mmgen.data.documents import SampleError
-    from mmgen.data.sources import DataNotFound
     from mmgen.tokenizer import feature_net as fn
 
     if args.train_feature_net:
@@ -66,10 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         return net
     if not args.tokenizers:
         ap.error("name at least one tokenizer folder (or use --train-feature-net)")
-    try:
-        run(args, fn)
-    except (DataNotFound, SampleError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"eval_tokenizer: {e}")
+    check_option("--limit", args.limit, AT_LEAST_0)
+    output_folder(args.out, "--out")
+    run(args, fn)
 
 
 def run(args: argparse.Namespace, fn) -> None:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, fn) -> None:
     t0 = time.perf_counter()
     images = list(eval_images(args.images, args.limit))
     if not images:
-        raise ValueError(f"no images found in {args.images}")
+        raise DataError(f"no images found in {args.images}; give a directory or .zip of .png/.jpg images")
     net = None if args.no_fd else fn.load_feature_net(args.feature_net or fn.DEFAULT_FOLDER)
     keep = [n for n in args.figure.split(",") if n in dict(images)] or [images[0][0]]
     ks = [int(k) for k in args.kbits.split(",") if k.strip()]

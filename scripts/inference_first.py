@@ -24,6 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mmgen.cli import cli_main  # noqa: E402
 from mmgen.config import from_dict, merge_overrides, to_dict  # noqa: E402
 from mmgen.experiments.plots import plot_continuous, plot_discrete  # noqa: E402
 from mmgen.experiments.poker import DiscreteStudyConfig, run_discrete  # noqa: E402
@@ -39,6 +40,7 @@ def machine() -> dict:
             "python": platform.python_version()}  # fmt: skip
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study", choices=sorted(STUDIES))

@@ -16,7 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+from mmgen.cli import cli_main
 
+
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="results.json files written by eval_tokenizer.py")

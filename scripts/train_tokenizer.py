@@ -11,11 +11,11 @@ unless --out says otherwise. Recipes accept `key=value` overrides after the argu
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from mmgen.config import ConfigError, TextTokenizerRecipe, load_config
+from mmgen.cli import cli_main, output_folder
+from mmgen.config import TextTokenizerRecipe, load_config
 from mmgen.tokenizer.text import resolve_artifact, train_text_tokenizer
 
 
@@ -36,6 +36,7 @@ def image_main(args: argparse.Namespace) -> None:
     train_image_tokenizer(args.recipe, args.overrides, out=args.out, resume=args.resume)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=["text", "image"])
@@ -44,10 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", default="auto", help="image tokenizers: auto (latest checkpoint), none, or a path")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, key.sub=value")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after the options
-    try:
-        (text_main if args.kind == "text" else image_main)(args)
-    except ConfigError as e:
-        sys.exit(f"train_tokenizer: {e}")
+    if args.out:
+        output_folder(args.out, "--out")
+    (text_main if args.kind == "text" else image_main)(args)
 
 
 if __name__ == "__main__":

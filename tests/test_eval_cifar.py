@@ -8,21 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, real_data, tiny_model
+from conftest import REPO, real_data, tiny_release
 from test_tokenizer_eval import _script
 
-from mmgen.models.model import MMGenModel
 from mmgen.sampling.pipeline import MMGenPipeline
-from mmgen.train.checkpoint import export_release
 
 
 @pytest.fixture(scope="module")
 def release(tiny_assets, tmp_path_factory):
-    """An untrained 32-px model (f = 4 tokenizer: 8x8 latents, 16 tokens) released the way the trainer does."""
-    text, image, model = tiny_model(tiny_assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
-                                    patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
-    out = tmp_path_factory.mktemp("cifar_release") / "release"
-    return export_release(out, MMGenModel, model.config, model.state_dict(), text, image)
+    return tiny_release(tiny_assets, tmp_path_factory.mktemp("cifar_release") / "release")
 
 
 def test_judge_reproduces_its_stated_accuracy():

@@ -74,7 +74,7 @@ def test_kbit_quantizer_levels_and_error_fall_with_bits():
         KBitQuantizer.fit(z, 0)
 
 
-def test_eval_script_writes_json_markdown_and_figure(tmp_path):
+def test_eval_script_writes_json_markdown_and_figure(tmp_path, capsys):
     from PIL import Image
 
     torch.manual_seed(0)
@@ -96,9 +96,10 @@ def test_eval_script_writes_json_markdown_and_figure(tmp_path):
     assert "| kl |" in (out / "results.md").read_text()
     assert Image.open(out / "crops.png").size[0] > 3 * 36  # original + two tokenizers side by side
 
-    with pytest.raises(SystemExit, match="cannot decode"):
+    with pytest.raises(SystemExit) as e:
         (imgs / "broken.png").write_bytes(b"not an image")
         _script("eval_tokenizer").main([str(tmp_path / "kl"), "--images", str(imgs), "--no-fd", "--out", str(out)])
+    assert e.value.code == 2 and "error: " in (err := capsys.readouterr().err) and "broken.png: cannot decode" in err
 
 
 def test_feature_net_trains_and_gives_tile_features(tmp_path):

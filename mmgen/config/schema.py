@@ -37,11 +37,12 @@ class Range:
         return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
 
     def __str__(self) -> str:
+        lo, hi = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.lo, self.hi))
         if self.lo is not None and self.hi is not None:
-            return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
         if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            return f"{'>' if self.lo_open else '>='} {lo}"
+        return f"{'<' if self.hi_open else '<='} {hi}"
 
 
 AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
