@@ -153,7 +153,7 @@ ROWS = [
     ("gen-cut-image-tok-config", "generate", [*GEN, "--prompt", "x", "--model", "{release_cut_image_tok_config}"],
      "{release_cut_image_tok_config}/image_tokenizer/config.json is truncated or corrupt"),
     ("gen-no-tokenizer-json", "generate", [*GEN, "--prompt", "x", "--model", "{release_no_tokenizer_json}"],
-     "no text tokenizer at {release_no_tokenizer_json} (tokenizer.json is missing)"),
+     "no text tokenizer at {release_no_tokenizer_json} (tokenizer.json is missing); copy the release folder again"),
     ("gen-cut-tokenizer-json", "generate", [*GEN, "--prompt", "x", "--model", "{release_cut_tokenizer_json}"],
      "{release_cut_tokenizer_json}/tokenizer.json is truncated or corrupt"),
     # ---- data preparation

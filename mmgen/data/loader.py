@@ -75,13 +75,19 @@ class DataCursor:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], num_workers: int) -> DataCursor:
-        if state["num_workers"] != num_workers:
+        try:
+            saved = int(state["num_workers"])
+            pos = {int(k): (int(v[0]), int(v[1])) for k, v in state["positions"].items()}
+            counts = int(state["turn"]), int(state["batches"]), int(state["skipped"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"the checkpoint's data cursor is malformed ({type(e).__name__}: {e}): resume from "
+                                  f"another checkpoint (--resume <folder>) or start afresh with --resume none") from e  # fmt: skip
+        if saved != num_workers:
             raise CheckpointError(
-                f"the checkpoint's data cursor was written with {state['num_workers']} DataLoader workers, "
-                f"this run has {num_workers}: resume with data.num_workers={state['num_workers']}"
+                f"the checkpoint's data cursor was written with {saved} DataLoader workers, "
+                f"this run has {num_workers}: resume with data.num_workers={saved}"
             )
-        pos = {int(k): (int(v[0]), int(v[1])) for k, v in state["positions"].items()}
-        return cls(num_workers, pos, int(state["turn"]), int(state["batches"]), int(state["skipped"]))
+        return cls(num_workers, pos, *counts)
 
 
 class PackedDataset(IterableDataset):

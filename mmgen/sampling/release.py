@@ -52,6 +52,6 @@ def load_release(path: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path / 'config.json'} does not describe an mmgen model ({e}); {FIX}") from e
     check_shapes(path / "model.safetensors", shell.state_dict(), CheckpointError, FIX)
     model = MMGenModel.from_pretrained(path, config=config).to(dev)
-    text = load_text_tokenizer(path)
-    image = load_image_tokenizer(path / "image_tokenizer").to(dev).eval()
+    text = load_text_tokenizer(path, fix=FIX)  # the release's own tokenizers: retraining one would not match
+    image = load_image_tokenizer(path / "image_tokenizer", fix=FIX).to(dev).eval()
     return model, text, image

@@ -131,11 +131,12 @@ class ImageTokenizer(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> ImageTokenizer:
+    def from_pretrained(cls, folder: str | Path, fix: str = "") -> ImageTokenizer:
+        """`fix`: what an error about a broken file tells the user to do (default: retrain from the recipe)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        fix = f"copy the folder again or retrain it with `{_train_command(folder)}`"
+        fix = fix or f"copy the folder again or retrain it with `{_train_command(folder)}`"
         config = read_json(folder / CONFIG_NAME, TokenizerError, fix)
         if not isinstance(config, dict) or config.get("format") != FORMAT or "recipe" not in config:
             found = config.get("format") if isinstance(config, dict) else type(config).__name__
@@ -150,17 +151,18 @@ def _train_command(folder: Path) -> str:
     return f"python scripts/train_tokenizer.py image --recipe {folder}.yaml"
 
 
-def load_image_tokenizer(folder: str | Path) -> ImageTokenizer:
-    """Load a folder written by `save_pretrained`; a recipe path `X.yaml` loads its artifact folder `X/`."""
+def load_image_tokenizer(folder: str | Path, fix: str = "") -> ImageTokenizer:
+    """Load a folder written by `save_pretrained`; a recipe path `X.yaml` loads its artifact folder `X/`
+    (`fix`: as in `ImageTokenizer.from_pretrained`)."""
     from mmgen.tokenizer.text import resolve_artifact
 
     folder = resolve_artifact(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(
-            f"no image tokenizer at {folder} ({CONFIG_NAME} + {WEIGHTS_NAME}); train it with "
-            f"`{_train_command(folder)}` (or pass a folder saved by save_pretrained)"
+            f"no image tokenizer at {folder} ({CONFIG_NAME} + {WEIGHTS_NAME}); "
+            + (fix or f"train it with `{_train_command(folder)}` (or pass a folder saved by save_pretrained)")
         )
-    return ImageTokenizer.from_pretrained(folder)
+    return ImageTokenizer.from_pretrained(folder, fix)
 
 
 def ensure_image_tokenizer(path: str | Path) -> ImageTokenizer:

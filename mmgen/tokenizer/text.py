@@ -101,22 +101,23 @@ def check_special_ids(tok, where: str | Path) -> SpecialIds:
 TEXT_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")  # what save_pretrained writes and loading needs
 
 
-def load_text_tokenizer(path: str | Path):
-    """Load a saved tokenizer folder. Given a recipe `X.yaml`, loads the folder `X/` next to it."""
+def load_text_tokenizer(path: str | Path, fix: str = ""):
+    """Load a saved tokenizer folder. Given a recipe `X.yaml`, loads the folder `X/` next to it. `fix`: what
+    an error about a missing or broken file tells the user to do (default: retrain from the recipe)."""
     from transformers import AutoTokenizer
 
     folder = resolve_artifact(path)
     train = f"train it with `python scripts/train_tokenizer.py text --recipe {folder}.yaml`"
     for name in TEXT_TOKENIZER_FILES:
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"no text tokenizer at {folder} ({name} is missing); {train} (or pass a folder "
-                                    f"saved by save_pretrained)")  # fmt: skip
-        read_json(folder / name, TokenizerError, f"copy the folder again or {train}")
+            raise FileNotFoundError(f"no text tokenizer at {folder} ({name} is missing); "
+                                    + (fix or f"{train} (or pass a folder saved by save_pretrained)"))  # fmt: skip
+        read_json(folder / name, TokenizerError, fix or f"copy the folder again or {train}")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # the tokenizers parser raises a bare Exception on a file it cannot use
-        raise TokenizerError(f"the text tokenizer at {folder} does not load ({type(e).__name__}: {e}); copy the "
-                             f"folder again or {train}") from e  # fmt: skip
+        raise TokenizerError(f"the text tokenizer at {folder} does not load ({type(e).__name__}: {e}); "
+                             + (fix or f"copy the folder again or {train}")) from e  # fmt: skip
     check_special_ids(tok, folder)
     return tok
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmgen.errors import CheckpointError
@@ -187,12 +188,12 @@ def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, torch
         engine.load_state(str(path))
     except CheckpointError:
         raise
-    except (OSError, RuntimeError, ValueError, EOFError, KeyError) as e:  # incl. UnpicklingError, SafetensorError
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, SafetensorError) as e:  # incl. UnpicklingError
         raise _unloadable(path, "the model and optimizer state", e) from e
     ema_file, cursor_file = path / f"ema_rank{engine.rank}.safetensors", path / f"cursor_rank{engine.rank}.json"
     try:
         ema = load_file(str(ema_file))
-    except Exception as e:  # safetensors raises its own error type (and OSError) for a damaged file
+    except (OSError, SafetensorError) as e:
         raise _unloadable(path, ema_file.name, e) from e
     try:
         cursor = json.loads(cursor_file.read_text())

@@ -196,7 +196,11 @@ class Trainer:
         t_window, tok_window = time.perf_counter(), 0
         e.model.train()
         while self.step < stop:
-            micro = self._micro_batches(it)
+            try:
+                micro = self._micro_batches(it)
+            except Exception:  # bad data: close the bar first, so that the error is the last line printed
+                bar.close()
+                raise
             for b in micro:
                 self.data.cursor.update(b)
                 for key, reason in b["skipped"] if e.is_main else []:
