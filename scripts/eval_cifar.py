@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from mmgen.bench import device_name, save_json
-from mmgen.cli import cli_main
+from mmgen.cli import check_option, cli_main
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, Range
 from mmgen.data.sources import CIFAR10_CLASSES, cifar10
 from mmgen.sampling.grid import save_grid
 from mmgen.sampling.pipeline import MMGenPipeline
@@ -95,6 +96,9 @@ def main() -> None:
     ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
     ap.add_argument("--out", default=None, help="default results/cifar10/eval.json (reference.json without --model)")
     args = ap.parse_args()
+    for flag, value, allowed in (("--per-class", args.per_class, AT_LEAST_1), ("--real", args.real, Range(2, 10_000)),
+                                 ("--captions", args.captions, AT_LEAST_0), ("--batch", args.batch, AT_LEAST_1)):
+        check_option(flag, value, allowed)
     if args.train_classifier:
         net = train_feature_net(JUDGE, epochs=8, width=32)
         print(f"judge trained: {json.loads((JUDGE / 'config.json').read_text())}")

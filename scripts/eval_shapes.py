@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from mmgen.bench import save_json
-from mmgen.cli import cli_main
+from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config import ShapesConfig
+from mmgen.config.schema import AT_LEAST_1, MAX_SAMPLER_STEPS, Range
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shapes_check import accuracy, check
 from mmgen.sampling.grid import save_grid
@@ -56,6 +57,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=str(REPO / "results" / "eval_shapes.json"))
     args = ap.parse_args()
+    for flag, value, allowed in (("--n", args.n, AT_LEAST_1), ("--batch", args.batch, AT_LEAST_1),
+                                 *(("--steps", n, Range(1, MAX_SAMPLER_STEPS)) for n in args.steps)):  # fmt: skip
+        check_option(flag, value, allowed)
+    output_folder(Path(args.out).parent, "--out (its folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
 

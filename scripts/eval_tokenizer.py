@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from mmgen.cli import check_option, cli_main, output_folder
-from mmgen.config.schema import AT_LEAST_0
-from mmgen.errors import DataError
+from mmgen.config.schema import AT_LEAST_0, Range
+from mmgen.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.tokenizers:
         ap.error("name at least one tokenizer folder (or use --train-feature-net)")
     check_option("--limit", args.limit, AT_LEAST_0)
+    if not all(k.strip().isdigit() and int(k) in Range(1, 16) for k in args.kbits.split(",") if k.strip()):
+        raise ConfigError(f"--kbits {args.kbits!r}: give a comma list of bits per channel, each in 1..16")
     output_folder(args.out, "--out")
     run(args, fn)
 

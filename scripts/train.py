@@ -15,7 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
-from mmgen.cli import cli_main
+from mmgen.cli import check_option, cli_main
+from mmgen.config.schema import AT_LEAST_0
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "train" / "shapes_tiny.yaml"
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="train at most this many steps in this invocation, then checkpoint and exit (resume later)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value")
     args = ap.parse_args(argv)
+    if args.stop_after is not None:
+        check_option("--stop-after", args.stop_after, AT_LEAST_0)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(REPO)  # recipe and tokenizer paths in configs are relative to the repository

@@ -112,6 +112,7 @@ ROWS = [
     ("train-output-dir-file", "train", ["train.output_dir={afile}"],
      "train.output_dir='{afile}' is an existing file, not a folder"),
     ("train-config-binary", "train", ["--config", "{binary}"], "{binary}: not a text file (byte 128 is not UTF-8)"),
+    ("train-stop-after", "train", ["--stop-after", "-1"], "--stop-after -1 is out of range (allowed: >= 0)"),
     ("train-config-missing", "train", ["--config", "{tmp}/none.yaml"], "config file not found: {tmp}/none.yaml"),
     # ---- generation
     ("gen-prompt-binary", "generate", [*GEN, "--prompt", "ab\x00\x01\x02\udcff"], "is not plain text (character '\\x00'"),
@@ -180,6 +181,8 @@ ROWS = [
      "--out {afile} is an existing file"),
     ("evaltok-limit", "eval_tokenizer", ["{image_tok_cut}", "--limit", "-1", "--out", "{tmp}/e"],
      "--limit -1 is out of range (allowed: >= 0)"),
+    ("evaltok-kbits", "eval_tokenizer", ["{image_tok_cut}", "--kbits", "4,x", "--out", "{tmp}/e"],
+     "--kbits '4,x': give a comma list of bits per channel, each in 1..16"),
     ("traintok-vocab", "train_tokenizer", ["text", "--recipe", str(REPO / "tokenizers/text/shapes.yaml"),
                                             "--out", "{tmp}/t", "vocab_size=10"],
      "'vocab_size' = 10 is out of range (allowed: [64, 1048576])"),
@@ -192,6 +195,12 @@ ROWS = [
     # ---- evaluation scripts load releases through the same checks
     ("evalshapes-no-weights", "eval_shapes", ["--model", "{release_no_weights}", "--out", "{tmp}/e.json"],
      "{release_no_weights}/model.safetensors is missing"),
+    ("evalshapes-batch", "eval_shapes", ["--model", "{release}", "--batch", "0", "--out", "{tmp}/e.json"],
+     "--batch 0 is out of range (allowed: >= 1)"),
+    ("evalshapes-steps", "eval_shapes", ["--model", "{release}", "--steps", "1", "5000", "--out", "{tmp}/e.json"],
+     "--steps 5000 is out of range (allowed: [1, 1000])"),
+    ("evalcifar-per-class", "eval_cifar", ["--model", "{release}", "--per-class", "-1", "--out", "{tmp}/e.json"],
+     "--per-class -1 is out of range (allowed: >= 1)"),
     ("evaltext-cut-config", "eval_text", ["--model", "{release_cut_config}", "--shards", "{tmp}"],
      "{release_cut_config}/config.json is truncated or corrupt"),
 ]
