@@ -128,6 +128,26 @@ def test_shards_without_a_readable_document_are_a_named_error(train, tmp_path, n
     assert_refused(result, r"no readable document in a whole pass over 1 shard\(s\) \(\S+/s-000000.tar\): .*" + message)
 
 
+def test_unreadable_shards_in_a_dataloader_worker_keep_their_message(train, tmp_path):
+    """Raised in a worker process, the error reaches the main process as itself (not re-wrapped with the
+    worker's traceback pasted into the message)."""
+    (tmp_path / "shards").mkdir()
+    write_tar(tmp_path / "shards" / "s-000000.tar", json_samples(4, b'{"segments": [5]}'))
+    result = train(tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'shards'}", "data.num_workers=1")
+    assert_refused(result, r"^error: no readable document in a whole pass over 1 shard.*segment 0 is 5, not an object")
+
+
+def test_skip_report_is_bounded():
+    from mmgen.data.skips import SkipReport
+
+    report = SkipReport(first=5, every=1000)
+    lines = [line for i in range(3000) if (line := report.add(f"k{i}", "bad")) is not None]
+    assert len(lines) == 7 and report.count == 3000
+    assert lines[4].endswith("(from now on one line per 1000 skipped samples; metrics.jsonl counts them as data_skipped)")
+    assert lines[5:] == ["1005 unreadable samples skipped so far (the latest: k1004: bad)",
+                         "2005 unreadable samples skipped so far (the latest: k2004: bad)"]  # fmt: skip
+
+
 def test_no_shards_at_all(train, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_refused(train(tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'empty'}"),
