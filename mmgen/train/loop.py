@@ -152,12 +152,15 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7919 + e.rank)
         # every micro-batch's draws first (on the CPU batch): the IMM groups fix the loss normaliser
         noises = [self.loss_fn.draw(b, gen, self.step) for b in micro]
-        counts = [0.0, 0.0]
+        # text targets, loss units, image targets, IMM groups compared by MMD (boundary groups aside), global
+        counts = [0.0, 0.0, 0.0, 0.0]
         for b, noise in zip(micro, noises):
             n_text, units = count_units(b, noise, cfg.objective)
             counts[0] += n_text
             counts[1] += units
-        g_text, g_units = e.all_reduce(counts)
+            counts[2] += len(noise.t)
+            counts[3] += sum(not on_boundary for on_boundary in noise.boundary)
+        g_text, g_units, g_targets, g_groups = e.all_reduce(counts)
         norm = LossNorm(g_text, g_units)
         e.set_lr(learning_rate(self.step, cfg.train))
         bad = False
@@ -180,7 +183,7 @@ class Trainer:
         return {
             "loss": tot[0], "text_loss": tot[1] / max(g_text, 1), "image_loss": tot[2] / max(g_units, 1),
             "grad_norm": grad_norm if grad_norm is not None else float("nan"), "lr": learning_rate(self.step, cfg.train),
-            "skipped": float(bad),
+            "skipped": float(bad), "image_targets": g_targets, "imm_groups": g_groups,
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------ the loop
@@ -193,7 +196,7 @@ class Trainer:
         it = iter(self.data)
         bar = tqdm(total=tc.steps, initial=self.step, disable=not e.is_main, dynamic_ncols=True, desc="train")
         last: dict[str, float] = {}
-        t_window, tok_window = time.perf_counter(), 0
+        t_window, tok_window, groups_window = time.perf_counter(), 0, 0.0
         e.model.train()
         while self.step < stop:
             try:
@@ -210,6 +213,7 @@ class Trainer:
             last = self.train_step(micro)
             self.tokens_seen += int(n_tok)
             tok_window += n_tok
+            groups_window += last["imm_groups"]
             self._guard_nonfinite(last)
             self.step += 1
             bar.update(1)
@@ -220,6 +224,7 @@ class Trainer:
                 both = e.all_reduce([v if r == e.rank else 0.0 for v in mine for r in range(e.world_size)])
                 mem, per_rank, live_per_rank = mine[0], both[: e.world_size], both[e.world_size :]
                 last.update(step=self.step, tokens_per_s=tok_window / max(dt, 1e-9), tokens_seen=self.tokens_seen,
+                            imm_groups_per_s=groups_window / max(dt, 1e-9),
                             mem_mb=mem, mem_mb_per_rank=per_rank, tensor_mb_per_rank=live_per_rank,
                             data_skipped=self.data.cursor.skipped,
                             params_local=self.params_local, params_total=self.params_total)  # fmt: skip
@@ -228,7 +233,7 @@ class Trainer:
                     f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} "
                     f"{last['tokens_per_s']:.0f} tok/s {last['mem_mb']:.0f} MB"
                 )
-                t_window, tok_window = time.perf_counter(), 0
+                t_window, tok_window, groups_window = time.perf_counter(), 0, 0.0
             if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                 self.sample_grid()
             if tc.ckpt_every and self.step % tc.ckpt_every == 0 and self.step < tc.steps:
