@@ -116,7 +116,11 @@ def step_bench(args, device, sz) -> dict:
     return out
 
 
-def step_train(args, device, sz, bench: dict | None) -> dict:
+def _show(p: Path) -> str:
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
+def step_train(args, device, sz, bench: dict | None, out: Path) -> dict:
     import importlib.util
 
     run = Path(args.run_dir)
@@ -152,12 +156,18 @@ def step_train(args, device, sz, bench: dict | None) -> dict:
     curve = [(r["step"], round(r["loss"], 4)) for r in rows]
     k = max(1, len(curve) // 5)
     first, last = (statistics.mean(v for _, v in curve[:k]), statistics.mean(v for _, v in curve[-k:])) if curve else (None, None)
-    sheets = sorted(str(p.relative_to(REPO)) for p in (run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
+    sheets = sorted((run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
+    last_sheet = None
+    if sheets:  # the last sample sheet goes next to the JSON, so the results folder shows what was drawn
+        last_sheet = out.with_name(out.stem + "-samples.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sheets[-1], last_sheet)
     return {"ok": rc == 0 and bool(curve), "returncode": rc, "launcher": accel, "zero2": zero2, "steps_planned": steps,
             "steps_done": curve[-1][0] if curve else 0, "tokens_per_step": tokens_per_step, "wall_s": round(wall, 1),
             "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows[1:] or rows), 1) if rows else None,
             "peak_mem_mb": rows[-1]["mem_mb"] if rows else None, "loss_first": first, "loss_last": last,
-            "loss_falls": None if first is None else last < first, "loss_curve": curve, "sample_sheets": sheets,
+            "loss_falls": None if first is None else last < first, "loss_curve": curve,
+            "sample_sheets": [_show(p) for p in sheets], "last_sheet": None if last_sheet is None else _show(last_sheet),
             "release": str(run / "release") if (run / "release").is_dir() else None}  # fmt: skip
 
 
@@ -239,7 +249,7 @@ def main() -> int:
     if args.cpu:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
-    out = Path(args.out) if args.out else REPO / "results" / "gpu" / (
+    out = Path(args.out).resolve() if args.out else REPO / "results" / "gpu" / (
         "cpu-dry-run.json" if args.cpu else re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".json")
     sz = sizes(args.cpu)
     rep = {"device": name, "cpu": args.cpu, "torch": torch.__version__, "sizes": sz, "out": str(out), "steps": {}}
@@ -262,7 +272,7 @@ def main() -> int:
     if 2 in todo:
         record("bench", lambda: step_bench(args, device, sz))
     if 3 in todo:
-        record("train", lambda: step_train(args, device, sz, rep["steps"].get("bench")))
+        record("train", lambda: step_train(args, device, sz, rep["steps"].get("bench"), out))
     if 4 in todo:
         record("sample", lambda: step_sample(args, device, sz, rep["steps"].get("train", {}).get("release")))
     rep["wall_s"] = time.perf_counter() - t0

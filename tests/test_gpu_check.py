@@ -31,6 +31,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert row["mot-flex"]["mfu"] is None  # no peak on a CPU
     tr = steps["train"]
     assert tr["steps_done"] == tr["steps_planned"] == 6 and len(tr["loss_curve"]) >= 2 and tr["release"]
+    assert tr["last_sheet"] == str(tmp_path / "gpu-samples.png") and (tmp_path / "gpu-samples.png").stat().st_size > 0
+    assert steps["sample"]["model"] == tr["release"]  # step 4 samples the model step 3 trained
     assert [r["steps"] for r in steps["sample"]["images_per_s"]] == [1, 4]
     lines = res.stdout.strip().splitlines()
     assert lines[-1] == f"-> {out}" and any(ln.startswith("GPU check on CPU") for ln in lines[-12:])
