@@ -245,6 +245,9 @@ def _damage(kind: str, ck: Path) -> list[str]:
     if kind == "legacy-cursor-of-wrong-shape":
         (legacy(s3) / "cursor_rank0.json").write_text('{"positions": 5}')
         return ["--resume", str(s3)]
+    if kind == "legacy-state-without-step":
+        (legacy(s3) / "trainer_state.json").write_text('{"world_size": 1}')
+        return ["--resume", str(s3)]
     if kind == "legacy-garbage-state":
         (legacy(s3) / "trainer_state.json").write_text("{garbage")
         return ["--resume", str(s3)]
@@ -271,6 +274,7 @@ BAD_CHECKPOINTS = [
     ("legacy-truncated-ema", r"step-0000003: cannot load ema_rank0.safetensors .*--resume none"),
     ("legacy-truncated-cursor", r"step-0000003: cannot load cursor_rank0.json \(JSONDecodeError"),
     ("legacy-cursor-of-wrong-shape", r"the checkpoint's data cursor is malformed \(KeyError: 'num_workers'\)"),
+    ("legacy-state-without-step", r"step-0000003: cannot load trainer_state.json \(KeyError: 'step'\)"),
     ("legacy-garbage-state", r"step-0000003: cannot load trainer_state.json"),
     ("legacy-truncated-model", r"step-0000003: cannot load the model and optimizer state"),
     ("another-model", r"belongs to another model \(differs in depth, .*--resume none"),

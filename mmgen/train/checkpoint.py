@@ -176,7 +176,7 @@ def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, torch
     Anything unreadable is a CheckpointError naming the folder and the fix."""
     try:
         state = json.loads((path / STATE_FILE).read_text())
-        world = state["world_size"]
+        world, _, _ = state["world_size"], int(state["step"]), int(state["tokens_seen"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _unloadable(path, STATE_FILE, e) from e
     if world != engine.world_size:

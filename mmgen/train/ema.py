@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
+from mmgen.errors import CheckpointError
+
 
 class EMA:
     def __init__(self, sources: list[torch.Tensor], decay: float):
@@ -50,10 +52,12 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         n = sum(1 for k in state if k.startswith("shadow."))
         if n != len(self.shadow):
-            raise ValueError(f"EMA state has {n} tensors, the model has {len(self.shadow)}: a checkpoint of another model")
+            raise CheckpointError(f"EMA state has {n} tensors, the model has {len(self.shadow)}: a checkpoint of another "
+                                  f"model (resume it with the model config it was written with, or --resume none)")  # fmt: skip
         for i, t in enumerate(self.shadow):
             src = state[f"shadow.{i}"]
             if src.shape != t.shape:
-                raise ValueError(f"EMA tensor {i} has shape {tuple(src.shape)}, expected {tuple(t.shape)}")
+                raise CheckpointError(f"EMA tensor {i} has shape {tuple(src.shape)}, expected {tuple(t.shape)}: a "
+                                      f"checkpoint of another model")  # fmt: skip
             t.copy_(src)
         self.updates = int(state["updates"])
