@@ -192,6 +192,12 @@ ROWS = [
     ("traintok-recipe-binary", "train_tokenizer", ["text", "--recipe", "{binary}"], "not a text file"),
     ("traintok-out-file", "train_tokenizer", ["text", "--recipe", str(REPO / "tokenizers/text/shapes.yaml"),
                                                "--out", "{afile}"], "--out {afile} is an existing file"),
+    # ---- the inference-first studies: the same ranges on their configs
+    ("study-fit-lr", "inference_first", ["continuous", "fit.lr=-1", "--out", "{tmp}"],
+     "'fit.lr' = -1.0 is out of range (allowed: (0, 1])"),
+    ("study-steps", "inference_first", ["continuous", "steps=[1,0]", "--out", "{tmp}"],
+     "'steps' = [1, 0] is out of range (allowed for each item: [1, 1000])"),
+    ("study-heads", "inference_first", ["discrete", "heads=0", "--out", "{tmp}"], "'heads' = 0 is out of range"),
     # ---- evaluation scripts load releases through the same checks
     ("evalshapes-no-weights", "eval_shapes", ["--model", "{release_no_weights}", "--out", "{tmp}/e.json"],
      "{release_no_weights}/model.safetensors is missing"),

@@ -8,9 +8,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, LEARNING_RATE, UNIT, UNIT_OPEN, Range
 
 
 @dataclass
@@ -22,6 +25,11 @@ class FitConfig:
     grad_clip: float = 1.0  # 0 = off
     ema_decay: float = 0.999  # 0 = no EMA (the online weights are returned)
     log_every: int = 0  # 0 = silent
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": AT_LEAST_1, "lr": LEARNING_RATE, "warmup": AT_LEAST_0, "min_lr_ratio": UNIT, "grad_clip": AT_LEAST_0,
+        "ema_decay": UNIT_OPEN, "log_every": AT_LEAST_0,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:

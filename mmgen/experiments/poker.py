@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, Range
 from mmgen.experiments.autoregressive import ar_log_prob, ar_loss, ar_sample
 from mmgen.experiments.fit import FitConfig, fit
 from mmgen.experiments.md_exact import sampler_probs
@@ -37,6 +39,11 @@ class DiscreteStudyConfig:
     unmask: list[str] = field(default_factory=lambda: ["random", "count"])
     max_steps: int = 0  # largest L tried; 0 = N (one token per step on average)
     seed: int = 0
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "values": Range(2, 64), "width": Range(1, 4096), "depth": Range(1, 64), "heads": Range(1, 64),
+        "batch": Range(1, 1 << 16), "samples": AT_LEAST_1, "max_steps": AT_LEAST_0, "seed": AT_LEAST_0,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.tasks:

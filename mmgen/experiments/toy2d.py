@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 
 from mmgen.config import FlowMatchingConfig, ImmConfig
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, MAX_SAMPLER_STEPS, Range
 from mmgen.experiments.fit import FitConfig, fit
 from mmgen.experiments.metrics import energy_distance, sliced_wasserstein
 from mmgen.experiments.mlp2d import TimeMLP
@@ -41,6 +43,12 @@ class ContinuousStudyConfig:
     floor_repeats: int = 10  # independent target-vs-target pairs averaged into the noise floor
     bayes_points: int = 8000  # size of the target sample whose exact denoiser is the Bayes one-time model
     seed: int = 0
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": Range(1, MAX_SAMPLER_STEPS), "width": Range(1, 4096), "depth": Range(1, 64), "batch": Range(1, 1 << 16),
+        "eval_samples": Range(2, 1 << 20), "eval_sets": AT_LEAST_1, "floor_repeats": AT_LEAST_1,
+        "bayes_points": AT_LEAST_1, "seed": AT_LEAST_0,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in self.targets:
