@@ -247,7 +247,10 @@ class FlowMatchingConfig:
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
     cond_dropout: float = 0.1
 
-    RANGES: ClassVar[dict[str, Range]] = {"text_weight": AT_LEAST_0, "image_weight": AT_LEAST_0}
+    RANGES: ClassVar[dict[str, Range]] = {"sigma_d": POSITIVE, "t_min": UNIT, "t_max": UNIT, "cond_dropout": UNIT_OPEN}
+
+    def __post_init__(self) -> None:
+        _check(self.t_min < self.t_max, f"need t_min < t_max, got {self.t_min} and {self.t_max}")
 
 
 @dataclass
@@ -258,10 +261,7 @@ class ObjectiveConfig:
     imm: ImmConfig = field(default_factory=ImmConfig)
     fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
 
-    RANGES: ClassVar[dict[str, Range]] = {"sigma_d": POSITIVE, "t_min": UNIT, "t_max": UNIT, "cond_dropout": UNIT_OPEN}
-
-    def __post_init__(self) -> None:
-        _check(self.t_min < self.t_max, f"need t_min < t_max, got {self.t_min} and {self.t_max}")
+    RANGES: ClassVar[dict[str, Range]] = {"text_weight": AT_LEAST_0, "image_weight": AT_LEAST_0}
 
 
 # ------------------------------------------------------------------------------------------- training
