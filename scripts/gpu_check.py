@@ -73,6 +73,7 @@ def step_bench(args, device, sz) -> dict:
     import bench_backbone as bb
 
     from mmgen.data.plan import KIND_TEXT
+    from mmgen.models.attention import MaskPlan, block_mask
     from mmgen.tokenizer.text import ensure_text_tokenizer
 
     tok = ensure_text_tokenizer(REPO / "tokenizers/text/shapes.yaml")
@@ -91,11 +92,14 @@ def step_bench(args, device, sz) -> dict:
         x = bb.inputs(batch, cfg, device)
         n_tok = int((batch["doc"] >= 0).sum())
         keys = bb.visible_keys(batch)
+        plan = MaskPlan(x["doc"], x["kind"], x["image"], torch.zeros_like(x["doc"], dtype=torch.bool))
+        tiles = block_mask(plan, sz["seq_len"]).to_dense()  # [B, 1, L/128, L/128]: the tiles flex computes
         times, mem = bb.bench(models, x, sz["steps"], sz["warmup"], device, torch.bfloat16)
         row = {"preset": preset, "width": cfg.width, "depth": cfg.depth, "rows": sz["rows"], "seq_len": sz["seq_len"],
-               "tokens": n_tok, "documents_per_row": round(float((batch["doc"].amax(1) + 1).float().mean()), 1),
+               "tokens": n_tok, "documents_per_row": statistics.mean(len(r[r >= 0].unique()) for r in batch["doc"]),
                "image_token_fraction": round(float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok, 3),
-               "visible_keys_per_query": round(keys, 1)}  # fmt: skip
+               "visible_keys_per_query": round(keys, 1),
+               "flex_tiles_computed_fraction": round(float(tiles.bool().float().mean()), 4)}  # fmt: skip
         for name, ts in times.items():
             tps = n_tok / statistics.median(ts)
             flops = bb.flops_per_token(models[name].config, keys) * tps
@@ -120,18 +124,20 @@ def _show(p: Path) -> str:
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
 
-def step_train(args, device, sz, bench: dict | None, out: Path) -> dict:
+def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -> dict:
     import importlib.util
 
     run = Path(args.run_dir)
     shutil.rmtree(run, ignore_errors=True)
     tokens_per_step = sz["train_rows"] * sz["train_seq_len"]
+    # the whole check fits --budget: training gets what is left after start-up (~60 s) and step 4 (~45 s)
+    train_s = max(30.0, min(args.train_seconds, left_s - 105))
     if args.cpu:
         steps = 6
     else:  # from step 2's forward+backward speed: a training step is ~2.5x that (IMM target forward, optimizer, EMA)
         small = next((r for r in (bench or {}).get("results", []) if r["preset"] == sz["train_preset"]), None)
         tok_s = small["mot-flex"]["tokens_per_s"] / 2.5 if small else 50_000.0
-        steps = int(min(max(args.train_seconds * tok_s / tokens_per_step, 50), 20_000))
+        steps = int(min(max(train_s * tok_s / tokens_per_step, 50), 20_000))
     zero2 = device.type == "cuda" and importlib.util.find_spec("deepspeed") is not None
     accel = "configs/accelerate/zero2.yaml" if zero2 else "configs/accelerate/single.yaml"
     model = json.dumps(yaml.safe_load((REPO / "configs" / "model" / f"{sz['train_preset']}.yaml").read_text()))
@@ -144,7 +150,7 @@ def step_train(args, device, sz, bench: dict | None, out: Path) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
     try:
-        res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.train_seconds + 120)
+        res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(60.0, left_s - 45))
         rc, tail = res.returncode, (res.stdout + res.stderr)[-3000:]
     except subprocess.TimeoutExpired as e:
         rc, tail = "timeout", str(e.stderr or "")[-3000:]
@@ -162,7 +168,7 @@ def step_train(args, device, sz, bench: dict | None, out: Path) -> dict:
         last_sheet = out.with_name(out.stem + "-samples.png")
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sheets[-1], last_sheet)
-    return {"ok": rc == 0 and bool(curve), "returncode": rc, "launcher": accel, "zero2": zero2, "steps_planned": steps,
+    return {"ok": rc == 0 and bool(curve), "returncode": rc, "launcher": accel, "train_seconds_planned": round(train_s), "zero2": zero2, "steps_planned": steps,
             "steps_done": curve[-1][0] if curve else 0, "tokens_per_step": tokens_per_step, "wall_s": round(wall, 1),
             "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows[1:] or rows), 1) if rows else None,
             "peak_mem_mb": rows[-1]["mem_mb"] if rows else None, "loss_first": first, "loss_last": last,
@@ -207,7 +213,8 @@ def summary(rep: dict) -> str:
         lines.append(f"  {r['preset']:<5} flex / sdpa {r['flex_over_sdpa']:.2f}x (>= {TARGETS['flex_over_sdpa']})"
                      f"{verdict(r['flex_over_sdpa'], TARGETS['flex_over_sdpa'])}   MoT / dense {r['mot_over_dense']:.2f}x "
                      f"(>= {TARGETS['mot_over_dense']}){verdict(r['mot_over_dense'], TARGETS['mot_over_dense'])}   "
-                     f"{r['documents_per_row']} documents per row")  # fmt: skip
+                     f"{r['documents_per_row']:.0f} documents per row, flex computes "
+                     f"{100 * r['flex_tiles_computed_fraction']:.1f} % of the tiles")  # fmt: skip
         if r["preset"] == "base":
             mfu = r["mot-flex"]["mfu"]
             lines.append(f"  base MoT flex MFU {pct(mfu)} (>= 35 %){verdict(mfu, TARGETS['mfu_base_flex'])}")
@@ -238,6 +245,7 @@ def main() -> int:
     ap.add_argument("--train-seconds", type=float, default=150.0, help="step 3's training budget (start-up excluded)")
     ap.add_argument("--train-compile", action="store_true", help="step 3 with train.compile=true (compiling takes ~1 min)")
     ap.add_argument("--bench-compile", action="store_true", help="step 2 with compiled blocks (adds minutes)")
+    ap.add_argument("--budget", type=float, default=455.0, help="seconds for all steps (gpu_check.sh stops at 470)")
     ap.add_argument("--tests-timeout", type=float, default=240.0)
     ap.add_argument("--run-dir", default=str(REPO / "runs" / "gpu_check"))
     ap.add_argument("--out", default=None, help="JSON path (default results/gpu/<device>.json)")
@@ -272,7 +280,8 @@ def main() -> int:
     if 2 in todo:
         record("bench", lambda: step_bench(args, device, sz))
     if 3 in todo:
-        record("train", lambda: step_train(args, device, sz, rep["steps"].get("bench"), out))
+        record("train", lambda: step_train(args, device, sz, rep["steps"].get("bench"), out,
+                                           args.budget - (time.perf_counter() - t0)))  # fmt: skip
     if 4 in todo:
         record("sample", lambda: step_sample(args, device, sz, rep["steps"].get("train", {}).get("release")))
     rep["wall_s"] = time.perf_counter() - t0
