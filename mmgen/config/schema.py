@@ -173,6 +173,8 @@ class ModelConfig:
     patch_size: int = 2  # latent patch side; an image token holds patch_size^2 * latent_channels values
     rope_theta: float = 10000.0
     time_freq_dim: int = 256
+    # the flow map's second time input: "s" (the IMM paper's identity option), "stride" (t - s) or "both"
+    time_input: Literal["s", "stride", "both"] = "s"
     init_std: float = 0.02
     init_image_from_text: bool = False  # start the image expert as a copy of the text expert
     max_seq_len: int = 0  # 0 = data.seq_len

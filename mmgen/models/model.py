@@ -47,6 +47,7 @@ class MMGenConfig(PretrainedConfig):
         image_objective: str = "imm",
         rope_theta: float = 10000.0,
         time_freq_dim: int = 256,
+        time_input: str = "stride",  # a config.json without the key predates the option: stride
         max_seq_len: int = 256,
         init_std: float = 0.02,
         init_image_from_text: bool = False,
@@ -63,6 +64,7 @@ class MMGenConfig(PretrainedConfig):
         self.latent_channels, self.patch_size, self.image_grid = latent_channels, patch_size, list(image_grid)
         self.image_size, self.downsample, self.sigma_d = image_size, downsample, sigma_d
         self.image_objective, self.rope_theta, self.time_freq_dim = image_objective, rope_theta, time_freq_dim
+        self.time_input = time_input
         self.max_seq_len, self.init_std, self.init_image_from_text = max_seq_len, init_std, init_image_from_text
         self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id
         self.attention = attention  # auto | sdpa | flex: how, not what, the model computes (not architecture)
@@ -75,7 +77,7 @@ class MMGenConfig(PretrainedConfig):
 
     ARCHITECTURE = ("vocab_size", "depth", "width", "head_dim", "mlp_hidden", "experts", "qk_norm", "image_adaln",
                     "latent_channels", "patch_size", "image_grid", "image_size", "downsample", "sigma_d",
-                    "image_objective", "rope_theta", "time_freq_dim", "max_seq_len")  # fmt: skip
+                    "image_objective", "rope_theta", "time_freq_dim", "time_input", "max_seq_len")  # fmt: skip
 
     def architecture(self) -> dict:
         """What must match for weights to be interchangeable (a checkpoint of another model differs here)."""
@@ -123,6 +125,7 @@ class MMGenConfig(PretrainedConfig):
             image_objective=image_objective,
             rope_theta=m.rope_theta,
             time_freq_dim=m.time_freq_dim,
+            time_input=m.time_input,
             max_seq_len=m.max_seq_len or seq_len,
             init_std=m.init_std,
             init_image_from_text=m.init_image_from_text,
@@ -153,7 +156,7 @@ class MMGenModel(PreTrainedModel):
         D = c.width
         self.embed = nn.Embedding(c.vocab_size, D)
         self.image_in = nn.Linear(c.patch_dim, D)
-        self.time = TimeEmbedding(D, c.time_freq_dim)
+        self.time = TimeEmbedding(D, c.time_freq_dim, time_input=c.time_input)
         self.layers = nn.ModuleList(
             MoTBlock(D, c.n_heads, c.head_dim, c.mlp_hidden, c.qk_norm, c.experts == "mot", c.image_adaln)
             for _ in range(c.depth)
