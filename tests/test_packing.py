@@ -100,6 +100,30 @@ def test_long_text_splits_and_oversized_image_is_reported(text_tokenizer):
     assert len(pieces) > 1 and all(len(p) <= 40 for p in pieces)
     assert sum(len(p) for p in pieces) == len(text_tokenizer(long_text.segments[0]).input_ids) + 1  # + </s>
     img_doc = ShapesGenerator(ShapesConfig(p_image_caption=0, p_interleaved=0)).document(0)
-    assert small.encode(img_doc) == []  # 2 x 16 image tokens + 4 specials + caption > 40
-    out = list(small.batches(_items([img_doc] + [long_text] * 3)))
+    assert small.encode(img_doc, max_len=20) == []  # 16 image tokens + 4 specials + caption > 20
+    out = list(Packer(text_tokenizer, PackSpec(20, 2, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+               .batches(_items([img_doc] + [long_text] * 3)))  # fmt: skip
     assert out and any(img_doc.key == k for k, _ in out[0]["skipped"])
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_document_that_fits_exactly_is_packed(text_tokenizer, last):
+    """Caption then a target image: <s> caption <boi> noisy [clean] <eoi> [more text] </s>. A target that ends
+    its document has no clean copy, so it needs 16 fewer tokens than one followed by text."""
+    from mmgen.data.documents import Image
+
+    ids = SpecialIds.of(text_tokenizer)
+    packer = Packer(text_tokenizer, PackSpec(256, 1, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    caption = " ".join(["a small red circle above a large blue square"] * 8)
+    tail = [] if last else ["."]
+    doc = Document("d", [caption, Image(pixels=torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()), *tail])
+    n_caption = len(packer._text_ids(caption))
+    n_tail = len(packer._text_ids(".")) if tail else 0
+    need = 1 + n_caption + 1 + 16 * (1 if last else 2) + 1 + n_tail + 1
+    (enc,) = packer.encode(doc, max_len=need)
+    assert len(enc) == need and (enc.kind == KIND_CLEAN).sum() == (0 if last else 16)
+    shorter = packer.encode(doc, max_len=need - 1)
+    if last:
+        assert shorter == []  # the image no longer fits after its caption
+    else:
+        assert len(shorter) == 1 and len(shorter[0]) < need  # the trailing text is dropped, the image kept

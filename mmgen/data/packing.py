@@ -134,13 +134,17 @@ class Packer:
             cols["w"] += rng
             p += n
 
+        def copies(img: Image, last: bool) -> list[int]:
+            """The image's copies: noisy (a generation target), then clean. A target that ends its document
+            needs no clean copy: no later token would attend to it."""
+            clean = [] if (last and img.loss and not sp.trailing_clean) else [KIND_CLEAN]
+            return ([KIND_NOISY] if img.loss else []) + clean
+
         def image(img: Image, last: bool) -> None:
             nonlocal p
             text([sp.boi])
             rows, cc = np.divmod(np.arange(gh * gw), gw)
-            # a target that ends its document needs no clean copy: no later token would attend to it
-            clean = [] if (last and img.loss and not sp.trailing_clean) else [KIND_CLEAN]
-            for kind in ([KIND_NOISY] if img.loss else []) + clean:
+            for kind in copies(img, last):
                 cols["ids"] += [sp.pad] * (gh * gw)
                 cols["kind"] += [kind] * (gh * gw)
                 cols["image"] += [len(images)] * (gh * gw)
@@ -156,10 +160,11 @@ class Packer:
         has_image = any(isinstance(s, Image) for s in doc.segments)
         for i, seg in enumerate(doc.segments):
             if isinstance(seg, Image):
-                need = 2 + sp.image_tokens * (2 if seg.loss else 1) + 1  # + room for </s>
+                last = i == len(doc.segments) - 1
+                need = 2 + sp.image_tokens * len(copies(seg, last)) + 1  # <boi>, copies, <eoi>, + room for </s>
                 if len(cols["ids"]) + need > max_len:
                     break
-                image(seg, last=i == len(doc.segments) - 1)
+                image(seg, last)
             else:
                 ids = self._text_ids(seg)
                 room = max_len - len(cols["ids"]) - 1
