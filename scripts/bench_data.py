@@ -110,7 +110,7 @@ def time_steps(t, it, steps: int) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=1500, help="Flickr8k documents (photo, caption) to write")
+    ap.add_argument("--limit", type=int, default=0, help="Flickr8k train documents (photo, caption) to write; 0 = all")
     ap.add_argument("--tokenizer", default="tokenizers/image/cifar_kl.yaml", help="image tokenizer recipe or folder")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--depth", type=int, default=4, help="model depth of the training comparison")
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.chdir(REPO)  # tokenizer paths in configs are relative to the repository
     tok = ensure_image_tokenizer(args.tokenizer)
-    res: dict = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "args": vars(args)}
+    res: dict = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "args": vars(args),
+                 "load_average_1min_at_start": os.getloadavg()[0]}  # other jobs on the machine add noise
     with tempfile.TemporaryDirectory(prefix="bench_data_") as d:
         tmp = Path(d)
         t0 = time.perf_counter()
