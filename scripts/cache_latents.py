@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mmgen.cli import cli_main
+from mmgen.cli import check_option, cli_main, output_folder
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1
 from mmgen.data.external import add_read_args, read_items, read_options
 from mmgen.data.latent_cache import LatentCache
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="order of a caption and its image in captioned-image documents")
     add_read_args(ap)
     args = ap.parse_args(argv)
+    for flag in ("--image-size", "--batch-size", "--shard-size"):
+        check_option(flag, getattr(args, flag[2:].replace("-", "_")), AT_LEAST_1)
+    check_option("--limit", args.limit, AT_LEAST_0)
+    output_folder(args.out, "--out")
 
     from mmgen.tokenizer.image import ensure_image_tokenizer
 

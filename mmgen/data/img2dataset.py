@@ -80,8 +80,9 @@ class Img2DatasetSample:
 
 def img2dataset_stream(spec: str, opts: ReadOptions, split: Split, *, seed: int = 0, shuffle: bool = True,
                        shuffle_buffer: int = 256, epochs: int | None = None) -> ShardStream:  # fmt: skip
+    urls = list_urls(spec)
     try:
-        return ShardStream(list_urls(spec), split, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+        return ShardStream(urls, split, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
                            epochs=epochs, decode=Img2DatasetSample(opts))  # fmt: skip
     except ValueError as e:  # too few shards for the ranks x workers
         raise DataError(f"{spec}: {e}") from e
