@@ -156,6 +156,9 @@ def test_img2dataset_caption_field_order_and_brace_urls(i2d):
     assert first == {k: hashlib.sha1(k.encode()).digest()[0] % 2 == 1 for k in good} and len(set(first.values())) == 2
     with pytest.raises(DataError, match=r"1 of the 5 shards of .* do not exist \(first: .*00004.tar\)"):
         read_all("img2dataset", f"{root}/{{00000..00004}}.tar")
+    from mmgen.data.img2dataset import list_urls
+
+    assert list_urls("https://host/cc3m/{00..02}.tar") == [f"https://host/cc3m/0{i}.tar" for i in range(3)]  # remote
 
 
 def test_imagefolder_documents_and_bad_samples(folder):

@@ -31,6 +31,8 @@ def list_urls(spec: str) -> list[str]:
         import braceexpand
 
         urls = list(braceexpand.braceexpand(spec))
+        if "://" in spec or spec.startswith("pipe:"):
+            return urls  # remote shards: webdataset opens them (http(s) through curl, pipe: a command)
         missing = [u for u in urls if not Path(u).is_file()]
         if missing:
             raise DataError(f"{len(missing)} of the {len(urls)} shards of {spec!r} do not exist (first: "
