@@ -25,6 +25,7 @@ from typing import Any
 from mmgen.data.documents import Document, Image
 from mmgen.data.packing import to_model_pixels
 from mmgen.data.shards import Item, Split, deal
+from mmgen.data.skips import SkipReport
 from mmgen.data.sources import _caption_doc, _order
 from mmgen.errors import DataError, SampleError
 
@@ -79,6 +80,7 @@ class RecordStream:
             raise DataError(f"{len(records)} {what} cannot feed {split.world_size} ranks x {split.num_workers} "
                             f"workers (each needs at least one): add data or use fewer DataLoader workers")  # fmt: skip
         self.unreported: list[tuple[str, str]] = []
+        self.skip_report = SkipReport()  # logs the first few bad records, then one line per thousand
 
     def __len__(self) -> int:
         return len(self.records)
@@ -102,7 +104,8 @@ class RecordStream:
                     doc = self.decode(rec)
                 except SampleError as e:
                     skipped.append((self.name(rec), str(e)))
-                    log.warning("skipping a bad sample: %s", e)  # the reason names the record
+                    if (line := self.skip_report.add(self.name(rec), str(e))) is not None:
+                        log.warning(line)
                     continue
                 found = True
                 yield Item(doc, worker, epoch, index, skipped)
