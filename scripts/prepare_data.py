@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1
-from mmgen.data.external import add_read_args, read_items, read_options
+from mmgen.data.external import LAYOUTS, add_read_args, read_items, read_options
 from mmgen.data.shards import Item, write_shards
 from mmgen.errors import DataError
 
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_option("--limit", args.limit, AT_LEAST_0)
     check_option("--shard-size", args.shard_size, AT_LEAST_1)
     output_folder(args.out, "--out")
-    prefix = args.prefix or f"{args.source.replace(':', '-').replace('/', '-')}-{args.split}"
+    kind = args.source.partition(":")[0]
+    name = kind if kind in (*LAYOUTS, "shards") else args.source.replace(":", "-").replace("/", "-")  # not the path
+    prefix = args.prefix or f"{name}-{args.split}"
     if args.latents and not args.image_size:
         raise DataError("--latents needs --image-size (the run's data.image_size)")
     items, _, unreported = read_items(args.source, read_options(args, args.image_size), split=args.split,
