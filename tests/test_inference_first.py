@@ -60,7 +60,7 @@ def test_bad_study_configs_are_rejected():
 # ---------------------------------------------------------------------------------------- tiny studies
 def test_continuous_study_tiny():
     cfg = ContinuousStudyConfig(targets=["ring8"], steps=[1, 8], fit=FitConfig(steps=400, warmup=50),
-                                eval_samples=1000, floor_repeats=3, bayes_points=2000)  # fmt: skip
+                                eval_samples=1000, floor_repeats=3, bayes_points=2000, noise_seeds=2)  # fmt: skip
     res, samples = run_continuous(cfg)
     r = res["targets"]["ring8"]
     ed = {k: {int(n): v["energy"] for n, v in m["per_steps"].items()} for k, m in r["models"].items()}
@@ -70,6 +70,8 @@ def test_continuous_study_tiny():
     assert ed["fm"][8] < ed["fm"][1] / 5 and ed["bayes"][8] < ed["bayes"][1] / 20, ed  # many steps recover
     assert r["floor"]["energy"]["mean"] < min(ed["imm"][1], ed["fm"][8])
     assert samples["ring8"]["imm"][1].shape == (1000, 2)
+    spread = [v["energy_sd"] for m in r["models"].values() for v in m["per_steps"].values()]
+    assert all(sd >= 0 for sd in spread) and any(sd > 0 for sd in spread)  # two noise draws differ
 
 
 def test_discrete_study_tiny():

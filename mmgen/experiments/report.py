@@ -38,6 +38,8 @@ def continuous_tables(results: dict) -> str:
             for kind, m in r["models"].items():
                 vals = [m["per_steps"][str(n)][key] for n in steps]
                 cells = [_pct(v) if key == "on_support" else _f(v) for v in vals]
+                if key == "energy" and "energy_sd" in m["per_steps"][str(steps[0])]:  # +- over noise draws
+                    cells = [f"{c} +- {_f(m['per_steps'][str(n)]['energy_sd'])}" for c, n in zip(cells, steps)]
                 lines.append(f"| {NAMES.get(kind, kind)} | " + " | ".join(cells) + " |")
             lines.append("")
         imm1, fm1 = (r["models"][k]["per_steps"][str(steps[0])]["energy"] for k in ("imm", "fm"))
