@@ -104,24 +104,48 @@ def test_block_mask_skips_tiles_between_documents(text_tokenizer):
 
 
 def test_one_mask_per_batch():
-    """IMM's two forwards of a batch (only the noisy copies' values and times change) share one mask; a
-    different plan builds a new one, and the memo is not fooled by in-place edits of the caller's tensors."""
+    """Forwards given the same column tensors (IMM's two forwards of a batch: only the noisy copies' values
+    and times change) share one mask, checked by identity without reading values back from the device; new
+    tensors build a new mask, and an in-place edit of the caller's tensors (or of a view) is never missed."""
     torch.manual_seed(0)
     model = MMGenModel(tiny_config()).eval()
     B, L = 2, 24
     kind = torch.zeros(B, L, dtype=torch.long)
     doc = torch.arange(L).div(8, rounding_mode="floor").expand(B, L).clone()
     x = {"input_ids": torch.randint(6, 300, (B, L)), "kind": kind, "doc": doc, "image": torch.full((B, L), -1),
-         "pos": torch.arange(L).expand(3, B, L)}  # fmt: skip
+         "pos": torch.arange(L).expand(3, B, L), "uncond": torch.zeros(B, L, dtype=torch.bool)}  # fmt: skip
     with torch.no_grad():
         model(**x)
         first = model._masks.mask
         model(**{**x, "input_ids": torch.randint(6, 300, (B, L))})
         assert model._masks.mask is first
+        model(**{**x, "uncond": None})  # another column: another mask (equal here: no image copies)
+        assert model._masks.mask is not first and torch.equal(model._masks.mask.dense, first.dense)
+        model(**{**x, "doc": doc.clone()})  # equal values in a new tensor: built again, not compared
+        second = model._masks.mask
+        assert second is not first and torch.equal(second.dense, first.dense)
         doc[:, 8:] = 0  # in place: now two documents per row
         model(**x)
-        assert model._masks.mask is not first
+        assert model._masks.mask is not second
         assert model._masks.mask.dense.sum() > first.dense.sum()
+        third = model._masks.mask
+        doc[:, :4].fill_(5)  # in place through a view
+        model(**x)
+        assert model._masks.mask is not third and not torch.equal(model._masks.mask.dense, third.dense)
+
+
+def test_imm_forwards_share_one_mask(batch):
+    """Through the objective: IMM's forward with gradient and its stop-gradient target forward run every layer
+    with one mask object."""
+    from test_objective import _setup
+
+    _, model, loss_fn, x0 = _setup(batch, text_weight=0.0)
+    noise = loss_fn.draw(batch, torch.Generator().manual_seed(4))
+    assert not all(noise.boundary), "the target forward runs"
+    masks = []
+    model.layers[0].register_forward_pre_hook(lambda mod, args: masks.append(args[3]))
+    loss_fn(model, batch, x0, noise)
+    assert len(masks) == 2 and masks[0] is masks[1]
 
 
 def test_sampler_prefill_with_flex_equals_sdpa(tiny_assets):

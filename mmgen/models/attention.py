@@ -52,17 +52,6 @@ class MaskPlan:
     uncond: torch.Tensor  # bool: the token belongs to an image whose noisy copy is unconditional
     q_offset: int = 0  # queries are the last Lq keys when decoding with a cache
 
-    def same_as(self, other: MaskPlan) -> bool:
-        """Same columns (values, not identity) and offset: then the mask is the same."""
-        cols = ("doc", "kind", "image", "uncond")
-        return self.q_offset == other.q_offset and all(
-            getattr(self, c).shape == getattr(other, c).shape and torch.equal(getattr(self, c), getattr(other, c))
-            for c in cols
-        )
-
-    def clone(self) -> MaskPlan:
-        return MaskPlan(self.doc.clone(), self.kind.clone(), self.image.clone(), self.uncond.clone(), self.q_offset)
-
     def mask_mod(self, b, h, q_idx, kv_idx):
         """Broadcasting tensor code: works on index grids (dense) and under vmap (FlexAttention)."""
         q = q_idx + self.q_offset
@@ -134,17 +123,34 @@ class AttentionMask:
 
 
 class MaskMemo:
-    """The last full-sequence forward's mask, reused while the plan is the same: IMM runs each batch twice
-    (the forward with gradient and the stop-gradient target forward), so the mask is built once per batch.
-    The memo owns a copy of the plan, so a caller that edits its tensors in place cannot stale the mask."""
+    """The last full-sequence forward's mask, reused while the caller passes the very same column tensors,
+    unedited: IMM runs each batch twice (the forward with gradient and the stop-gradient target forward, with
+    the same `doc`, `kind`, `image` and `uncond` tensors), so the mask is built once per batch.
+
+    The check is by identity and version counter, never by value: comparing values would read CUDA tensors
+    back to the host, a device sync on every forward. An in-place edit of a column (or of a view of it) bumps
+    its `_version`, so it cannot leave a stale mask; new tensors with equal values build a new mask (correct,
+    only slower). The memo holds the caller's tensors (so a freed tensor's id, reused by a new one, cannot
+    match) and builds the mask from copies (so the mask, and flex's backward, never read an edited tensor).
+    Inference-mode tensors have no version counter: their masks are never reused."""
 
     def __init__(self) -> None:
         self.mask: AttentionMask | None = None
-        self.q_len = -1
+        self._key: tuple | None = None  # (columns, their versions, their shapes, q_len, backend)
 
-    def get(self, plan: MaskPlan, q_len: int, backend: Backend) -> AttentionMask:
-        m = self.mask
-        if m is not None and m.backend == backend and self.q_len == q_len and m.plan.same_as(plan):
-            return m
-        self.mask, self.q_len = AttentionMask(plan.clone(), q_len, backend), q_len
+    def get(self, doc: torch.Tensor, kind: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor | None,
+            q_len: int, backend: Backend) -> AttentionMask:  # fmt: skip
+        """The mask over columns [B, L] (`uncond` None: every image copy is conditional)."""
+        cols = (doc, kind, image, uncond)
+        present = [c for c in cols if c is not None]
+        key = None
+        if not any(c.is_inference() for c in present):
+            key = (cols, tuple(c._version for c in present), tuple(c.shape for c in present), q_len, backend)
+        old = self._key
+        if key is not None and old is not None and all(a is b for a, b in zip(cols, old[0])) and key[1:] == old[1:]:
+            return self.mask  # type: ignore[return-value]
+        if uncond is None:
+            uncond = torch.zeros_like(doc, dtype=torch.bool)
+        self.mask = AttentionMask(MaskPlan(doc.clone(), kind.clone(), image.clone(), uncond.clone()), q_len, backend)
+        self._key = key
         return self.mask

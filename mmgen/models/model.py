@@ -232,8 +232,6 @@ class MMGenModel(PreTrainedModel):
         B, L = input_ids.shape
         is_image = kind != KIND_TEXT
         route = Routing.build(is_image, mot=self.config.experts == "mot")
-        if uncond is None:
-            uncond = torch.zeros_like(is_image)
 
         # embed in stream order: text rows from ids, image rows from patches + their time embedding
         h = self.embed.weight.new_empty(B * L, self.config.width)
@@ -248,12 +246,12 @@ class MMGenModel(PreTrainedModel):
             h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.to(h.dtype)
             temb = nn.functional.silu(temb).to(h.dtype)
 
-        plan = MaskPlan(doc, kind, image, uncond)
         layer_kv = [None] * len(self.layers)
-        if cache is None:  # a full sequence: one mask per batch (the memo), shared by every layer
-            mask = self._masks.get(plan, L, backend or self.attention_backend(doc.device))
+        if cache is None:  # a full sequence: one mask per batch (the memo: same column tensors), every layer
+            mask = self._masks.get(doc, kind, image, uncond, L, backend or self.attention_backend(doc.device))
         else:  # prefill (empty cache) may use flex; decode steps are a few queries over the cache: SDPA
             prefill = cache.length == 0
+            plan = MaskPlan(doc, kind, image, torch.zeros_like(is_image) if uncond is None else uncond)
             plan, layer_kv = cache.extend(plan, L)
             mask = AttentionMask(plan, L, backend or self.attention_backend(doc.device, cached=not prefill))
         rope = rope_cos_sin(pos, self.rope_inv_freq, self.rope_axis)  # each [B, L, Dh/2]

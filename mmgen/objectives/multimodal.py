@@ -107,7 +107,8 @@ class _Prepared:
     noisy: torch.Tensor  # [N, G, P] c_in(t) x_t patches (rows of target images only)
     t: torch.Tensor  # [N] time of each image's noisy copy (0 for non-targets)
     s: torch.Tensor  # [N]
-    uncond: torch.Tensor  # [N] bool: condition dropped
+    uncond: torch.Tensor  # [B, L] bool: the token's image copy has its condition dropped (one tensor for both
+    # forwards: the model reuses a batch's attention mask while it is passed the same column tensors)
     x: torch.Tensor  # [n, C, h, w] clean latents of the targets
     x_t: torch.Tensor  # [n, C, h, w]
     eps: torch.Tensor  # [n, C, h, w]
@@ -144,6 +145,7 @@ class MultimodalLoss:
         clean = patchify(x0, self.p) / sd  # c_in(0) = 1 / sigma_d
         noisy = torch.zeros_like(clean)
         noisy[targets] = patchify(imm.expand_as(imm.c_in(t_i, sd), x_t) * x_t, self.p)
+        uncond = per_token(uncond, batch["image"], batch["kind"] != KIND_TEXT)
         return _Prepared(targets, clean, noisy, t, s, uncond, x, x_t, eps)
 
     @staticmethod
@@ -155,7 +157,7 @@ class MultimodalLoss:
         return {
             "input_ids": batch["input_ids"], "kind": kind, "doc": batch["doc"], "image": image, "pos": batch["pos"],
             "image_tokens": dense, "t": per_token(t, image, is_noisy), "s": per_token(prep.s, image, is_noisy),
-            "uncond": per_token(prep.uncond, image, kind != KIND_TEXT),
+            "uncond": prep.uncond,
         }  # fmt: skip
 
     def _g(self, out_image: torch.Tensor, batch: dict[str, Any], prep: _Prepared) -> torch.Tensor:
