@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 from conftest import tiny_model
-from test_gpu_path import flex_cpu_backward, packed
+from test_gpu_path import compiled_equals_eager, flex_cpu_backward, packed
 from test_model import _inputs, _randomize
 from test_train import tiny_run
 
@@ -79,29 +79,8 @@ def test_flex_equals_sdpa_bf16_packed(dev, text_tokenizer):
 def test_compiled_blocks_equal_eager(dev, batch):
     """The `train.compile` path (inductor on CUDA; graph capture with aot_eager on the CPU dry run) gives the
     eager forward and gradients, with no graph break."""
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    cfg = small_config(320, 160)
-    torch.manual_seed(0)
-    eager = MMGenModel(cfg)
-    _randomize(eager)
-    compiled = MMGenModel(cfg)
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile_blocks(**({} if CUDA else {"backend": "aot_eager"}))
-    x = {k: v.to(dev) for k, v in _inputs(batch, cfg, uncond_every=3).items()}
-    outs = []
-    for m in (eager.to(dev), compiled.to(dev)):
-        with flex_cpu_backward():
-            out = m(**x)
-            (out.logits.pow(2).mean() + out.image.pow(2).mean()).backward()
-        outs.append(out)
-    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(outs[1].image, outs[0].image, rtol=1e-3, atol=1e-4)
-    for (n, a), b in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-2, atol=1e-4, msg=n)
+    compiled_equals_eager(small_config(320, 160), batch, dev, {} if CUDA else {"backend": "aot_eager"},
+                          out_tol=(1e-3, 1e-4), grad_tol=(1e-2, 1e-4))  # fmt: skip
 
 
 def test_cached_sampling_step_equals_recompute(dev, tiny_assets):

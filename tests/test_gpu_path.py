@@ -247,24 +247,39 @@ def test_compiled_blocks_no_graph_breaks_or_recompiles(text_tokenizer, attention
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
-@pytest.mark.slow
-def test_compiled_block_equals_eager_inductor(batch):
-    """One MoT model with inductor-compiled blocks (the `train.compile` path): forward and gradients equal
-    eager within float32 rounding (compiling takes ~45 s on a 2-core CPU, hence slow)."""
+def compiled_equals_eager(cfg, batch, dev: torch.device, compile_kwargs: dict, out_tol: tuple[float, float],
+                          grad_tol: tuple[float, float]) -> None:  # fmt: skip
+    """The `train.compile` path: a model whose blocks are compiled with `compile_kwargs` gives the eager model's
+    forward and gradients on `batch` (same weights), within (rtol, atol) `out_tol` and `grad_tol`, with no
+    graph break. Shared by the CPU inductor test below and the GPU test (tests/test_gpu.py)."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
-    cfg = tiny_config()
+    counters.clear()
+    torch.manual_seed(0)
     eager = MMGenModel(cfg)
     _randomize(eager)
     compiled = MMGenModel(cfg)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile_blocks()
-    x = _inputs(batch, cfg, uncond_every=3)
+    compiled.compile_blocks(**compile_kwargs)
+    x = {k: v.to(dev) for k, v in _inputs(batch, cfg, uncond_every=3).items()}
     outs = []
-    for m in (eager, compiled):
-        out = m(**x)
-        (out.logits.pow(2).mean() + out.image.pow(2).mean()).backward()
+    for m in (eager.to(dev), compiled.to(dev)):
+        with flex_cpu_backward():
+            out = m(**x)
+            (out.logits.pow(2).mean() + out.image.pow(2).mean()).backward()
         outs.append(out)
-    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(outs[1].image, outs[0].image, rtol=1e-4, atol=1e-5)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    rtol, atol = out_tol
+    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=rtol, atol=atol)
+    torch.testing.assert_close(outs[1].image, outs[0].image, rtol=rtol, atol=atol)
+    rtol, atol = grad_tol
     for (n, a), b in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6, msg=n)
+        torch.testing.assert_close(b.grad, a.grad, rtol=rtol, atol=atol, msg=n)
+
+
+@pytest.mark.slow
+def test_compiled_block_equals_eager_inductor(batch):
+    """One MoT model with inductor-compiled blocks (the `train.compile` path): forward and gradients equal
+    eager within float32 rounding (compiling takes ~45 s on a 2-core CPU, hence slow)."""
+    compiled_equals_eager(tiny_config(), batch, torch.device("cpu"), {}, out_tol=(1e-4, 1e-5), grad_tol=(1e-3, 1e-6))
