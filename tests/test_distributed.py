@@ -124,3 +124,23 @@ def test_zero3_shards_parameters_resumes_and_exports(setup):
     released = MMGenModel.from_pretrained(out / "release")
     for (name, p), e in zip(released.named_parameters(), setup[3].shadow):
         torch.testing.assert_close(p.data, e, rtol=0, atol=5e-5, msg=name)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "deepspeed").glob("*.json")), ids=lambda p: p.name)
+def test_universal_checkpoint_load_is_refused(path: Path):
+    """DeepSpeed's `checkpoint.load_universal` reads checkpoint files with torch.load(weights_only=False) around
+    the trainer's weights_only=True reader: `Engine.load_state` refuses it with a named error. Checked on the
+    config DeepSpeed parses from each of the project's ZeRO configs (which do not set it) and with it set."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from mmgen.errors import CheckpointError
+    from mmgen.train.distributed import refuse_universal_load
+
+    ds = json.loads(path.read_text())
+    ds["bf16"] = {"enabled": False}  # "auto" is resolved by accelerate before DeepSpeed parses the config
+    refuse_universal_load(DeepSpeedConfig(ds))
+    ds["checkpoint"] = {"load_universal": True}
+    with pytest.raises(CheckpointError, match=r'the DeepSpeed config sets "checkpoint": \{"load_universal": true\}: '
+                                              r"DeepSpeed then reads checkpoint files with torch.load\(weights_only=False\)"
+                                              r".* Remove load_universal from the DeepSpeed config"):  # fmt: skip
+        refuse_universal_load(DeepSpeedConfig(ds))

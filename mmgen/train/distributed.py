@@ -69,6 +69,21 @@ def safe_torch_load(path: str, map_location=None, allow: list[type] | None = Non
         ) from None
 
 
+def refuse_universal_load(ds_config) -> None:
+    """Refuse DeepSpeed's `checkpoint.load_universal`: with it, DeepSpeed's ZeRO optimizers read the universal
+    checkpoint files with torch.load(weights_only=False) themselves (deepspeed/runtime/zero/stage3.py and
+    stage_1_and_2.py `_load_universal_checkpoint`, deepspeed/checkpoint/), not through the `checkpoint_engine.load`
+    that `Engine.load_state` replaces with `safe_torch_load`. `ds_config`: DeepSpeed's parsed `DeepSpeedConfig`."""
+    if ds_config.load_universal_checkpoint:
+        raise CheckpointError(
+            'the DeepSpeed config sets "checkpoint": {"load_universal": true}: DeepSpeed then reads checkpoint '
+            "files with torch.load(weights_only=False), which runs whatever code a planted file asks for, around "
+            "this trainer's weights_only=True reader. Remove load_universal from the DeepSpeed config "
+            "(configs/deepspeed/*.json or the accelerate config's deepspeed_config) to resume this trainer's "
+            "checkpoints"
+        )
+
+
 class Engine:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_accum: int, grad_clip: float,
                  precision: str = "auto"):  # fmt: skip
@@ -202,7 +217,9 @@ class Engine:
             self.acc.load_state(folder)  # safetensors + accelerate's torch.load(weights_only=True)
         else:
             # DeepSpeed reads its model and optimizer files through `checkpoint_engine.load`; this instance
-            # attribute replaces it for the duration of the call (see safe_torch_load for the rule).
+            # attribute replaces it for the duration of the call (see safe_torch_load for the rule). A universal
+            # checkpoint load would bypass it: refused (`_config` is what `load_universal_checkpoint()` reads).
+            refuse_universal_load(self.model._config)
             reader, allow = self.model.checkpoint_engine, deepspeed_state_classes()
             reader.load = lambda path, map_location=None: safe_torch_load(path, map_location, allow)
             try:
