@@ -193,6 +193,57 @@ def test_interleaved_jsonl_three_images_per_document(jsonl):
     assert [d.key for d in small] == ["b-4"] and "image img/white.png: image is 20x20" in dict(skipped)["b.jsonl:1"]
 
 
+def test_malformed_fields_and_rows_are_bad_samples_not_crashes(tmp_path):
+    """A .json that is not an object, lists that are not lists, a metadata line that is not JSON or names no
+    file inside the folder: each is one counted bad sample; an empty caption is found before the decode."""
+    root = tmp_path / "i2d"
+    root.mkdir()
+    with wds.TarWriter(str(root / "00000.tar")) as sink:
+        sink.write({"__key__": "k0", "jpg": image_bytes("red"), "txt": b"a red one"})
+        sink.write({"__key__": "k1", "jpg": image_bytes("red"), "json": b"null"})
+        sink.write({"__key__": "k2", "jpg": image_bytes("red"), "json": b"[1, 2]"})
+        sink.write({"__key__": "k3", "jpg": b"not a jpeg", "txt": b"  "})
+    docs, skipped = read_all("img2dataset", root)
+    why = {key.rsplit(":", 1)[-1]: reason for key, reason in skipped}
+    assert [d.key for d in docs] == ["k0"] and sorted(why) == ["k1", "k2", "k3"]
+    assert why["k1"] == "sample 'k1': k1.json holds a NoneType, not an object with a caption"
+    assert why["k2"] == "sample 'k2': k2.json holds a list, not an object with a caption"
+    assert why["k3"] == "sample 'k3': empty caption"
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(image_bytes("red"))
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "outside.jpg").write_bytes(image_bytes("green"))
+    lines = [{"file_name": "a.jpg", "text": "a red square"}, "{not json", [1, 2], {"text": "no file"},
+             {"file_name": 5, "text": "a number"}, {"file_name": str(tmp_path / "outside.jpg"), "text": "absolute"},
+             {"file_name": "../outside.jpg", "text": "up"}, {"file_name": "b.jpg", "text": " "}]  # fmt: skip
+    text = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
+    (folder / "metadata.jsonl").write_bytes(text.encode() + b"\xff\xfe\n")
+    docs, skipped = read_all("imagefolder", folder)
+    why = dict(skipped)
+    assert [parts(d) for d in docs] == [["a red square", "<red>"]]
+    assert sorted(why) == ["b.jpg"] + [f"metadata.jsonl:{n}" for n in range(2, 8)] + ["metadata.jsonl:9"]
+    assert why["b.jpg"] == "b.jpg: empty caption"
+    assert why["metadata.jsonl:2"].startswith("metadata.jsonl:2: not a JSON object (")
+    assert why["metadata.jsonl:3"] == "metadata.jsonl:3: a list, not a JSON object"
+    assert why["metadata.jsonl:4"] == "metadata.jsonl:4: 'file_name' is None, not the image's path relative to the metadata file"
+    assert why["metadata.jsonl:5"].startswith("metadata.jsonl:5: 'file_name' is 5, not")
+    for n, name in ((6, str(tmp_path / "outside.jpg")), (7, "../outside.jpg")):
+        assert why[f"metadata.jsonl:{n}"] == (f"metadata.jsonl:{n}: file_name {name!r} leaves the folder; give a "
+                                              f"path inside it (no leading '/', no '..')")  # fmt: skip
+    assert why["metadata.jsonl:9"].startswith("metadata.jsonl:9: not a JSON object (")
+    with pytest.raises(DataError, match=r"no metadata row has a 'caption' column \(columns: file_name, text\); set "
+                                        r"caption_field \(--caption-field\) to the caption column"):  # fmt: skip
+        read_all("imagefolder", folder, ReadOptions(SIZE, SIZE, caption_field="caption"))
+
+    (tmp_path / "docs.jsonl").write_text('{"texts": 5, "images": 5}\n{"texts": ["hi"], "images": [null]}\n')
+    docs, skipped = read_all("jsonl", tmp_path / "docs.jsonl")
+    assert [d.segments for d in docs] == [["hi"]]
+    assert skipped == [("docs.jsonl:1", "docs.jsonl:1: 'texts' and 'images' must be lists (with null where the "
+                                        "other holds the segment), got int and int")]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------- split and resume
 @pytest.mark.parametrize("layout", ["img2dataset", "imagefolder", "jsonl"])
 def test_ranks_workers_cover_each_document_once_and_resume_exactly(layout, i2d, folder, jsonl):

@@ -40,13 +40,23 @@ class ReadOptions:
     caption_field: str = ""  # "" = the layout's convention (img2dataset: {key}.txt, imagefolder: column "text")
     caption_layout: str = "caption_image"  # caption_image, image_caption or both (chosen per document by key)
 
+    @classmethod
+    def of(cls, image_size: int, min_image_size: int = 0, caption_field: str = "",
+           caption_layout: str = "caption_image") -> ReadOptions:  # fmt: skip
+        """The options of a config or command line, where min_image_size 0 means the image size (else any)."""
+        return cls(image_size, min_image_size or image_size or 1, caption_field, caption_layout)
 
-def load_image(data: bytes, fmt: str, opts: ReadOptions, meta: dict | None = None) -> Image:
-    """Decoded, size-checked and (with opts.image_size) centre-cropped and resized; SampleError if not usable."""
-    img = Image(data=data, fmt=fmt, meta=meta or {})
-    h, w = img.rgb().shape[:2]
-    if min(h, w) < opts.min_image_size:
-        raise SampleError(f"image is {w}x{h}, below min_image_size={opts.min_image_size}")
+
+def load_image(data: bytes, fmt: str, opts: ReadOptions, meta: dict | None = None, where: str = "") -> Image:
+    """Decoded, size-checked and (with opts.image_size) centre-cropped and resized; SampleError (its message
+    prefixed with `where`) if not usable."""
+    try:
+        img = Image(data=data, fmt=fmt, meta=meta or {})
+        h, w = img.rgb().shape[:2]
+        if min(h, w) < opts.min_image_size:
+            raise SampleError(f"image is {w}x{h}, below min_image_size={opts.min_image_size}")
+    except SampleError as e:
+        raise SampleError(f"{where}: {e}" if where else str(e)) from e
     if opts.image_size:
         img = Image(pixels=to_model_pixels(img, opts.image_size).transpose(1, 2, 0), meta=img.meta)
     return img
@@ -57,11 +67,17 @@ def safe_key(name: str) -> str:
     return re.sub(r"[./\\\s]+", "_", name).strip("_") or "doc"
 
 
-def caption_document(key: str, caption: str, image: Image, opts: ReadOptions, source: str) -> Document:
-    """One captioned image as a document; with caption_layout=both the order is a function of the key."""
+def clean_caption(caption: str, where: str) -> str:
+    """The caption with its whitespace collapsed; SampleError when nothing is left (checked before decoding)."""
     caption = " ".join(caption.split())
     if not caption:
-        raise SampleError(f"document {key!r} has an empty caption")
+        raise SampleError(f"{where}: empty caption")
+    return caption
+
+
+def caption_document(key: str, caption: str, image: Image, opts: ReadOptions, source: str) -> Document:
+    """One captioned image (caption from `clean_caption`) as a document; with caption_layout=both the order
+    is a function of the key."""
     image_first = _order(opts.caption_layout, hashlib.sha1(key.encode()).digest()[0])
     return _caption_doc(key, caption, image, image_first, {"source": source})
 
@@ -171,4 +187,4 @@ def add_read_args(ap) -> None:
 
 
 def read_options(args, image_size: int) -> ReadOptions:
-    return ReadOptions(image_size, args.min_image_size or image_size or 1, args.caption_field, args.layout)
+    return ReadOptions.of(image_size, args.min_image_size, args.caption_field, args.layout)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgen.data.documents import IMAGE_EXTS, Document
-from mmgen.data.external import ReadOptions, caption_document, load_image, safe_key
+from mmgen.data.external import ReadOptions, caption_document, clean_caption, load_image, safe_key
 from mmgen.data.shards import ShardStream, Split, list_shards
 from mmgen.errors import DataError, SampleError
 
@@ -61,6 +61,8 @@ class Img2DatasetSample:
             meta = json.loads(sample["json"])
         except ValueError as e:
             raise SampleError(f"sample {key!r}: unreadable {key}.json ({e})") from e
+        if not isinstance(meta, dict):
+            raise SampleError(f"sample {key!r}: {key}.json holds a {type(meta).__name__}, not an object with a caption")
         name = "caption" if field == "txt" else field
         if not isinstance(meta.get(name), str):
             raise SampleError(f"sample {key!r} has no caption: no {key}.txt and no string field {name!r} in its .json")
@@ -72,11 +74,8 @@ class Img2DatasetSample:
         if ext is None:
             raise SampleError(f"sample {key!r} has no image ({', '.join(IMAGE_EXTS)}); parts: "
                               f"{sorted(k for k in sample if not k.startswith('_'))}")  # fmt: skip
-        caption = self.caption(sample, key)
-        try:
-            image = load_image(sample[ext], ext, self.opts)
-        except SampleError as e:
-            raise SampleError(f"sample {key!r}: {e}") from e
+        caption = clean_caption(self.caption(sample, key), f"sample {key!r}")  # before the costly decode
+        image = load_image(sample[ext], ext, self.opts, where=f"sample {key!r}")
         return caption_document(safe_key(key), caption, image, self.opts, "img2dataset")
 
 

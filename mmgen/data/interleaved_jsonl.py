@@ -51,6 +51,9 @@ def _segments(doc: dict[str, Any], where: str) -> list[tuple[str, str]]:
     """The document's ("text" | "image", value) segments in order, from either form."""
     if "texts" in doc or "images" in doc:
         texts, images = doc.get("texts") or [], doc.get("images") or []
+        if not isinstance(texts, list) or not isinstance(images, list):
+            raise SampleError(f"{where}: 'texts' and 'images' must be lists (with null where the other holds the "
+                              f"segment), got {type(texts).__name__} and {type(images).__name__}")  # fmt: skip
         if len(texts) != len(images):
             raise SampleError(f"{where}: 'texts' has {len(texts)} entries and 'images' {len(images)}; "
                               f"they must be of equal length, with null where the other holds the segment")  # fmt: skip
@@ -108,10 +111,9 @@ class JsonlRecord:
             file = path.parent / value
             if not file.is_file():
                 raise SampleError(f"{where}: image {value} not found (paths are relative to {path.name})")
-            try:
-                segments.append(load_image(file.read_bytes(), file.suffix[1:].lower(), self.opts, {"file": value}))
-            except SampleError as e:
-                raise SampleError(f"{where}: image {value}: {e}") from e
+            image = load_image(file.read_bytes(), file.suffix[1:].lower(), self.opts, {"file": value},
+                               where=f"{where}: image {value}")  # fmt: skip
+            segments.append(image)
         if not segments:
             raise SampleError(f"{where}: empty document (no text and no image)")
         key = safe_key(str(doc.get("id") or doc.get("key") or f"{path.stem}-{rec[2]}"))

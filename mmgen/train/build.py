@@ -83,7 +83,7 @@ def document_source(cfg: RunConfig, split: Split):
     if d.source in ("img2dataset", "imagefolder", "jsonl"):
         from mmgen.data.external import ReadOptions, open_layout
 
-        opts = ReadOptions(d.image_size, d.min_image_size or d.image_size, d.caption_field, d.caption_layout)
+        opts = ReadOptions.of(d.image_size, d.min_image_size, d.caption_field, d.caption_layout)
         return open_layout(d.source, d.path, opts, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
     try:
         return ShardStream(d.shards, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
