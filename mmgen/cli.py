@@ -3,14 +3,17 @@
     @cli_main
     def main(argv=None): ...
 
-Expected errors (an `MMGenError`, or an OS error on a path the user gave) print one line
-`error: <message>` to stderr and exit with code 2, before or during the work. Any other exception is a bug
-in the code and keeps its traceback. The helpers below check command-line values before any work starts.
+Expected errors (an `MMGenError`: a path the user gave that is missing is a `FileInputError` where it is
+opened) print one line `error: <message>` to stderr and exit with code 2, before or during the work. Any
+other exception, an OSError too, is a bug in the code (or a fault of the machine) and keeps its traceback.
+With MMGEN_DEBUG=1 in the environment the expected errors keep their traceback as well. The helpers below
+check command-line values before any work starts.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +26,6 @@ F = TypeVar("F", bound=Callable)
 
 EXIT_BAD_INPUT = 2  # the exit code argparse also uses for a bad command line
 
-# OS errors that come from a path the user named (a missing file, a folder where a file belongs, no access).
-PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
-
-
-def error_line(exc: BaseException) -> str:
-    """The one line printed for an expected error."""
-    if isinstance(exc, MMGenError):
-        return f"error: {exc}"
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return f"error: {exc.strerror}: {exc.filename} (check the path)"
-    return f"error: {exc}"
-
 
 def cli_main(fn: F) -> F:
     """Run `fn`; turn expected errors into one line on stderr and exit code 2."""
@@ -43,8 +34,10 @@ def cli_main(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (MMGenError, *PATH_ERRORS) as exc:
-            print(error_line(exc), file=sys.stderr, flush=True)
+        except MMGenError as exc:
+            if os.environ.get("MMGEN_DEBUG") == "1":
+                raise
+            print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_BAD_INPUT) from None
 
     return wrapper  # type: ignore[return-value]

@@ -35,6 +35,10 @@ class FileInputError(MMGenError, ValueError):
     """A path given by the user that is missing, unreadable, binary where text is expected, or of the wrong kind."""
 
 
+class MissingInput(FileInputError, FileNotFoundError):
+    """A file or folder the user named (shards, a tokenizer, a release, a checkpoint) that is not there."""
+
+
 class TokenizerError(MMGenError, ValueError):
     """A text or image tokenizer file that is missing, corrupt or does not match the model."""
 

@@ -1,8 +1,13 @@
-"""Shared fixtures: small trained text tokenizer, shard folders, real-data availability."""
+"""Shared fixtures: small trained text tokenizer, shard folders, real-data availability, and the helpers of the
+bad-input tests (a deadline that fails a hang, scripts/train.py in-process, the one-error-line check)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -108,3 +113,61 @@ def tiny_release(assets: Path, out: Path) -> Path:
     text, image, model = tiny_model(assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
                                     patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
     return export_release(out, MMGenModel, model.config, model.state_dict(), text, image)
+
+
+# ------------------------------------------------------------------------- bad input through an entry point
+HANG_S = 120  # any case still running after this long is a hang: the test fails
+
+
+@contextlib.contextmanager
+def deadline(seconds: int = HANG_S):
+    """Fail the test (instead of waiting for ever) if the block runs longer than `seconds`. The alarm repeats
+    every second after that: code that swallows one exception (webdataset's skip handler) meets the next."""
+
+    def hung(*_):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def train(tiny_assets, tmp_path_factory):
+    """train(out, *args) -> (exit code, stdout, stderr) of scripts/train.py `main`, in-process, on the tiny
+    test model, under `deadline`."""
+    from test_tokenizer_eval import _script
+    from test_train import tiny_run
+
+    from mmgen.config import dump_config
+
+    base = dump_config(tiny_run(tiny_assets, tmp_path_factory.mktemp("cfg") / "unused"),
+                       tmp_path_factory.mktemp("cfg") / "tiny.yaml")  # fmt: skip
+    main, cwd = _script("train").main, os.getcwd()
+
+    def run(out: Path, *args: str) -> tuple[int, str, str]:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        code = 0
+        try:
+            with deadline(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                main(["--config", str(base), f"train.output_dir={out}", *args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            os.chdir(cwd)  # main() runs in the repository root
+        return code, stdout.getvalue(), stderr.getvalue()
+
+    return run
+
+
+def assert_refused(result: tuple[int, str, str], message: str) -> None:
+    """Exit code 2, the last line of stderr is `error: ...` matching `message`, and no traceback anywhere."""
+    code, out, err = result
+    assert code == 2, (code, out[-2000:], err[-2000:])
+    assert "Traceback" not in out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(message, last), last

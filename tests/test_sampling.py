@@ -193,8 +193,8 @@ def test_bad_inputs_fail_before_work(pipe, tmp_path):
     cases = [
         (dict(prompts=["x <image:/no/such.png>"]), PromptError, "image not found: /no/such.png"),
         (dict(prompts=[f"x <image:{tmp_path / 'broken.png'}>"]), PromptError, "cannot read image"),
-        (dict(prompts=["x"], steps=0), PromptError, "steps must be >= 1"),
-        (dict(prompts=["x"], guidance=50.0), PromptError, "guidance must lie in"),
+        (dict(prompts=["x"], steps=0), PromptError, "steps 0 is out of range"),
+        (dict(prompts=["x"], guidance=50.0), PromptError, "guidance 50.0 is out of range"),
         (dict(prompts=["x"], stepz=2), PromptError, "unknown option"),
         (dict(prompts=[" ".join(["a large red circle"] * 60)]), ContextOverflow, "context"),
         (dict(prompts=["x"], max_new_tokens=500), ContextOverflow, "lower max_new_tokens"),

@@ -109,19 +109,15 @@ class DataConfig:
 
     RANGES: ClassVar[dict[str, Range]] = {
         "image_size": Range(8, 1024), "seq_len": Range(8, MAX_SEQ_LEN), "rows": Range(1, 4096),
-        "num_workers": Range(0, 256), "shuffle_buffer": AT_LEAST_0, "seed": AT_LEAST_0,
+        "num_workers": Range(0, 256), "shuffle_buffer": AT_LEAST_0, "seed": AT_LEAST_0, "min_image_size": AT_LEAST_0,
     }  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
-        _check(self.rows >= 1, f"rows must be >= 1, got {self.rows}")
-        _check(self.num_workers >= 0, "num_workers must be >= 0")
         _check(self.source != "shards" or bool(self.shards), "source 'shards' needs data.shards=<dir or glob>")
         _check(self.source in ("shapes", "shards") or bool(self.path),
                f"source '{self.source}' needs data.path=<where the data is> (see data/README.md)")  # fmt: skip
         _check(not self.latents or self.source == "shards",
                "data.latents=true reads shards written by scripts/cache_latents.py: set data.source=shards")  # fmt: skip
-        _check(self.min_image_size >= 0, f"min_image_size must be >= 0, got {self.min_image_size}")
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -286,7 +282,7 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 500
     ckpt_every: int = 500
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest ones kept; 0 = keep every checkpoint
     max_nonfinite: int = 5  # consecutive non-finite losses before training stops
     seed: int = 0
     init_from: str = ""  # a release folder whose weights start this run (e.g. an IMM run from a flow-matching one)
@@ -296,7 +292,7 @@ class TrainConfig:
         "steps": AT_LEAST_1, "grad_accum": Range(1, 4096), "lr": LEARNING_RATE, "min_lr_ratio": UNIT,
         "warmup_steps": AT_LEAST_0, "betas": UNIT_OPEN, "weight_decay": Range(0, 10), "grad_clip": AT_LEAST_0,
         "ema_decay": UNIT_OPEN, "log_every": AT_LEAST_1, "sample_every": AT_LEAST_0, "ckpt_every": AT_LEAST_0,
-        "keep_checkpoints": AT_LEAST_1, "max_nonfinite": AT_LEAST_1, "seed": AT_LEAST_0,
+        "keep_checkpoints": AT_LEAST_0, "max_nonfinite": AT_LEAST_1, "seed": AT_LEAST_0,
     }  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -58,10 +58,23 @@ class Document:
         return " ".join(s if isinstance(s, str) else placeholder for s in self.segments)
 
 
+def to_rgb8(im: PILImage.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of any Pillow image. 16-bit greyscale (modes I;16*, and I as Pillow opens 16-bit PNGs)
+    is scaled by 255 / 65535 (x / 257, rounded): Pillow's own convert("RGB") clips it at 255 instead, which
+    turns nearly every pixel white."""
+    if im.mode.startswith("I"):
+        x = np.asarray(im).astype(np.float64)
+        if x.min() < 0 or x.max() > 65535:
+            raise ValueError(f"{im.mode} pixels outside 0..65535 (min {x.min():g}, max {x.max():g})")
+        grey = np.rint(x / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
 def decode_image(data: bytes) -> np.ndarray:
     try:
         with PILImage.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(im)
     except Exception as e:  # PIL raises several types for broken files
         raise SampleError(f"cannot decode image ({type(e).__name__}: {e})") from e
 

@@ -8,8 +8,10 @@ decoding, so skipping is cheap).
 
 A sample that cannot be read (truncated tar member, broken image, bad or malformed JSON) is skipped, logged
 with its key (the first few, then a count: skips.py) and reported downstream in `Item.skipped`, so the trainer
-counts it: never a crash, never a silent drop. A whole pass over a stream's shards without one readable
-document is a DataError naming the shards (an endless stream would otherwise spin for ever).
+counts it: never a crash, never a silent drop. A pass that reads nothing goes on to the next epoch (other
+shards may be dealt to this stream then); once consecutive passes without one readable document have gone
+over every shard the stream can be dealt (all of them when shuffled, its own share otherwise), it is a
+DataError naming the shards: an endless stream would otherwise spin for ever.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import webdataset as wds
 
 from mmgen.data.documents import Document, SampleError, from_sample, to_sample
 from mmgen.data.skips import SkipReport
-from mmgen.errors import DataError
+from mmgen.errors import DataError, MissingInput
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
@@ -62,7 +64,7 @@ def list_shards(spec: str | Path | list[str]) -> list[str]:
         p = Path(spec)
         paths = sorted(str(x) for x in p.glob("*.tar")) if p.is_dir() else sorted(glob.glob(str(spec)))
     if not paths:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no shards found at {spec!r}; write them with `python scripts/prepare_data.py --source ... --out DIR`"
         )
     return paths
@@ -150,6 +152,8 @@ class ShardStream:
         """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
         epoch, skip = start
         carry: list[tuple[str, str]] = []  # skipped samples not yet reported with an item
+        reachable = set(self.shards) if self.shuffle else set(self.shards_for(epoch, worker))
+        empty = EmptyPasses()  # the consecutive passes that read nothing, up to now
         while self.epochs is None or epoch < self.epochs:
             skipped: list[tuple[str, str]] = []  # the tar handler appends here too
             read = 0  # documents decoded in this pass, or passed over by the cursor
@@ -168,21 +172,39 @@ class ShardStream:
                 report, carry = carry + skipped, []
                 skipped.clear()
                 yield Item(doc, worker, epoch, index, report)
-            if read == 0:  # another pass would read nothing either: an endless stream would spin for ever
-                raise unreadable_pass(self.shards_for(epoch, worker), skipped)
+            empty = empty.add(self.shards_for(epoch, worker), skipped) if read == 0 else EmptyPasses()
+            if empty.shards >= reachable:  # every pass from now on would read nothing either
+                raise empty.error()
             carry += skipped
             epoch, skip = epoch + 1, 0
         self.unreported = carry  # skipped at the very end of a finite stream (also logged)
 
 
-def unreadable_pass(shards: list[str], skipped: list[tuple[str, str]]) -> DataError:
-    names = ", ".join(shards[:4]) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
-    found = (f"{len(skipped)} unreadable sample(s) or tar member(s), the first: {skipped[0][0]}: {skipped[0][1]}"
-             if skipped else "they hold no samples")  # fmt: skip
-    return DataError(
-        f"no readable document in a whole pass over {len(shards)} shard(s) ({names}): {found}. Check them "
-        f"(`tar tvf SHARD`), or write the shards again with scripts/prepare_data.py"
-    )
+@dataclass
+class EmptyPasses:
+    """Consecutive passes of one stream that read no document: the shards they went over, what they skipped."""
+
+    passes: int = 0
+    shards: set[str] = field(default_factory=set)
+    skipped: int = 0
+    first: tuple[str, str] | None = None  # the first skipped sample or tar member: (key, reason)
+
+    def add(self, shards: list[str], skipped: list[tuple[str, str]]) -> EmptyPasses:
+        self.passes, self.skipped = self.passes + 1, self.skipped + len(skipped)
+        self.shards.update(shards)
+        self.first = self.first or (skipped[0] if skipped else None)
+        return self
+
+    def error(self) -> DataError:
+        shards = sorted(self.shards)
+        names = ", ".join(shards[:4]) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
+        found = (f"{self.skipped} unreadable sample(s) or tar member(s), the first: {self.first[0]}: {self.first[1]}"
+                 if self.first else "they hold no samples")  # fmt: skip
+        passes = "a whole pass" if self.passes == 1 else f"{self.passes} consecutive passes"
+        return DataError(
+            f"no readable document in {passes} over {len(shards)} shard(s) ({names}): {found}. Check them "
+            f"(`tar tvf SHARD`), or write the shards again with scripts/prepare_data.py"
+        )
 
 
 def read_documents(shards: str | Path | list[str]) -> Iterator[Document]:

@@ -16,13 +16,12 @@ Per image, for the rows that opened one (<boi>):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mmgen.config.schema import MAX_SAMPLER_STEPS
+from mmgen.config.schema import SampleConfig
 from mmgen.data.documents import Document, Image
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
@@ -54,25 +53,16 @@ class SamplingOptions:
     stop_after_image: bool = False
 
     def validate(self) -> None:
-        if self.steps <= 0:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.steps > MAX_SAMPLER_STEPS:
-            raise ValueError(f"steps must be <= {MAX_SAMPLER_STEPS}, got {self.steps}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {self.top_p}")
+        for name, allowed in SampleConfig.RANGES.items():  # steps, guidance, temperature, top_k, top_p, ...
+            if (value := getattr(self, name)) not in allowed:
+                raise ValueError(f"{name} {value} is out of range (allowed: {allowed})")
         if self.time_grid not in ("uniform", "cosine"):
             raise ValueError(f"time_grid must be uniform or cosine, got {self.time_grid!r}")
-        if not 0.0 <= self.guidance <= 20.0:
-            raise ValueError(f"guidance must lie in [0, 20], got {self.guidance}")
         lo, hi = self.guidance_interval
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1, got {self.guidance_interval}")
-        if self.max_new_tokens < 0 or self.max_images < 0:
-            raise ValueError("max_new_tokens and max_images must be >= 0")
+        if self.max_images < 0:
+            raise ValueError(f"max_images must be >= 0, got {self.max_images}")
         if self.method not in (None, "pushforward", "euler", "restart"):
             raise ValueError(f"unknown sampler {self.method!r}: pushforward, euler or restart")
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from mmgen.data.documents import to_rgb8
 from mmgen.errors import PromptError, TokenizerError
 from mmgen.models.model import MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
@@ -39,19 +40,6 @@ def read_image(path: str | Path, where: str = "") -> np.ndarray:
             return to_rgb8(im)
     except Exception as e:
         raise PromptError(f"cannot read image {p}{where}: {type(e).__name__}: {e}") from e
-
-
-def to_rgb8(im: PILImage.Image) -> np.ndarray:
-    """(H, W, 3) uint8 of any Pillow image. 16-bit greyscale (modes I;16*, and I as Pillow opens 16-bit PNGs)
-    is scaled by 255 / 65535 (x / 257, rounded): Pillow's own convert("RGB") clips it at 255 instead, which
-    turns nearly every pixel white."""
-    if im.mode.startswith("I"):
-        x = np.asarray(im).astype(np.float64)
-        if x.min() < 0 or x.max() > 65535:
-            raise ValueError(f"{im.mode} pixels outside 0..65535 (min {x.min():g}, max {x.max():g})")
-        grey = np.rint(x / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"))
 
 
 def check_text(text: str, where: str) -> str:

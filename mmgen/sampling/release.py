@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.errors import CheckpointError, PromptError
+from mmgen.errors import CheckpointError, MissingInput, PromptError
 from mmgen.files import check_shapes, read_json
 
 FIX = "copy the release folder again, or export it again from its run (train.py writes release/ at the end)"
@@ -41,15 +41,15 @@ def load_release(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     dev = resolve_device(device)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
-                                f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`")  # fmt: skip
+        raise MissingInput(f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
+                           f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`")  # fmt: skip
     read_json(path / "config.json", CheckpointError, FIX)
     try:
         config = MMGenConfig.from_pretrained(path)
-        with torch.device("meta"):  # shapes only, no memory
-            shell = MMGenModel(config)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path / 'config.json'} does not describe an mmgen model ({e}); {FIX}") from e
+    with torch.device("meta"):  # shapes only, no memory
+        shell = MMGenModel(config)
     check_shapes(path / "model.safetensors", shell.state_dict(), CheckpointError, FIX)
     model = MMGenModel.from_pretrained(path, config=config).to(dev)
     text = load_text_tokenizer(path, fix=FIX)  # the release's own tokenizers: retraining one would not match

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgen.errors import MissingInput
+
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "results" / "tokenizers" / "feature_net"
 TILE = 32
 
@@ -104,7 +106,7 @@ def load_feature_net(folder: str | Path = DEFAULT_FOLDER) -> FeatureNet:
 
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no feature network at {folder}; train it with `python scripts/eval_tokenizer.py --train-feature-net` "
             f"(about 5 minutes on 2 CPU cores) or pass --no-fd"
         )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmgen.config import ImageTokenizerRecipe, from_dict, load_config, to_dict
-from mmgen.errors import TokenizerError
+from mmgen.errors import MissingInput, TokenizerError
 from mmgen.files import check_shapes, read_json
 from mmgen.tokenizer.autoencoder import Decoder, Encoder
 from mmgen.tokenizer.bottleneck import BottleneckOut, build_bottleneck
@@ -158,7 +158,7 @@ def load_image_tokenizer(folder: str | Path, fix: str = "") -> ImageTokenizer:
 
     folder = resolve_artifact(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no image tokenizer at {folder} ({CONFIG_NAME} + {WEIGHTS_NAME}); "
             + (fix or f"train it with `{_train_command(folder)}` (or pass a folder saved by save_pretrained)")
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmgen.config import TextTokenizerRecipe, dump_config, load_config
-from mmgen.errors import TokenizerError
+from mmgen.errors import MissingInput, TokenizerError
 from mmgen.files import read_json
 
 BOI, EOI = "<boi>", "<eoi>"
@@ -110,8 +110,8 @@ def load_text_tokenizer(path: str | Path, fix: str = ""):
     train = f"train it with `python scripts/train_tokenizer.py text --recipe {folder}.yaml`"
     for name in TEXT_TOKENIZER_FILES:
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"no text tokenizer at {folder} ({name} is missing); "
-                                    + (fix or f"{train} (or pass a folder saved by save_pretrained)"))  # fmt: skip
+            raise MissingInput(f"no text tokenizer at {folder} ({name} is missing); "
+                               + (fix or f"{train} (or pass a folder saved by save_pretrained)"))  # fmt: skip
         read_json(folder / name, TokenizerError, fix or f"copy the folder again or {train}")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mmgen.config import ImageTokenizerRecipe, dump_config, load_config, to_dict
+from mmgen.errors import MissingInput
 from mmgen.tokenizer.bottleneck import BottleneckOut
 from mmgen.tokenizer.image import ImageTokenizer
 from mmgen.tokenizer.image_data import CropSampler, Pool, build_pools
@@ -77,7 +78,7 @@ def resolve_resume(folder: Path, resume: str | None) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint (use auto, none, or a step_*.pt path)")
+        raise MissingInput(f"--resume {resume}: no such checkpoint (use auto, none, or a step_*.pt path)")
     return path
 
 

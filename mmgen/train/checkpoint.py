@@ -10,13 +10,17 @@ leaves a folder that looks complete with files missing.
 
 Resumption (`choose_checkpoint`) takes the newest checkpoint whose files match its manifest, and says which
 one it took and why it passed over newer ones (truncated, half-deleted, changed files). A checkpoint written
-before manifests existed is accepted only where every file is read without unpickling code (one process or
-DDP: safetensors and `torch.load(weights_only=True)`); under DeepSpeed it is refused (see distributed.py).
+before manifests existed is accepted with a printed note ("loaded unverified"). The manifest catches damage,
+not an attacker (whoever can plant a file can rewrite the manifest): what keeps a planted pickle from running
+is that every file is read without unpickling code, safetensors and `torch.load(weights_only=True)`, under
+DeepSpeed too (distributed.py). Only rank 0 reads and hashes the files; it sends its choice to the others
+(`choose_on_rank0`).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -138,6 +142,31 @@ def find_checkpoint(root: Path, resume: str, allow_unverified: bool = False) -> 
     return choose_checkpoint(root, resume, allow_unverified).path
 
 
+def choose_on_rank0(engine, root: Path, resume: str) -> Resume:
+    """`choose_checkpoint` (unverified checkpoints accepted, with a note) run on rank 0 alone, which reads and
+    hashes every file once instead of once per rank; the others receive its choice as a step number. A
+    refusal on rank 0 stops every rank."""
+    if engine.world_size == 1:
+        return choose_checkpoint(root, resume, allow_unverified=True)
+    chosen, refusal = Resume(None), None
+    if engine.is_main:
+        try:
+            chosen = choose_checkpoint(root, resume, allow_unverified=True)
+        except CheckpointError as e:
+            refusal = e
+    # rank 0's choice (the other ranks add 0): -2 refused, -1 start afresh, else the step of the folder
+    mine = -2 if refusal is not None else -1 if chosen.path is None else int(chosen.path.name.removeprefix("step-"))
+    code = int(engine.all_reduce([float(mine) if engine.is_main else 0.0])[0])
+    if refusal is not None:
+        raise refusal
+    if code == -2:
+        raise CheckpointError(f"rank 0 refused to resume (its error says why and how to fix it); rank {engine.rank} "
+                              f"stops with it")  # fmt: skip
+    if engine.is_main or code == -1:
+        return chosen
+    return Resume(Path(resume) if resume not in ("auto", "none") else step_dir(root, code))
+
+
 def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], ema_state: dict[str, torch.Tensor],
                     cursor: dict[str, Any], keep: int) -> Path:  # fmt: skip
     """Called on every rank. `state` (rank 0's) goes to trainer_state.json; EMA and cursor are per rank."""
@@ -166,8 +195,20 @@ def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], ema_st
 
 def _unloadable(path: Path, what: str, e: Exception) -> CheckpointError:
     return CheckpointError(
-        f"checkpoint {path}: cannot load {what} ({type(e).__name__}: {e}). Resume from an older checkpoint "
-        f"(--resume {path.parent}/step-...) or start afresh with --resume none"
+        f"checkpoint {path}: cannot load {what} ({type(e).__name__}: {' '.join(str(e).split())}). Resume from an "
+        f"older checkpoint (--resume {path.parent}/step-...) or start afresh with --resume none"
+    )
+
+
+def refused_pickle(where: str, e: pickle.UnpicklingError) -> CheckpointError:
+    """A checkpoint file that torch.load(weights_only=True) refused: it asks for code or a class to be run."""
+    found = re.search(r"GLOBAL (\S+)", str(e))
+    wants = found.group(1) if found else str(e).strip().splitlines()[-1]
+    return CheckpointError(
+        f"{where}: refused to load: it asks for {wants}, which a checkpoint written by this trainer never holds "
+        f"(the file may have been planted or written by another program). Delete this checkpoint folder and "
+        f"resume from an older one (--resume auto takes the newest that verifies), or start afresh with "
+        f"--resume none"
     )
 
 
@@ -188,7 +229,9 @@ def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, torch
         engine.load_state(str(path))
     except CheckpointError:
         raise
-    except (OSError, RuntimeError, ValueError, EOFError, KeyError, SafetensorError) as e:  # incl. UnpicklingError
+    except pickle.UnpicklingError as e:  # accelerate's torch.load(weights_only=True) met a global it refuses
+        raise refused_pickle(f"checkpoint {path}", e) from None
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, SafetensorError) as e:
         raise _unloadable(path, "the model and optimizer state", e) from e
     ema_file, cursor_file = path / f"ema_rank{engine.rank}.safetensors", path / f"cursor_rank{engine.rank}.json"
     try:

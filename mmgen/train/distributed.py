@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import re
 import sys
 from collections.abc import Iterator
 
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from mmgen.errors import CheckpointError
+from mmgen.train.checkpoint import refused_pickle
 
 
 def _launched_with_deepspeed() -> bool:
@@ -51,22 +51,15 @@ def safe_torch_load(path: str, map_location=None, allow: list[type] | None = Non
     """torch.load(weights_only=True) with `allow` added to torch's allow-list for the duration of the call.
 
     The rule for DeepSpeed checkpoints: DeepSpeed's own loader calls torch.load(weights_only=False), which runs
-    whatever a planted pickle asks for. So (1) a checkpoint folder is only resumed from when every file matches
-    its manifest and no other file is there (checkpoint.py), and (2) DeepSpeed's files are read here instead,
-    with weights_only=True: tensors, containers and the classes of `deepspeed_state_classes()` only. A file
-    that asks for any other global (a function to call, another class) is refused before anything runs."""
+    whatever a planted pickle asks for. So DeepSpeed's files are read here instead, with weights_only=True:
+    tensors, containers and the classes of `deepspeed_state_classes()` only. A file that asks for any other
+    global (a function to call, another class) is refused before anything runs, whether or not the folder has
+    a manifest (the manifest, checkpoint.py, catches damage; it cannot stop someone who rewrites it)."""
     try:
         with torch.serialization.safe_globals(list(allow or [])):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        wants = found.group(1) if found else str(e).strip().splitlines()[-1]
-        raise CheckpointError(
-            f"{path}: refused to load: it asks for {wants}, which a checkpoint written by this trainer never holds "
-            f"(the file may have been planted or written by another program). Delete this checkpoint folder and "
-            f"resume from an older one (--resume auto takes the newest that verifies), or start afresh with "
-            f"--resume none"
-        ) from None
+        raise refused_pickle(path, e) from None
 
 
 def refuse_universal_load(ds_config) -> None:

@@ -24,7 +24,7 @@ from mmgen.errors import CheckpointError
 from mmgen.models.model import MMGenModel
 from mmgen.objectives.multimodal import LossNorm, MultimodalLoss, count_units
 from mmgen.train import build
-from mmgen.train.checkpoint import choose_checkpoint, export_release, load_checkpoint, save_checkpoint
+from mmgen.train.checkpoint import choose_on_rank0, export_release, load_checkpoint, save_checkpoint
 from mmgen.train.distributed import Engine
 from mmgen.train.ema import EMA
 from mmgen.train.log import MetricsLog, live_tensor_mb, memory_mb
@@ -92,8 +92,8 @@ class Trainer:
         self.bad_in_a_row = 0
         self.tokens_seen = 0
         cursor_state = None
-        # the newest checkpoint that verifies; one without a manifest only where nothing is unpickled
-        chosen = choose_checkpoint(self.out / "checkpoints", resume, allow_unverified=not e.deepspeed)
+        # the newest checkpoint that verifies (or has no manifest: nothing is unpickled either way)
+        chosen = choose_on_rank0(e, self.out / "checkpoints", resume)
         ckpt = chosen.path
         for note in chosen.notes if e.is_main else []:
             print(note, flush=True)

@@ -4,8 +4,11 @@
     check_manifest(folder) -> str  '' when every listed file is there with its size and hash and no other
                                    file is; otherwise the first problem, in words
 
-A truncated or half-deleted file, a file that is missing, and a file that the trainer did not write (a planted
-pickle) all fail the check, so resumption can refuse the folder before anything in it is unpickled.
+A truncated or half-deleted file, a file that is missing, and a file that the trainer did not write all fail
+the check, so resumption passes over a damaged folder before loading anything from it. It is a check against
+damage, not against an attacker: whoever can plant a pickle in the folder can rewrite the manifest to match.
+What keeps a planted pickle from running is that no checkpoint file is ever unpickled with code allowed
+(safetensors, `torch.load(weights_only=True)`; for DeepSpeed's files see `safe_torch_load` in distributed.py).
 """
 
 from __future__ import annotations
