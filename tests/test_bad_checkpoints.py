@@ -238,3 +238,21 @@ def test_planted_pickle_in_a_zero2_checkpoint_never_runs(tiny_assets, tmp_path):
     resumed = launch("configs/accelerate/zero2.yaml", cfg, "--stop-after", "1", processes=1)
     assert f"resumed from {ck} at step 2" in resumed.stdout and not marker.exists()
     assert "has no manifest (written before manifests existed): loaded unverified" in resumed.stdout
+
+
+@pytest.mark.distributed
+def test_two_ranks_stop_together_when_rank_0_refuses_the_checkpoint(tiny_assets, tmp_path):
+    """Only rank 0 verifies the checkpoint (each file hashed once, not once per rank); rank 1 follows its
+    choice, and stops with it when rank 0 refuses (instead of waiting for ever in the next collective)."""
+    out = tmp_path / "run"
+    cfg = dump_config(tiny_run(tiny_assets, out), tmp_path / "c.yaml")
+    launch("configs/accelerate/ddp_cpu.yaml", cfg, "--stop-after", "1")
+    ck = out / "checkpoints" / "step-0000001"
+    truncate(ck / "model.safetensors")
+    refused = launch("configs/accelerate/ddp_cpu.yaml", cfg, "--resume", str(ck), check=False)
+    # both ranks exit with code 2 (the launcher then prints its own traceback: a child failed)
+    codes = re.findall(r"rank\s*: (\d) \(local_rank: \d\)\s+exitcode\s*: (-?\d+)", refused.stderr)
+    assert refused.returncode != 0 and sorted(codes) == [("0", "2"), ("1", "2")], refused.stderr[-3000:]
+    assert not any("mmgen" in tb for tb in refused.stderr.split("Traceback")[1:]), refused.stderr[-3000:]
+    assert f"error: --resume {ck}: cannot resume from this folder: model.safetensors has 20 bytes" in refused.stderr
+    assert "error: rank 0 refused to resume (its error says why and how to fix it); rank 1 stops" in refused.stderr
