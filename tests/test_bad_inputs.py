@@ -285,3 +285,26 @@ def test_sixteen_bit_prompt_image_is_scaled_not_clipped(tmp_path):
     assert rgb.min() == 0 and rgb.max() == 255 and (rgb == 255).mean() < 0.01  # clipping made 99.6 % white
     PILImage.fromarray(want).save(tmp_path / "grey8.png")  # the 8-bit image of the same ramp reads the same
     assert (read_image(tmp_path / "grey8.png") == rgb).all()
+
+
+def test_only_expected_errors_become_one_line(monkeypatch, capsys):
+    """An MMGenError (a missing path the user named is a MissingInput, still a FileNotFoundError for callers)
+    is one line and exit code 2; any other OSError is a fault that keeps its traceback; MMGEN_DEBUG=1 keeps the
+    traceback of the expected errors too."""
+    from mmgen.cli import cli_main
+    from mmgen.errors import MissingInput
+
+    @cli_main
+    def main(exc: Exception):
+        raise exc
+
+    monkeypatch.delenv("MMGEN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(MissingInput("no shards found at 'x'"))
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: no shards found at 'x'\n"
+    assert isinstance(MissingInput("x"), FileNotFoundError)
+    with pytest.raises(PermissionError):
+        main(PermissionError(13, "Permission denied", "/root/x"))
+    monkeypatch.setenv("MMGEN_DEBUG", "1")
+    with pytest.raises(MissingInput, match="no shards found"):
+        main(MissingInput("no shards found at 'x'"))
