@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--prefix", default="latents")
     ap.add_argument("--split", default="train", choices=["train", "test"], help="named sources only")
-    ap.add_argument("--limit", type=int, default=0, help="documents to read (0 = all)")
+    ap.add_argument("--limit", type=int, default=0, help="documents to read (0 = all; a resumed run counts the "
+                    "ones read before)")
     ap.add_argument("--restart", action="store_true", help="overwrite a cache in --out instead of resuming it")
     ap.add_argument("--layout", default="caption_image", choices=["caption_image", "image_caption", "both"],
                     help="order of a caption and its image in captioned-image documents")
@@ -56,16 +58,16 @@ def main(argv: list[str] | None = None) -> dict:
     from mmgen.tokenizer.image import ensure_image_tokenizer
 
     tok = ensure_image_tokenizer(args.tokenizer)
+    opts = read_options(args, args.image_size)
     cache = LatentCache(args.out, tok, args.image_size, source=args.source, prefix=args.prefix,
                         shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,
-                        restart=args.restart)  # fmt: skip
+                        restart=args.restart, options=asdict(opts))  # fmt: skip
     if cache.start:
         print(f"resuming {args.out}: {len(cache.state['shards'])} shards written, source index {cache.start}")
-    items, total, unreported = read_items(args.source, read_options(args, args.image_size), cache.start,
-                                          args.split, args.limit)  # fmt: skip
+    items, total, unreported = read_items(args.source, opts, cache.start, args.split, args.limit)
     t0 = time.perf_counter()
     bar = tqdm(items, total=total, initial=cache.start if total else 0, unit="doc", desc="cache", mininterval=1.0)
-    index = cache.run(bar, unreported)
+    index = cache.run(bar, unreported, limit=args.limit)
     bar.close()
     dt = time.perf_counter() - t0
     summary = {k: index[k] for k in ("samples", "skipped")} | {

@@ -3,30 +3,26 @@ another tokenizer (or none) are refused with a message that says what to do."""
 
 from __future__ import annotations
 
-import importlib.util
+import itertools
 import json
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
-from test_external_data import write_img2dataset_fixture
+from test_external_data import image_bytes, write_img2dataset_fixture
+from test_tokenizer_eval import _script as script
 
 from mmgen.config import RunConfig, load_config
+from mmgen.data.documents import Document, Image
 from mmgen.data.external import ReadOptions, read_items
 from mmgen.data.img2dataset import write_img2dataset
 from mmgen.data.latent_cache import LatentCache, tokenizer_identity
-from mmgen.data.shards import read_documents
+from mmgen.data.shards import Item, read_documents
 from mmgen.errors import DataError
 from mmgen.tokenizer.image import ImageTokenizer, load_image_tokenizer
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +33,26 @@ def i2d(tmp_path_factory):
     return root
 
 
-def cache(i2d: Path, assets: Path, out: Path, *flags: str) -> dict:
-    return script("cache_latents").main(["--source", f"img2dataset:{i2d}", "--tokenizer", str(assets / "image"),
+@pytest.fixture(scope="module")
+def other_tok(tiny_assets, tmp_path_factory) -> Path:
+    """An image tokenizer of the same recipe with other weights: its latents are not interchangeable."""
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("other") / "image"
+    ImageTokenizer(load_image_tokenizer(tiny_assets / "image").recipe).save_pretrained(out)
+    return out
+
+
+def cache(i2d: Path, assets: Path, out: Path, *flags: str, tok: Path | None = None) -> dict:
+    return script("cache_latents").main(["--source", f"img2dataset:{i2d}", "--tokenizer", str(tok or assets / "image"),
                                          "--image-size", "16", "--out", str(out), *flags])  # fmt: skip
+
+
+def interrupted(items, after: int):
+    """The items, then a KeyboardInterrupt in place of item number `after` (an interrupted run)."""
+    for n, item in enumerate(items):
+        if n == after:
+            raise KeyboardInterrupt
+        yield item
 
 
 def latents_by_key(folder: Path) -> dict[str, np.ndarray]:
@@ -53,17 +66,13 @@ def test_cache_resumes_after_an_interruption(i2d, tiny_assets, tmp_path):
     assert whole["latents"]["shape"] == [4, 4, 4] and whole["latents"]["image_size"] == 16
 
     tok = load_image_tokenizer(tiny_assets / "image")
-    part = LatentCache(tmp_path / "part", tok, 16, source=f"img2dataset:{i2d}", shard_size=4, batch_size=3)
-    items, _, _ = read_items(f"img2dataset:{i2d}", ReadOptions(16, 16))
-
-    def crash_after_six():
-        for n, item in enumerate(items):
-            if n == 6:
-                raise KeyboardInterrupt
-            yield item
+    opts = ReadOptions(16, 16)  # what cache_latents.py reads with at --image-size 16
+    part = LatentCache(tmp_path / "part", tok, 16, source=f"img2dataset:{i2d}", shard_size=4, batch_size=3,
+                       options=asdict(opts))  # fmt: skip
+    items, _, _ = read_items(f"img2dataset:{i2d}", opts)
 
     with pytest.raises(KeyboardInterrupt):
-        part.run(crash_after_six())
+        part.run(interrupted(items, 6))
     state = json.loads((tmp_path / "part" / "cache_state.json").read_text())
     assert list(state["shards"].values()) == [4] and not (tmp_path / "part" / "index.json").exists()
     resumed = cache(i2d, tiny_assets, tmp_path / "part", "--shard-size", "4", "--batch-size", "3")
@@ -71,7 +80,7 @@ def test_cache_resumes_after_an_interruption(i2d, tiny_assets, tmp_path):
     a, b = latents_by_key(tmp_path / "whole"), latents_by_key(tmp_path / "part")
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(DataError, match=r"made with other settings \(differs in image_size, shape\): use another"):
-        LatentCache(tmp_path / "part", tok, 32, source=f"img2dataset:{i2d}")
+        LatentCache(tmp_path / "part", tok, 32, source=f"img2dataset:{i2d}", options=asdict(opts))
 
 
 def run_config(assets: Path, out: Path, *overrides: str) -> RunConfig:
@@ -97,16 +106,13 @@ def test_training_from_cached_latents_equals_encoding_on_the_fly(i2d, tiny_asset
     assert losses["cached"] == pytest.approx(losses["fly"], rel=1e-5)
 
 
-def test_latents_of_another_tokenizer_or_none_are_refused(i2d, tiny_assets, tmp_path):
+def test_latents_of_another_tokenizer_or_none_are_refused(i2d, tiny_assets, other_tok, tmp_path):
     from mmgen.train.build import load_tokenizers
 
     cache(i2d, tiny_assets, tmp_path / "cache", "--limit", "4")
-    torch.manual_seed(1)
-    other = ImageTokenizer(load_image_tokenizer(tiny_assets / "image").recipe)
-    other.save_pretrained(tmp_path / "other")
-    sha = tokenizer_identity(other)["sha256"][:12]
+    sha = tokenizer_identity(load_image_tokenizer(other_tok))["sha256"][:12]
     cfg = run_config(tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={tmp_path / 'cache'}",
-                     "data.latents=true", f"image_tokenizer={tmp_path / 'other'}")  # fmt: skip
+                     "data.latents=true", f"image_tokenizer={other_tok}")  # fmt: skip
     with pytest.raises(DataError, match=rf"made by image tokenizer 'tiny' \(sha256 \w{{12}}\), this run uses 'tiny' "
                                         rf"\(sha256 {sha}\): set image_tokenizer to the one that made them"):  # fmt: skip
         load_tokenizers(cfg)
@@ -133,3 +139,83 @@ def test_prepare_data_source_writes_images_or_latents_and_counts_bad_samples(i2d
                           str(tiny_assets / "image"), "--image-size", "16"])  # fmt: skip
     assert index["samples"] == 13 and index["skipped"] == 3 and index["latents"]["shape"] == [4, 4, 4]
     assert sorted(latents_by_key(tmp_path / "lat")) == sorted(d.key for d in docs)
+
+
+def test_restart_leaves_no_latents_of_the_old_tokenizer_for_training(i2d, tiny_assets, other_tok, tmp_path):
+    """A re-cache removes the old index, state and shards first; training reads only the shards the index
+    lists, refuses any other tar, and each document names the tokenizer that made its latents."""
+    from mmgen.train.loop import Trainer
+
+    out, spare = tmp_path / "cache", tmp_path / "spare"
+    cache(i2d, tiny_assets, out, "--shard-size", "4")  # tokenizer A: 4 shards
+    cache(i2d, tiny_assets, spare, "--shard-size", "4")
+    sha_b = cache(i2d, tiny_assets, out, "--shard-size", "8", "--restart", tok=other_tok)["latents"]["tokenizer"]["sha256"]
+    assert sorted(f.name for f in out.iterdir()) == ["cache_state.json", "index.json", "latents-000000.tar",
+                                                     "latents-000001.tar"]  # fmt: skip
+    assert {d.meta["image_tokenizer_sha256"] for d in read_documents(out)} == {sha_b}
+
+    # an interrupted restart with A: B's index is gone at once, so nothing trains on the half-written cache
+    tok_a = load_image_tokenizer(tiny_assets / "image")
+    opts = ReadOptions(16, 16)
+    part = LatentCache(out, tok_a, 16, source=f"img2dataset:{i2d}", shard_size=4, restart=True, options=asdict(opts))
+    items, _, _ = read_items(f"img2dataset:{i2d}", opts)
+    with pytest.raises(KeyboardInterrupt):
+        part.run(interrupted(items, 5))
+    assert sorted(f.name for f in out.iterdir()) == ["cache_state.json", "latents-000000.tar"]
+    cfg = run_config(tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={out}", "data.latents=true")
+    with pytest.raises(DataError, match=r"data.latents: no index.json in .*, so nothing says which tokenizer"):
+        Trainer(cfg)
+
+    cache(i2d, tiny_assets, out, "--shard-size", "4")  # resumed and finished with A
+    shutil.copy(spare / "latents-000003.tar", out / "latents-000009.tar")  # a tar the index does not list
+    with pytest.raises(DataError, match=r"1 tar\(s\) in .* are not listed in its index.json \(first: .*latents-000009"
+                                        r".tar\), so nothing says which tokenizer made them"):  # fmt: skip
+        Trainer(cfg)
+    (out / "latents-000009.tar").unlink()
+    b_out = tmp_path / "b"
+    cache(i2d, tiny_assets, b_out, "--shard-size", "4", tok=other_tok)
+    shutil.copy(b_out / "latents-000001.tar", out / "latents-000001.tar")  # a listed shard overwritten by B's
+    with pytest.raises(DataError, match=r"holds latents of another image tokenizer \(sha256 \w{12}, expected "
+                                        r"\w{12}\): its shard is not the cache's"):  # fmt: skip
+        list(itertools.islice(Trainer(cfg).data, 8))
+
+
+def test_a_resumed_limited_cache_reads_as_many_documents_and_the_same_options(i2d, tiny_assets, tmp_path,
+                                                                             monkeypatch):  # fmt: skip
+    monkeypatch.setenv("MMGEN_DEBUG", "1")  # the scripts raise their errors instead of exiting
+    whole = cache(i2d, tiny_assets, tmp_path / "whole", "--shard-size", "3", "--limit", "8")
+    tok = load_image_tokenizer(tiny_assets / "image")
+    opts = ReadOptions(16, 16)
+    part = LatentCache(tmp_path / "part", tok, 16, source=f"img2dataset:{i2d}", shard_size=3, options=asdict(opts))
+    items, _, _ = read_items(f"img2dataset:{i2d}", opts)
+    with pytest.raises(KeyboardInterrupt):  # after 2 shards (6 documents, 1 bad sample skipped before them)
+        part.run(interrupted(items, 7), limit=8)
+    assert json.loads((tmp_path / "part" / "cache_state.json").read_text())["read"] == 6
+    with pytest.raises(DataError, match=r"made with other settings \(differs in options\)"):
+        cache(i2d, tiny_assets, tmp_path / "part", "--shard-size", "3", "--limit", "8", "--min-image-size", "8")
+    resumed = cache(i2d, tiny_assets, tmp_path / "part", "--shard-size", "3", "--limit", "8")
+    assert resumed["samples"] == whole["samples"] == 8 and resumed["skipped"] == whole["skipped"]
+    assert sorted(latents_by_key(tmp_path / "part")) == sorted(latents_by_key(tmp_path / "whole"))
+
+
+def test_a_corrupt_image_skips_its_document_when_caching(tiny_assets, tmp_path):
+    """A named source hands over the files' bytes undecoded: the cache decodes them one document at a time."""
+    good = [Document(f"ok{i}", ["a red one", Image(data=image_bytes("red"), fmt="jpg")]) for i in range(3)]
+    bad = Document("broken", ["a broken one", Image(data=b"not a jpeg", fmt="jpg")])
+    cache = LatentCache(tmp_path / "lat", load_image_tokenizer(tiny_assets / "image"), 16, source="test",
+                        batch_size=2)  # fmt: skip
+    index = cache.run(Item(d, 0, 0, i) for i, d in enumerate([good[0], bad, *good[1:]]))
+    assert index["samples"] == 3 and index["skipped"] == 1 and index["skipped_examples"][0][0] == "broken"
+    assert "cannot decode image" in index["skipped_examples"][0][1]
+    assert sorted(latents_by_key(tmp_path / "lat")) == ["ok0", "ok1", "ok2"]
+
+
+def test_prepare_data_latents_resume_or_restart(i2d, tiny_assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMGEN_DEBUG", "1")
+    prepare = script("prepare_data")
+    argv = ["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "lat"), "--latents", str(tiny_assets / "image"),
+            "--image-size", "16"]  # fmt: skip
+    prepare.main(argv)
+    with pytest.raises(DataError, match=r"differs in options\): use another --out, or --restart to overwrite it"):
+        prepare.main([*argv, "--limit", "5"])
+    assert prepare.main([*argv, "--limit", "5", "--restart"])["samples"] == 5

@@ -154,9 +154,10 @@ def open_layout(layout: str, path: str, opts: ReadOptions, split: Split | None =
 
 
 def read_items(spec: str, opts: ReadOptions, start: int = 0, split: str = "train", limit: int = 0):
-    """One pass in stored order from raw index `start`, for prepare_data and cache_latents: (items, their
-    total or None, a callable giving the samples skipped after the last item). `spec` is `<layout>:PATH`,
-    `shards:DIR` (prepare_data's shards) or a named source of sources.py."""
+    """One pass in stored order from raw index `start` (which counts skipped samples too), at most `limit`
+    documents from there (0 = all), for prepare_data and cache_latents: (items, their total or None, a callable
+    giving the samples skipped after the last item). `spec` is `<layout>:PATH`, `shards:DIR` (prepare_data's
+    shards) or a named source of sources.py."""
     kind, _, path = spec.partition(":")
     if kind == "shards" or kind in LAYOUTS:
         if not path:
@@ -169,13 +170,14 @@ def read_items(spec: str, opts: ReadOptions, start: int = 0, split: str = "train
             stream = open_layout(kind, path, opts, shuffle=False, epochs=1)
         items = stream.items(0, (0, start))
         if limit:
-            items = itertools.islice(items, max(0, limit - start))
+            items = itertools.islice(items, limit)
         total = len(stream) if isinstance(stream, RecordStream) else None
         return items, total, lambda: getattr(stream, "unreported", [])
     from mmgen.data.sources import open_source
 
-    docs = itertools.islice(open_source(spec, split=split, limit=limit, layout=opts.caption_layout), start, None)
-    return (Item(d, 0, 0, i) for i, d in enumerate(docs, start=start)), limit or None, lambda: []
+    end = start + limit if limit else 0  # a named source has no bad samples: raw index = document index
+    docs = itertools.islice(open_source(spec, split=split, limit=end, layout=opts.caption_layout), start, None)
+    return (Item(d, 0, 0, i) for i, d in enumerate(docs, start=start)), end or None, lambda: []
 
 
 def add_read_args(ap) -> None:

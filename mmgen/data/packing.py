@@ -45,7 +45,9 @@ from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.data.shards import Item
 from mmgen.errors import DataError
 
-__all__ = ["IGNORE", "KIND_CLEAN", "KIND_NOISY", "KIND_TEXT", "EncodedDoc", "PackSpec", "Packer", "to_model_pixels"]
+__all__ = ["IGNORE", "KIND_CLEAN", "KIND_NOISY", "KIND_TEXT", "LATENTS_KEY", "EncodedDoc", "PackSpec", "Packer",
+           "to_model_pixels"]  # fmt: skip
+LATENTS_KEY = "image_tokenizer_sha256"  # a cached document's meta: the tokenizer that made its latents
 
 
 def to_model_pixels(img: Image, size: int) -> np.ndarray:
@@ -102,10 +104,11 @@ class EncodedDoc:
 class Packer:
     """Tokenizes documents and packs them into micro-batches of `rows` x `seq_len` tokens."""
 
-    def __init__(self, tokenizer, spec: PackSpec, use_latents: bool = False):
+    def __init__(self, tokenizer, spec: PackSpec, use_latents: bool = False, latents_of: str = ""):
         self.tok = tokenizer
         self.spec = spec
         self.use_latents = use_latents
+        self.latents_of = latents_of  # the sha256 of the tokenizer every cached document must name ("": any)
 
     # ------------------------------------------------------------------ one document
     def _text_ids(self, text: str) -> list[int]:
@@ -114,6 +117,11 @@ class Packer:
     def encode(self, doc: Document, max_len: int | None = None) -> list[EncodedDoc]:
         """A document as one EncodedDoc (or several, for text longer than a row). Trailing segments that do
         not fit are dropped; a document whose first image does not fit returns []."""
+        if self.latents_of and doc.images and doc.meta.get(LATENTS_KEY) != self.latents_of:
+            made = doc.meta.get(LATENTS_KEY)
+            raise DataError(f"document {doc.key!r} holds latents of another image tokenizer (sha256 "
+                            f"{str(made)[:12]}, expected {self.latents_of[:12]}): its shard is not the cache's; "
+                            f"re-cache with scripts/cache_latents.py --restart")  # fmt: skip
         sp = self.spec
         max_len = max_len or sp.seq_len
         gh, gw = sp.grid

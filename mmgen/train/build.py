@@ -85,6 +85,10 @@ def document_source(cfg: RunConfig, split: Split):
 
         opts = ReadOptions.of(d.image_size, d.min_image_size, d.caption_field, d.caption_layout)
         return open_layout(d.source, d.path, opts, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
+    if d.latents:  # only the shards the cache's index.json lists: they are the ones its tokenizer made
+        from mmgen.data.latent_cache import cached_shards
+
+        return ShardStream(cached_shards(d.shards)[0], split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
     try:
         return ShardStream(d.shards, split, seed=d.seed, shuffle_buffer=d.shuffle_buffer)
     except FileNotFoundError as e:
@@ -106,7 +110,12 @@ def data_pipe(cfg: RunConfig, spec: PackSpec, text_tok, rank: int, world: int,
     split = Split(rank, world, n_logical)
     cursor = DataCursor.from_state(cursor_state, n_logical) if cursor_state else DataCursor(n_logical)
     source = document_source(cfg, split)
-    ds = PackedDataset(source, Packer(text_tok, spec, use_latents=cfg.data.latents), cursor)
+    latents_of = ""  # the sha256 of the tokenizer every cached document must name (checked by the packer)
+    if cfg.data.latents:
+        from mmgen.data.latent_cache import cached_shards
+
+        latents_of = cached_shards(cfg.data.shards)[1]  # load_tokenizers checked it is this run's tokenizer
+    ds = PackedDataset(source, Packer(text_tok, spec, use_latents=cfg.data.latents, latents_of=latents_of), cursor)
     return DataPipe(make_loader(ds, cfg.data.num_workers), cursor)
 
 
