@@ -290,6 +290,23 @@ def test_training_config_reads_each_layout(i2d, folder, jsonl):
 
 def test_an_endless_stream_of_only_bad_records_is_an_error(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"texts": [], "images": []}\n{"segments": [{"type": "video"}]}\n')
-    stream = open_layout("jsonl", str(tmp_path / "bad.jsonl"), OPTS, Split())
-    with pytest.raises(DataError, match=r"every one of the 2 records of rank 0 worker 0 is unreadable"):
+    stream = open_layout("jsonl", str(tmp_path / "bad.jsonl"), OPTS, Split(num_workers=2))
+    with pytest.raises(DataError, match=r"no readable document in \d+ consecutive passes over 2 record\(s\) "
+                                        r"\(bad.jsonl:1, bad.jsonl:2\): \d+ unreadable sample\(s\), the first: "
+                                        r"bad.jsonl:\d: .*\. Fix the data"):  # fmt: skip
         next(stream.items(0))
+
+
+def test_a_record_stream_dealt_only_bad_records_goes_on_while_others_may_be_dealt(tmp_path):
+    """As for shards: shuffled, a worker dealt only the bad record in an epoch reads the good one in a later
+    epoch; unshuffled, it is dealt the bad one every epoch, so one empty pass is enough to know."""
+    (tmp_path / "d.jsonl").write_text('{"id": "good", "texts": ["hello"], "images": [null]}\n{"texts": 5}\n')
+    stream = open_layout("jsonl", str(tmp_path / "d.jsonl"), OPTS, Split(num_workers=2), seed=0)
+    start = next(e for e in range(50) if stream.units_for(e, 0) == [1])
+    items = list(itertools.islice(stream.items(0, (start, 0)), 3))
+    assert [it.doc.key for it in items] == ["good"] * 3 and all(it.epoch > start for it in items)
+    assert items[0].skipped[0][0] == "d.jsonl:2"
+    fixed = open_layout("jsonl", str(tmp_path / "d.jsonl"), OPTS, Split(num_workers=2), shuffle=False)
+    assert next(fixed.items(0)).doc.key == "good"
+    with pytest.raises(DataError, match=r"in a whole pass over 1 record\(s\) \(d.jsonl:2\): 1 unreadable"):
+        next(fixed.items(1))

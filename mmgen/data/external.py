@@ -8,15 +8,15 @@ Every reader keeps the contract of `ShardStream`: a deterministic stream per (ra
 (epoch, index) that resumes exactly, and bad samples (missing caption, unreadable or too small image, empty
 document) skipped, logged and reported in `Item.skipped`, so the trainer counts them. The tar layout reuses
 `ShardStream` itself; the file layouts are lists of records (a metadata row, a JSONL line) read by
-`RecordStream`, which deals records instead of shards.
+`RecordStream`, which deals records instead of shards (both are a `DealtStream` of shards.py). A pass that
+reads nothing goes on to the next epoch; once consecutive empty passes have gone over every record the
+stream can be dealt, it is a DataError naming them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
-import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,12 +24,10 @@ from typing import Any
 
 from mmgen.data.documents import Document, Image
 from mmgen.data.packing import to_model_pixels
-from mmgen.data.shards import Item, Split, deal
-from mmgen.data.skips import SkipReport
+from mmgen.data.shards import DealtStream, Item, Split
 from mmgen.data.sources import _caption_doc, _order
 from mmgen.errors import DataError, SampleError
 
-log = logging.getLogger(__name__)
 LAYOUTS = ("img2dataset", "imagefolder", "jsonl")
 
 
@@ -82,55 +80,31 @@ def caption_document(key: str, caption: str, image: Image, opts: ReadOptions, so
     return _caption_doc(key, caption, image, image_first, {"source": source})
 
 
-class RecordStream:
+class RecordStream(DealtStream):
     """Documents decoded from records (one per document), dealt to (rank, logical worker) in a seeded order
-    per epoch; iterate with `items(worker, start)` exactly as a `ShardStream`."""
+    per epoch; iterate with `items(worker, start)` exactly as a `ShardStream`. The units are record indices."""
+
+    what = "record(s)"
+    fix = "Fix the data (data/README.md lists what each layout needs)"
 
     def __init__(self, records: Sequence[Any], decode: Callable[[Any], Document], split: Split, *, seed: int = 0,
                  shuffle: bool = True, epochs: int | None = None, name: Callable[[Any], str] = str,
                  what: str = "records"):  # fmt: skip
-        self.records, self.decode, self.split, self.name = records, decode, split, name
-        self.seed, self.shuffle, self.epochs = seed, shuffle, epochs
-        streams = split.world_size * split.num_workers
-        if len(records) < streams:
-            raise DataError(f"{len(records)} {what} cannot feed {split.world_size} ranks x {split.num_workers} "
-                            f"workers (each needs at least one): add data or use fewer DataLoader workers")  # fmt: skip
-        self.unreported: list[tuple[str, str]] = []
-        self.skip_report = SkipReport()  # logs the first few bad records, then one line per thousand
+        self.records, self.name = records, name
+        super().__init__(list(range(len(records))), split, seed=seed, shuffle=shuffle, epochs=epochs,
+                         decode=decode, noun=what, more="add data or use fewer DataLoader workers")  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def records_for(self, epoch: int, worker: int) -> list[int]:
-        order = list(range(len(self.records)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        s = self.split
-        return deal(deal(order, s.rank, s.world_size), worker, s.num_workers)
+    def _raw(self, epoch: int, worker: int, skipped: list[tuple[str, str]]) -> Iterator[Any]:
+        return (self.records[i] for i in self.units_for(epoch, worker))  # a record is read when decoded
 
-    def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
-        """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
-        epoch, skip = start
-        skipped: list[tuple[str, str]] = []
-        while self.epochs is None or epoch < self.epochs:
-            mine, found = self.records_for(epoch, worker), False
-            for index in range(skip, len(mine)):
-                rec = self.records[mine[index]]
-                try:
-                    doc = self.decode(rec)
-                except SampleError as e:
-                    skipped.append((self.name(rec), str(e)))
-                    if (line := self.skip_report.add(self.name(rec), str(e))) is not None:
-                        log.warning(line)
-                    continue
-                found = True
-                yield Item(doc, worker, epoch, index, skipped)
-                skipped = []
-            if not found and skip == 0 and self.epochs is None:
-                raise DataError(f"every one of the {len(mine)} records of rank {self.split.rank} worker {worker} "
-                                f"is unreadable (first: {skipped[0] if skipped else '-'}): fix the data")  # fmt: skip
-            epoch, skip = epoch + 1, 0
-        self.unreported = skipped  # bad records at the very end of a finite stream (also logged)
+    def _name(self, raw: Any) -> str:
+        return self.name(raw)
+
+    def _unit_name(self, unit: int) -> str:
+        return self.name(self.records[unit])
 
 
 def open_layout(layout: str, path: str, opts: ReadOptions, split: Split | None = None, *, seed: int = 0,

@@ -20,9 +20,11 @@ import glob
 import json
 import logging
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import webdataset as wds
 
@@ -96,37 +98,103 @@ def deal(items: list, index: int, count: int) -> list:
     return items[index::count]
 
 
-class ShardStream:
+class DealtStream(ABC):
+    """Units (shards, records) in a seeded order per epoch, dealt to ranks and then to logical workers; the
+    raw samples of a stream's units decoded into documents. A subclass gives `_raw` (the raw samples of a
+    (epoch, worker) stream, in order), `_name` (a raw sample's name in skip reports) and `_unit_name` (a
+    unit's, in errors). The cursor (epoch, index) counts raw samples, so a resumed stream skips them undecoded."""
+
+    units: list
+    what = "unit(s)"  # in messages: "shard(s)", "record(s)"
+    fix = "fix the data"  # the end of the error when a stream can read nothing
+
+    def __init__(self, units: list, split: Split, *, seed: int, shuffle: bool, epochs: int | None,
+                 decode: Callable[[Any], Document], noun: str, more: str):  # fmt: skip
+        """`noun` names the units in the error when there are fewer than streams ("shards", "images in DIR"),
+        `more` says how to get more."""
+        self.units, self.split, self.seed, self.shuffle, self.epochs = units, split, seed, shuffle, epochs
+        self.decode = decode  # raw sample -> Document, raising SampleError
+        self.skip_report = SkipReport()  # logs the first few skipped samples, then one line per thousand
+        self.unreported: list[tuple[str, str]] = []
+        if len(units) < split.world_size * split.num_workers:
+            raise DataError(f"{len(units)} {noun} cannot feed {split.world_size} ranks x {split.num_workers} "
+                            f"workers (each needs at least one): {more}")  # fmt: skip
+
+    def order(self, epoch: int) -> list:
+        units = list(self.units)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(units)
+        return units
+
+    def units_for(self, epoch: int, worker: int) -> list:
+        s = self.split
+        return deal(deal(self.order(epoch), s.rank, s.world_size), worker, s.num_workers)
+
+    @abstractmethod
+    def _raw(self, epoch: int, worker: int, skipped: list[tuple[str, str]]) -> Iterator[Any]:
+        """The raw samples of stream (epoch, worker) in order; damage that is no sample goes to `skipped`."""
+
+    @abstractmethod
+    def _name(self, raw: Any) -> str:
+        """A raw sample's name in skip reports."""
+
+    def _unit_name(self, unit: Any) -> str:
+        return str(unit)
+
+    def _log_skip(self, key: str, reason: str) -> None:
+        if (line := self.skip_report.add(key, reason)) is not None:
+            log.warning(line)
+
+    def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
+        """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
+        epoch, skip = start
+        carry: list[tuple[str, str]] = []  # skipped samples not yet reported with an item
+        reachable = set(self.units) if self.shuffle else set(self.units_for(epoch, worker))
+        empty = EmptyPasses()  # the consecutive passes that read nothing, up to now
+        while self.epochs is None or epoch < self.epochs:
+            skipped: list[tuple[str, str]] = []  # _raw may append here too (tar damage)
+            read = 0  # documents decoded in this pass, or passed over by the cursor
+            for index, raw in enumerate(self._raw(epoch, worker, skipped)):
+                if index < skip:
+                    skipped.clear()  # damage before the cursor was reported by the run that read it
+                    read += 1
+                    continue
+                try:
+                    doc = self.decode(raw)
+                except SampleError as e:
+                    skipped.append((self._name(raw), str(e)))
+                    self._log_skip(*skipped[-1])
+                    continue
+                read += 1
+                report, carry = carry + skipped, []
+                skipped.clear()
+                yield Item(doc, worker, epoch, index, report)
+            empty = empty.add(self.units_for(epoch, worker), skipped) if read == 0 else EmptyPasses()
+            if empty.shards >= reachable:  # every pass from now on would read nothing either
+                raise empty.error(self.what, self.fix, self._unit_name)
+            carry += skipped
+            epoch, skip = epoch + 1, 0
+        self.unreported = carry  # skipped at the very end of a finite stream (also logged)
+
+
+class ShardStream(DealtStream):
     """Deterministic document stream for one (rank, logical worker); iterate with `items(worker, start)`."""
+
+    what = "shard(s)"
+    fix = "Check them (`tar tvf SHARD`), or write the shards again with scripts/prepare_data.py"
 
     def __init__(self, shards: str | Path | list[str], split: Split, *, seed: int = 0, shuffle: bool = True,
                  shuffle_buffer: int = 256, epochs: int | None = None,
                  decode: Callable[[dict], Document] = from_sample):  # fmt: skip
-        self.shards = list_shards(shards)
-        self.skip_report = SkipReport()  # logs the first few skipped samples, then one line per thousand
-        self.decode = decode  # sample dict -> Document, raising SampleError (other layouts: img2dataset.py)
-        self.split = split
-        self.seed = seed
-        self.shuffle = shuffle
+        # decode: sample dict -> Document (other tar layouts: img2dataset.py)
+        super().__init__(list_shards(shards), split, seed=seed, shuffle=shuffle, epochs=epochs, decode=decode,
+                         noun="shards", more="write more, smaller shards (prepare_data.py --shard-size) or use "
+                         "fewer DataLoader workers")  # fmt: skip
+        self.shards = self.units
         self.shuffle_buffer = shuffle_buffer
-        self.epochs = epochs
-        streams = split.world_size * split.num_workers
-        if len(self.shards) < streams:
-            raise ValueError(
-                f"{len(self.shards)} shards cannot feed {split.world_size} ranks x {split.num_workers} workers "
-                f"(each needs at least one shard): write more, smaller shards (prepare_data.py --shard-size) "
-                f"or use fewer DataLoader workers"
-            )
-
-    def shard_order(self, epoch: int) -> list[str]:
-        urls = list(self.shards)
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(urls)
-        return urls
 
     def shards_for(self, epoch: int, worker: int) -> list[str]:
-        s = self.split
-        return deal(deal(self.shard_order(epoch), s.rank, s.world_size), worker, s.num_workers)
+        return self.units_for(epoch, worker)
 
     def _raw(self, epoch: int, worker: int, skipped: list[tuple[str, str]]) -> Iterator[dict]:
         def handler(exn: Exception) -> bool:  # tar-level damage: report, keep reading
@@ -144,40 +212,8 @@ class ShardStream:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=rng_seed))
         return iter(wds.DataPipeline(*stages))
 
-    def _log_skip(self, key: str, reason: str) -> None:
-        if (line := self.skip_report.add(key, reason)) is not None:
-            log.warning(line)
-
-    def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
-        """Documents of logical worker `worker`, from cursor `start` = (epoch, index) on."""
-        epoch, skip = start
-        carry: list[tuple[str, str]] = []  # skipped samples not yet reported with an item
-        reachable = set(self.shards) if self.shuffle else set(self.shards_for(epoch, worker))
-        empty = EmptyPasses()  # the consecutive passes that read nothing, up to now
-        while self.epochs is None or epoch < self.epochs:
-            skipped: list[tuple[str, str]] = []  # the tar handler appends here too
-            read = 0  # documents decoded in this pass, or passed over by the cursor
-            for index, sample in enumerate(self._raw(epoch, worker, skipped)):
-                if index < skip:
-                    skipped.clear()  # damage before the cursor was reported by the run that read it
-                    read += 1
-                    continue
-                try:
-                    doc = self.decode(sample)
-                except SampleError as e:
-                    skipped.append((f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}", str(e)))
-                    self._log_skip(*skipped[-1])
-                    continue
-                read += 1
-                report, carry = carry + skipped, []
-                skipped.clear()
-                yield Item(doc, worker, epoch, index, report)
-            empty = empty.add(self.shards_for(epoch, worker), skipped) if read == 0 else EmptyPasses()
-            if empty.shards >= reachable:  # every pass from now on would read nothing either
-                raise empty.error()
-            carry += skipped
-            epoch, skip = epoch + 1, 0
-        self.unreported = carry  # skipped at the very end of a finite stream (also logged)
+    def _name(self, raw: dict) -> str:
+        return f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
 
 
 @dataclass
@@ -185,26 +221,24 @@ class EmptyPasses:
     """Consecutive passes of one stream that read no document: the shards they went over, what they skipped."""
 
     passes: int = 0
-    shards: set[str] = field(default_factory=set)
+    shards: set = field(default_factory=set)  # shard paths, record indices: the stream's units
     skipped: int = 0
     first: tuple[str, str] | None = None  # the first skipped sample or tar member: (key, reason)
 
-    def add(self, shards: list[str], skipped: list[tuple[str, str]]) -> EmptyPasses:
+    def add(self, shards: list, skipped: list[tuple[str, str]]) -> EmptyPasses:
         self.passes, self.skipped = self.passes + 1, self.skipped + len(skipped)
         self.shards.update(shards)
         self.first = self.first or (skipped[0] if skipped else None)
         return self
 
-    def error(self) -> DataError:
+    def error(self, what: str = "shard(s)", fix: str = "", name: Callable[[Any], str] = str) -> DataError:
+        """The error naming (`name`) the units gone over (`what`: "shard(s)", "record(s)"), ending with `fix`."""
         shards = sorted(self.shards)
-        names = ", ".join(shards[:4]) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
-        found = (f"{self.skipped} unreadable sample(s) or tar member(s), the first: {self.first[0]}: {self.first[1]}"
+        names = ", ".join(map(name, shards[:4])) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
+        found = (f"{self.skipped} unreadable sample(s), the first: {self.first[0]}: {self.first[1]}"
                  if self.first else "they hold no samples")  # fmt: skip
         passes = "a whole pass" if self.passes == 1 else f"{self.passes} consecutive passes"
-        return DataError(
-            f"no readable document in {passes} over {len(shards)} shard(s) ({names}): {found}. Check them "
-            f"(`tar tvf SHARD`), or write the shards again with scripts/prepare_data.py"
-        )
+        return DataError(f"no readable document in {passes} over {len(shards)} {what} ({names}): {found}. {fix}")
 
 
 def read_documents(shards: str | Path | list[str]) -> Iterator[Document]:
