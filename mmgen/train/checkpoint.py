@@ -74,17 +74,16 @@ def delete_checkpoint(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def checkpoint_problem(folder: Path, allow_unverified: bool) -> str:
-    """'' if `folder` can be resumed from, else why not (in words)."""
+def checkpoint_problem(folder: Path) -> str:
+    """'' if `folder` can be resumed from, else why not (in words). A folder without a manifest (written before
+    manifests existed) passes: `Resume.notes` says it was loaded unverified."""
     if not folder.is_dir():
         return "no such folder"
     if not NAME.fullmatch(folder.name):
         return "an unfinished write or a checkpoint being deleted (the name is not step-NNNNNNN)"
     if not (folder / STATE_FILE).is_file():
         return f"no {STATE_FILE} in it (an unfinished or half-deleted checkpoint)"
-    if has_manifest(folder) or not allow_unverified:
-        return check_manifest(folder)
-    return ""
+    return check_manifest(folder) if has_manifest(folder) else ""
 
 
 @dataclass
@@ -95,33 +94,33 @@ class Resume:
     notes: list[str] = field(default_factory=list)
 
 
-def _scan(root: Path, allow_unverified: bool) -> tuple[Path | None, list[str]]:
+def _scan(root: Path) -> tuple[Path | None, list[str]]:
     """(the newest checkpoint under root that verifies, 'name: problem' for each newer one that does not)."""
     passed: list[str] = []
     for path in reversed(complete_checkpoints(root)):
-        problem = checkpoint_problem(path, allow_unverified)
+        problem = checkpoint_problem(path)
         if not problem:
             return path, passed
         passed.append(f"{path.name}: {problem}")
     return None, passed
 
 
-def choose_checkpoint(root: Path, resume: str, allow_unverified: bool = False) -> Resume:
+def choose_checkpoint(root: Path, resume: str) -> Resume:
     """`auto`: the newest checkpoint under root that verifies (None if there is none at all); `none`: None;
-    else that folder, which must verify. `allow_unverified` accepts a checkpoint without a manifest (one
-    written before manifests existed), with a note; never one whose manifest fails."""
+    else that folder, which must verify. One without a manifest (written before manifests existed) is taken
+    with a note; never one whose manifest fails."""
     if resume == "none":
         return Resume(None)
     if resume != "auto":
         path = Path(resume)
-        problem = checkpoint_problem(path, allow_unverified)
+        problem = checkpoint_problem(path)
         if problem:
-            good = _scan(path.parent, allow_unverified)[0]
+            good = _scan(path.parent)[0]
             other = f" (the newest one that does is {good})" if good is not None else ""
             raise CheckpointError(f"--resume {resume}: cannot resume from this folder: {problem}. Pass a checkpoint "
                                   f"folder that verifies{other}, or --resume auto to take the newest one")  # fmt: skip
         return Resume(path, _unverified_note(path))
-    path, passed = _scan(root, allow_unverified)
+    path, passed = _scan(root)
     if path is None and passed:
         raise CheckpointError(
             f"no checkpoint under {root} can be resumed from ({'; '.join(passed)}). Start afresh with --resume none "
@@ -137,21 +136,20 @@ def _unverified_note(path: Path) -> list[str]:
     return [] if has_manifest(path) else [f"{path} has no manifest (written before manifests existed): loaded unverified"]
 
 
-def find_checkpoint(root: Path, resume: str, allow_unverified: bool = False) -> Path | None:
+def find_checkpoint(root: Path, resume: str) -> Path | None:
     """The folder `choose_checkpoint` resumes from."""
-    return choose_checkpoint(root, resume, allow_unverified).path
+    return choose_checkpoint(root, resume).path
 
 
 def choose_on_rank0(engine, root: Path, resume: str) -> Resume:
-    """`choose_checkpoint` (unverified checkpoints accepted, with a note) run on rank 0 alone, which reads and
-    hashes every file once instead of once per rank; the others receive its choice as a step number. A
-    refusal on rank 0 stops every rank."""
+    """`choose_checkpoint` run on rank 0 alone, which reads and hashes every file once instead of once per
+    rank; the others receive its choice as a step number. A refusal on rank 0 stops every rank."""
     if engine.world_size == 1:
-        return choose_checkpoint(root, resume, allow_unverified=True)
+        return choose_checkpoint(root, resume)
     chosen, refusal = Resume(None), None
     if engine.is_main:
         try:
-            chosen = choose_checkpoint(root, resume, allow_unverified=True)
+            chosen = choose_checkpoint(root, resume)
         except CheckpointError as e:
             refusal = e
     # rank 0's choice (the other ranks add 0): -2 refused, -1 start afresh, else the step of the folder

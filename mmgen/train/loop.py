@@ -92,7 +92,7 @@ class Trainer:
         self.bad_in_a_row = 0
         self.tokens_seen = 0
         cursor_state = None
-        # the newest checkpoint that verifies (or has no manifest: nothing is unpickled either way)
+        # the newest checkpoint that verifies, or has no manifest (files are read with weights_only=True anyway)
         chosen = choose_on_rank0(e, self.out / "checkpoints", resume)
         ckpt = chosen.path
         for note in chosen.notes if e.is_main else []:
