@@ -1,4 +1,5 @@
-"""Typed configs: `load_config(RunConfig, path, overrides)`; see `core.py` (machinery) and `schema.py`."""
+"""Typed configs: `load_config(RunConfig, path, overrides)`; see `core.py` (machinery), `schema.py` and
+`data.py` (the dataclasses), `ranges.py` (the allowed values of numbers)."""
 
 from mmgen.config.core import (
     ConfigError,
@@ -11,9 +12,9 @@ from mmgen.config.core import (
     read_yaml,
     to_dict,
 )
+from mmgen.config.data import DataConfig, ShapesConfig
 from mmgen.config.schema import (
     CorpusSpec,
-    DataConfig,
     FlowMatchingConfig,
     ImageTokenizerRecipe,
     ImmConfig,
@@ -21,7 +22,6 @@ from mmgen.config.schema import (
     ObjectiveConfig,
     RunConfig,
     SampleConfig,
-    ShapesConfig,
     TextTokenizerRecipe,
     TrainConfig,
 )

@@ -1,6 +1,6 @@
 """Config machinery: dataclasses loaded from YAML, overridden from the command line, dumped next to every run.
 
-The dataclasses themselves live in `mmgen/config/schema.py` (one per component).
+The dataclasses themselves live in `mmgen/config/schema.py` and `mmgen/config/data.py` (one per component).
 
     cfg = load_config(RunConfig, "configs/train/shapes_tiny.yaml", ["train.steps=100", "model.depth=2"])
     dump_config(cfg, run_dir / "config.yaml")

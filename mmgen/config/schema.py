@@ -1,123 +1,28 @@
 """The typed config of every component. YAML files in `configs/` and `tokenizers/` fill these.
 
 Fields left at 0 are derived at build time (e.g. `model.vocab_size` from the text tokenizer); the resolved
-values are written into the run's `config.yaml` and into the release checkpoint's `config.json`.
+values are written into the run's `config.yaml` and into the release checkpoint's `config.json`. The data
+configs live in `data.py`, the number ranges in `ranges.py`; both are importable from here as before.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a number, or of each item of a list of numbers: lo <= x <= hi (`lo_open` /
-    `hi_open` exclude the end; None = unbounded). NaN and infinity are never in a range.
-
-    Each config class lists its ranges in `RANGES` (field -> Range); `load_config` / `from_dict` check them
-    after every override is applied, and the error names the key, the value, this range and the file."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, x: float) -> bool:
-        if not math.isfinite(x):
-            return False
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
-
-    def __str__(self) -> str:
-        lo, hi = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.lo, self.hi))
-        if self.lo is not None and self.hi is not None:
-            return f"{'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
-        if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {lo}"
-        return f"{'<' if self.hi_open else '<='} {hi}"
-
-
-AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
-POSITIVE = Range(0, lo_open=True)
-UNIT = Range(0, 1)  # a probability or a fraction
-UNIT_OPEN = Range(0, 1, hi_open=True)  # a decay or dropout rate (1 would freeze or drop everything)
-LEARNING_RATE = Range(0, 1, lo_open=True)  # AdamW on normalised networks: above 1 diverges at once
-# 2^16 tokens per packed row: the token plan, the rotary tables and the CPU path's dense (L x L) boolean
-# attention mask (4 GiB per row at this length) all grow with it; longer rows would need sequence parallelism
-MAX_SEQ_LEN = 65536
-MAX_SAMPLER_STEPS = 1000  # network evaluations per image; IMM needs 1-8, flow matching saturates far below
-
-
-# ----------------------------------------------------------------------------------------------- data
-@dataclass
-class ShapesConfig:
-    """The procedural `shapes` data set: coloured shapes with captions and checkable ground truth."""
-
-    image_size: int = 32
-    shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle", "diamond"])
-    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple", "white"])
-    sizes: list[str] = field(default_factory=lambda: ["small", "large"])
-    p_two_objects: float = 0.5
-    background: list[int] = field(default_factory=lambda: [0, 0, 0])
-    # Mix of document layouts: caption then image, image then caption, several images with text between.
-    p_caption_image: float = 0.6
-    p_image_caption: float = 0.15
-    p_interleaved: float = 0.25
-    seed: int = 0
-    split: Literal["train", "test"] = "train"
-
-    RANGES: ClassVar[dict[str, Range]] = {
-        "image_size": Range(16, 1024), "p_two_objects": UNIT, "background": Range(0, 255), "p_caption_image": UNIT,
-        "p_image_caption": UNIT, "p_interleaved": UNIT, "seed": AT_LEAST_0,
-    }  # fmt: skip
-
-    def __post_init__(self) -> None:
-        _check(self.image_size >= 16, f"image_size must be >= 16, got {self.image_size}")
-        _check(len(self.shapes) > 0 and len(self.colors) > 0, "shapes and colors must not be empty")
-        _check(0.0 <= self.p_two_objects <= 1.0, "p_two_objects must lie in [0, 1]")
-        total = self.p_caption_image + self.p_image_caption + self.p_interleaved
-        _check(total > 0, "the layout probabilities must not all be 0")
-
-
-@dataclass
-class DataConfig:
-    """Where training documents come from and how they are packed into fixed-length rows."""
-
-    source: Literal["shapes", "shards", "img2dataset", "imagefolder", "jsonl"] = "shapes"
-    shards: str = ""  # a directory written by scripts/prepare_data.py, or a glob of .tar files
-    # img2dataset / imagefolder / jsonl: data in those layouts, read as it is (data/README.md)
-    path: str = ""  # img2dataset: folder, glob or brace pattern of .tar; imagefolder: folder; jsonl: file/folder/glob
-    caption_field: str = ""  # "" = the layout's convention: img2dataset {key}.txt, imagefolder column "text"
-    caption_layout: Literal["caption_image", "image_caption", "both"] = "caption_image"  # captioned-image order
-    min_image_size: int = 0  # shorter side below this: a skipped bad sample (0 = image_size; 1 = any size)
-    latents: bool = False  # data.shards holds latents from scripts/cache_latents.py (checked against the tokenizer)
-    shapes: ShapesConfig = field(default_factory=ShapesConfig)
-    image_size: int = 32  # every image is centre-cropped and resized to this (pixels)
-    seq_len: int = 256  # tokens per packed row
-    rows: int = 8  # rows per micro-batch
-    num_workers: int = 0
-    shuffle_buffer: int = 256
-    seed: int = 0
-
-    RANGES: ClassVar[dict[str, Range]] = {
-        "image_size": Range(8, 1024), "seq_len": Range(8, MAX_SEQ_LEN), "rows": Range(1, 4096),
-        "num_workers": Range(0, 256), "shuffle_buffer": AT_LEAST_0, "seed": AT_LEAST_0, "min_image_size": AT_LEAST_0,
-    }  # fmt: skip
-
-    def __post_init__(self) -> None:
-        _check(self.source != "shards" or bool(self.shards), "source 'shards' needs data.shards=<dir or glob>")
-        _check(self.source in ("shapes", "shards") or bool(self.path),
-               f"source '{self.source}' needs data.path=<where the data is> (see data/README.md)")  # fmt: skip
-        _check(not self.latents or self.source == "shards",
-               "data.latents=true reads shards written by scripts/cache_latents.py: set data.source=shards")  # fmt: skip
+from mmgen.config.data import DataConfig, ShapesConfig  # noqa: F401 (ShapesConfig: re-exported from here too)
+from mmgen.config.ranges import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    LEARNING_RATE,
+    MAX_SAMPLER_STEPS,
+    MAX_SEQ_LEN,
+    POSITIVE,
+    UNIT,
+    UNIT_OPEN,
+    Range,
+    _check,
+)
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
