@@ -175,7 +175,7 @@ def test_restart_leaves_no_latents_of_the_old_tokenizer_for_training(i2d, tiny_a
     b_out = tmp_path / "b"
     cache(i2d, tiny_assets, b_out, "--shard-size", "4", tok=other_tok)
     shutil.copy(b_out / "latents-000001.tar", out / "latents-000001.tar")  # a listed shard overwritten by B's
-    with pytest.raises(DataError, match=r"holds latents of another image tokenizer \(sha256 \w{12}, expected "
+    with pytest.raises(DataError, match=r"holds latents of another image tokenizer \(sha256 \w{12}; expected "
                                         r"\w{12}\): its shard is not the cache's"):  # fmt: skip
         list(itertools.islice(Trainer(cfg).data, 8))
 

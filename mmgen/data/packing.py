@@ -119,9 +119,10 @@ class Packer:
         not fit are dropped; a document whose first image does not fit returns []."""
         if self.latents_of and doc.images and doc.meta.get(LATENTS_KEY) != self.latents_of:
             made = doc.meta.get(LATENTS_KEY)
-            raise DataError(f"document {doc.key!r} holds latents of another image tokenizer (sha256 "
-                            f"{str(made)[:12]}, expected {self.latents_of[:12]}): its shard is not the cache's; "
-                            f"re-cache with scripts/cache_latents.py --restart")  # fmt: skip
+            whose = (f"of another image tokenizer (sha256 {made[:12]}" if made else
+                     "that do not name their tokenizer (an older cache")  # fmt: skip
+            raise DataError(f"document {doc.key!r} holds latents {whose}; expected {self.latents_of[:12]}): its "
+                            f"shard is not the cache's; re-cache with scripts/cache_latents.py --restart")  # fmt: skip
         sp = self.spec
         max_len = max_len or sp.seq_len
         gh, gw = sp.grid
