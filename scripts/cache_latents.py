@@ -10,8 +10,9 @@
 prepare_data.py) or a named source (flickr8k, cifar10, mnist, shapes). Images are centre-cropped and resized
 to --image-size, encoded --batch-size at a time, and written --shard-size documents per shard. The folder's
 index.json records the tokenizer's identity (sha256 of weights and recipe); training with data.latents=true
-refuses latents of another tokenizer. Rerunning the same command resumes after the last shard written;
-bad samples are skipped, counted in index.json and reported.
+refuses latents of another tokenizer (and any tar index.json does not list). Rerunning the same command
+resumes after the last shard written (--limit counts the documents read before too); --restart removes the
+old cache first. Bad samples are skipped, counted in index.json and reported.
 """
 
 from __future__ import annotations
