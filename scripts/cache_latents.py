@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
                         restart=args.restart, options=asdict(opts))  # fmt: skip
     if cache.start:
         print(f"resuming {args.out}: {len(cache.state['shards'])} shards written, source index {cache.start}")
-    items, total, unreported = read_items(args.source, opts, cache.start, args.split, args.limit)
+    left = max(1, args.limit - cache.read) if args.limit else 0  # run() stops at --limit exactly (0 reads all)
+    items, total, unreported = read_items(args.source, opts, cache.start, args.split, left)
     t0 = time.perf_counter()
     bar = tqdm(items, total=total, initial=cache.start if total else 0, unit="doc", desc="cache", mininterval=1.0)
     index = cache.run(bar, unreported, limit=args.limit)
