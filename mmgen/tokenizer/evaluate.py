@@ -66,6 +66,9 @@ def evaluate(tok: ImageTokenizer, images: Iterable[tuple[str, np.ndarray]], bits
              ) -> EvalResult:  # fmt: skip
     """Metrics of `tok` on `images`; `keep` names the images whose reconstructions are returned.
 
+    `tok` is a trained `ImageTokenizer` or anything with its `kind` / `downsample` / `encode` / `decode`
+    (the trunk-free references of `references.py`, kinds "pca" and "kmeans").
+
     Discrete tokenizers report code usage of `tok.indices`; `code_fn` (latents -> ids [N, G, h, w], G code
     groups per token) with `codebook_size` overrides that: the k-bit quantiser reports its per-channel levels.
     """
@@ -85,7 +88,7 @@ def evaluate(tok: ImageTokenizer, images: Iterable[tuple[str, np.ndarray]], bits
         if code_fn is not None:
             g = code_fn(z)  # [1, G, h, w]
             ids.append(g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]))
-        elif tok.kind != "kl":
+        elif tok.kind in ("vq", "fsq"):
             ids.append(tok.indices(z).reshape(-1, 1))
         if feature_net is not None:
             feats_real.append(tile_features(feature_net, target))

@@ -101,12 +101,16 @@ def build_pools(recipe, split: str, limit: int = 0) -> list[Pool]:
 # ------------------------------------------------------------------------------------ evaluation images
 def eval_images(spec: str = "kodak", limit: int = 0) -> Iterator[tuple[str, np.ndarray]]:
     """(name, (H, W, 3) uint8) of every image in a directory or zip (`kodak`: the 24 Kodak photographs);
-    `shapes-test` gives held-out shapes images (`limit` of them, default 256).
+    `shapes-test` gives held-out shapes images (`limit` of them, default 256); `flickr8k-test` the held-out
+    Flickr8k photos (`flickr8k_test`).
 
     A file that does not decode raises `SampleError` naming it.
     """
     from mmgen.data.sources import image_files
 
+    if spec == "flickr8k-test":
+        yield from flickr8k_test(limit)
+        return
     if spec == "shapes-test":
         for i, im in enumerate(source_images("shapes", "test", limit or 256)):
             yield f"shapes-test-{i:05d}", im
@@ -118,6 +122,18 @@ def eval_images(spec: str = "kodak", limit: int = 0) -> Iterator[tuple[str, np.n
             yield name, decode_image(data)
         except SampleError as e:
             raise SampleError(f"{spec}: {name}: {e}") from e
+
+
+def flickr8k_test(limit: int = 0, multiple: int = 16) -> Iterator[tuple[str, np.ndarray]]:
+    """The Flickr8k `test` split (the last 10 % of the photos; tokenizer recipes train on `train` only) at full
+    size, centre-cropped to sides that are multiples of `multiple`, so every f <= 16 sees the same pixels unpadded."""
+    from mmgen.data import sources
+
+    for d in sources.flickr8k("test", captions_per_image=1, limit=limit):
+        im = d.images[0].rgb()
+        h, w = im.shape[0] // multiple * multiple, im.shape[1] // multiple * multiple
+        top, left = (im.shape[0] - h) // 2, (im.shape[1] - w) // 2
+        yield f"flickr8k-{d.images[0].meta['image'].rsplit('.', 1)[0]}", np.ascontiguousarray(im[top : top + h, left : left + w])
 
 
 def pad_to_multiple(x: torch.Tensor, f: int) -> torch.Tensor:

@@ -100,7 +100,8 @@ def rate_distortion_figure(rows: list[dict], path: str | Path, title: str = "") 
     for label, pts in series.items():
         pts = sorted(pts, key=lambda r: r["bits_out"])
         m = next(markers, "o")
-        line = ax.plot([r["bits_out"] for r in pts], [r["psnr"] for r in pts], marker=m, label=label)[0]
+        ls = "--" if pts[0].get("reference") else "-"  # trunk-free references (eval_references.py): dashed
+        line = ax.plot([r["bits_out"] for r in pts], [r["psnr"] for r in pts], marker=m, ls=ls, label=label)[0]
         for r in pts:
             eff = r.get("code_entropy_bits", r.get("kl_rate_bits"))
             if eff is not None:
