@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from mmgen.config import ImmConfig
 from mmgen.experiments.fit import FitConfig
 from mmgen.experiments.metrics import energy_distance, sliced_wasserstein
 from mmgen.experiments.poker import DiscreteStudyConfig, run_discrete
@@ -59,7 +60,8 @@ def test_bad_study_configs_are_rejected():
 
 # ---------------------------------------------------------------------------------------- tiny studies
 def test_continuous_study_tiny():
-    cfg = ContinuousStudyConfig(targets=["ring8"], steps=[1, 8], fit=FitConfig(steps=400, warmup=50),
+    cfg = ContinuousStudyConfig(targets=["ring8"], steps=[1, 8], fit=FitConfig(steps=400, warmup=50), batch=256,
+                                imm=ImmConfig(warm_start_steps=200, boundary_fraction=0.25),
                                 eval_samples=1000, floor_repeats=3, bayes_points=2000, noise_seeds=2)  # fmt: skip
     res, samples = run_continuous(cfg)
     r = res["targets"]["ring8"]

@@ -34,10 +34,13 @@ class ContinuousStudyConfig:
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # sampler steps N
     width: int = 128
     depth: int = 3
-    batch: int = 256  # = 64 IMM groups of M = 4
+    batch: int = 1024  # = 256 IMM groups of M = 4 (the paper: 1024 groups of 4); the same batch for flow matching
     time_input: str = "s"  # the flow map's second time: s, stride or both (see TimeEmbedding)
     fit: FitConfig = field(default_factory=FitConfig)  # 6000 steps, lr 1e-3, EMA 0.999
-    imm: ImmConfig = field(default_factory=ImmConfig)  # the paper's defaults: M = 4, k = 12, a = 2
+    # the paper's defaults (M = 4, k = 12, a = 2) with mmgen's warm start (the first half trains the boundary s = t
+    # by flow matching) and a quarter of the groups on the boundary after it: the best variant measured
+    # (docs/inference_first.md, "The flow map's second time and the other options")
+    imm: ImmConfig = field(default_factory=lambda: ImmConfig(warm_start_steps=3000, boundary_fraction=0.25))
     fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     eval_samples: int = 3000  # generated and fresh target samples per metric
     eval_sets: int = 3  # fresh target sets each metric is averaged over
