@@ -245,3 +245,44 @@ def test_imm_one_step_beats_flow_matching_fast():
 def test_imm_one_step_beats_flow_matching_10x():
     imm_ed, fm_ed = _train_and_score(steps=3000)
     assert imm_ed < 0.03 and imm_ed * 10 < fm_ed, (imm_ed, fm_ed)
+
+
+
+def test_boundary_weighting_lambda_scales_each_boundary_group_by_lambda_t():
+    """imm.boundary_weighting = lambda: a boundary group's flow-matching loss is weighted by lambda(t) (times
+    imm.boundary_weight). With every group on the boundary, the loss equals the weighted mean of the group
+    losses recomputed by hand from the same random stream."""
+    from mmgen.objectives.imm import (
+        boundary_weight,
+        c_in,
+        expand_as,
+        imm_loss,
+        interpolate,
+        sample_times,
+        weighting,
+    )
+
+    t = torch.tensor([0.1, 0.5, 0.9])
+    lam = ImmConfig(boundary_weight=0.5, boundary_weighting="lambda")
+    assert torch.equal(boundary_weight(t, ImmConfig(boundary_weight=0.5)), torch.full((3,), 0.5))
+    assert torch.allclose(boundary_weight(t, lam), 0.5 * weighting(t, lam))
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2)
+    x = torch.randn(16, 2)  # 4 groups of M = 4
+
+    def g(a, tt, ss):
+        return net(a) * (1 + tt[:, None])
+
+    every = dict(boundary_fraction=1.0, boundary_weight=0.5)
+    with torch.no_grad():
+        losses = {k: imm_loss(g, x, ImmConfig(**every, boundary_weighting=k), torch.Generator().manual_seed(1))[0]
+                  for k in ("constant", "lambda")}  # fmt: skip
+        gen = torch.Generator().manual_seed(1)  # the same draws, in imm_loss's order: times, then noise
+        tg = sample_times(4, ImmConfig(), gen)[0]
+        eps = torch.randn(x.shape, generator=gen) * 0.5
+        tt = tg.repeat_interleave(4)
+        x_t = interpolate(x, eps, tt)
+        fm = (g(expand_as(c_in(tt, 0.5), x_t) * x_t, tt, tt) - (eps - x) / 0.5).pow(2).reshape(4, -1).mean(1)
+    assert torch.allclose(losses["constant"], (0.5 * fm).mean())
+    assert torch.allclose(losses["lambda"], (0.5 * weighting(tg, lam) * fm).mean())

@@ -98,6 +98,13 @@ def weighting(t: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
     return (0.5 * torch.sigmoid(cfg.b - logsnr) * dlogsnr * a**cfg.a / (a * a + s * s)).float()
 
 
+def boundary_weight(t: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
+    """Weight of a boundary group's flow-matching loss: imm.boundary_weight, times lambda(t) with
+    imm.boundary_weighting = lambda. t [G] -> [G]."""
+    w = torch.full_like(t, cfg.boundary_weight, dtype=torch.float32)
+    return w * weighting(t, cfg).to(w.device) if cfg.boundary_weighting == "lambda" else w
+
+
 def kernel_weight(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
     """w(s, t) = 1 / |c_out(s, t)| = 1 / ((t - s) sigma_d), clamped."""
     return (1.0 / ((t - s).clamp_min(1e-12) * cfg.sigma_d)).clamp_max(cfg.kernel_weight_max)
@@ -151,7 +158,7 @@ def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generat
     if bool(on_boundary.any()):  # d f(x_t, t, s) / ds at s = t is the velocity: flow matching on G
         v = (eps - x) / cfg.sigma_d
         fm = (g_t.float() - v.float()).pow(2).reshape(G, M, -1).mean((1, 2))
-        per_group = torch.where(on_boundary, cfg.boundary_weight * fm, per_group)
+        per_group = torch.where(on_boundary, boundary_weight(t[::M], cfg) * fm, per_group)
     mmd = ~on_boundary
     if bool(mmd.any()):
         rows = mmd.repeat_interleave(M)

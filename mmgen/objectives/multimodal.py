@@ -200,7 +200,7 @@ class MultimodalLoss:
         total = g_t.new_zeros(())
         for a, size, b in zip(starts, sizes, noise.boundary):
             if b:
-                total = total + cfg.boundary_weight * per_image_fm[a : a + size].mean()
+                total = total + imm.boundary_weight(noise.t[a : a + 1], cfg)[0].to(dev) * per_image_fm[a : a + size].mean()
         if all(noise.boundary):  # e.g. during warm start: no MMD group, no target forward
             return total
         t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
