@@ -145,15 +145,20 @@ def check_structure(spec: Any, key: str) -> list[dict[str, Any]]:
     return segments
 
 
+def json_part(sample: dict[str, Any], key: str) -> Any:
+    """The parsed `.json` part of a webdataset sample (present); unreadable JSON is a SampleError."""
+    try:
+        return json.loads(sample["json"])
+    except Exception as e:  # JSONDecodeError, UnicodeDecodeError, RecursionError on deep nesting
+        raise SampleError(f"sample {key!r}: unreadable .json ({type(e).__name__}: {e})") from e
+
+
 def from_sample(sample: dict[str, Any]) -> Document:
     """webdataset sample dict -> Document; raises SampleError naming what is wrong."""
     key = sample.get("__key__", "?")
     if "json" not in sample:
         raise SampleError(f"sample {key!r} has no .json part (parts: {sorted(k for k in sample if k[0] != '_')})")
-    try:
-        spec = json.loads(sample["json"])
-    except Exception as e:
-        raise SampleError(f"sample {key!r}: unreadable .json ({type(e).__name__}: {e})") from e
+    spec = json_part(sample, key)
     segments: list[Segment] = []
     for entry in check_structure(spec, key):
         if "text" in entry:

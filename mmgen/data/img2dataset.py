@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mmgen.data.documents import IMAGE_EXTS, Document
+from mmgen.data.documents import IMAGE_EXTS, Document, json_part
 from mmgen.data.external import ReadOptions, caption_document, clean_caption, load_image, safe_key
 from mmgen.data.shards import ShardStream, Split, list_shards
 from mmgen.errors import DataError, SampleError
@@ -57,10 +57,7 @@ class Img2DatasetSample:
             return sample["txt"].decode("utf-8", errors="replace")
         if "json" not in sample:
             raise SampleError(f"sample {key!r} has no caption: neither {key}.txt nor {key}.json")
-        try:
-            meta = json.loads(sample["json"])
-        except ValueError as e:
-            raise SampleError(f"sample {key!r}: unreadable {key}.json ({e})") from e
+        meta = json_part(sample, key)
         if not isinstance(meta, dict):
             raise SampleError(f"sample {key!r}: {key}.json holds a {type(meta).__name__}, not an object with a caption")
         name = "caption" if field == "txt" else field
