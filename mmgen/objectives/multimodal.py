@@ -198,9 +198,10 @@ class MultimodalLoss:
         cfg, sd, dev = self.cfg.imm, self.sigma_d, g_t.device
         sizes, starts = noise.sizes, [sum(noise.sizes[:i]) for i in range(len(noise.sizes))]
         total = g_t.new_zeros(())
+        weight = imm.boundary_weight(noise.t, cfg).to(dev)  # [n_targets], once per micro-batch
         for a, size, b in zip(starts, sizes, noise.boundary):
             if b:
-                total = total + imm.boundary_weight(noise.t[a : a + 1], cfg)[0].to(dev) * per_image_fm[a : a + size].mean()
+                total = total + weight[a] * per_image_fm[a : a + size].mean()
         if all(noise.boundary):  # e.g. during warm start: no MMD group, no target forward
             return total
         t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
