@@ -13,36 +13,20 @@ Writes results/eval_shapes.json (or --out) and prints a table.
 from __future__ import annotations
 
 import argparse
-import time
+import itertools
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmgen.bench import save_json
 from mmgen.cli import check_option, cli_main, output_folder
-from mmgen.config import ShapesConfig
 from mmgen.config.schema import AT_LEAST_1, MAX_SAMPLER_STEPS, Range
-from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shapes_check import accuracy, check
+from mmgen.eval.shapes import judge, prompt_set, training_holdout
 from mmgen.sampling.grid import save_grid
 from mmgen.sampling.pipeline import MMGenPipeline
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def held_out(n: int, image_size: int) -> tuple[list[str], list[np.ndarray]]:
-    gen = ShapesGenerator(ShapesConfig(split="test", image_size=image_size))
-    pairs = [gen.pair(i) for i in range(n)]
-    return [p[1] for p in pairs], [p[0] for p in pairs]
-
-
-def evaluate(pipe: MMGenPipeline, prompts: list[str], steps: int, guidance: float, batch: int, seed: int):
-    t0 = time.perf_counter()
-    images = pipe.text_to_image(prompts, batch=batch, seed=seed, steps=steps, guidance=guidance)
-    dt = time.perf_counter() - t0
-    acc = accuracy([check(im, p) for im, p in zip(images, prompts)])
-    return acc, images, dt
 
 
 @cli_main
@@ -51,7 +35,9 @@ def main() -> None:
     ap.add_argument("--model", action="append", required=True, help="release folder(s)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--n", type=int, default=200, help="held-out prompts")
-    ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--n-unseen", type=int, default=100,
+                    help="prompts with a colour-shape pair the training stream held out (data.shapes.holdout)")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.5])
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -64,25 +50,34 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    report: dict = {"n_prompts": args.n, "guidance": args.guidance, "models": {}}
+    holdout = sorted({pair for path in args.model for pair in training_holdout(path)})
     first = MMGenPipeline.from_pretrained(args.model[0])
-    prompts, real = held_out(args.n, first.model.config.image_size)
-    judge = accuracy([check(im, p) for im, p in zip(real, prompts)])
-    report["checker_on_real_images"] = judge
-    print(f"checker on {args.n} real held-out images: {judge['correct']:.1%} fully correct "
-          f"(shape {judge['shape']:.1%}, colour {judge['color']:.1%}, size {judge['size']:.1%})")  # fmt: skip
+    size = first.model.config.image_size
+    sets = {"seen": prompt_set(args.n, size, holdout, unseen=False)}
+    if holdout and args.n_unseen:
+        sets["unseen"] = prompt_set(args.n_unseen, size, holdout, unseen=True)
+    report: dict = {"n_prompts": args.n, "guidance": args.guidance, "holdout": holdout, "models": {},
+                    "prompt_sets": {k: len(v[0]) for k, v in sets.items()}}  # fmt: skip
+    for name, (prompts, real) in sets.items():
+        real_acc = accuracy([check(im, p) for im, p in zip(real, prompts)])
+        report.setdefault("checker_on_real_images", {})[name] = real_acc
+        print(f"checker on {len(prompts)} real held-out images ({name} pairs): {real_acc['correct']:.1%} fully "
+              f"correct (shape {real_acc['shape']:.1%}, colour {real_acc['color']:.1%}, size {real_acc['size']:.1%})")
     for path in args.model:
         pipe = first if path == args.model[0] else MMGenPipeline.from_pretrained(path)
         kind = pipe.model.config.image_objective
-        rows = {}
-        for n in args.steps:
-            acc, images, dt = evaluate(pipe, prompts, n, args.guidance, args.batch, args.seed)
-            rows[str(n)] = {**acc, "seconds": round(dt, 2), "seconds_per_image": round(dt / len(prompts), 4)}
-            print(f"{path} ({kind}) N={n:3d}: correct {acc['correct']:.1%} | colour {acc['color']:.1%} shape "
-                  f"{acc['shape']:.1%} size {acc['size']:.1%} count {acc['count']:.1%} relation "
-                  f"{acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image")  # fmt: skip
-            save_grid(images[:32], Path(args.out).with_suffix("") / f"{Path(path).parent.name}-N{n}.png", ncol=8)
-        report["models"][path] = {"objective": kind, "by_steps": rows}
+        entry: dict = {"objective": kind, "holdout": training_holdout(path), "results": []}
+        for (name, (prompts, _)), g, n in itertools.product(sets.items(), args.guidance, args.steps):
+            acc, images, dt = judge(pipe, prompts, n, g, args.batch, args.seed)
+            row = {"prompts": name, "guidance": g, "steps": n, **acc, "seconds": round(dt, 2),
+                   "seconds_per_image": round(dt / len(prompts), 4)}  # fmt: skip
+            entry["results"].append(row)
+            print(f"{path} ({kind}) {name} g={g:g} N={n:3d}: correct {acc['correct']:.1%} | colour "
+                  f"{acc['color']:.1%} shape {acc['shape']:.1%} size {acc['size']:.1%} count {acc['count']:.1%} "
+                  f"relation {acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image")
+            grid = Path(args.out).with_suffix("") / f"{Path(path).parent.name}-{name}-g{g:g}-N{n}.png"
+            save_grid(images[:32], grid, ncol=8)
+        report["models"][path] = entry
     save_json(report, args.out)
 
 

@@ -179,7 +179,7 @@ def test_save_load_round_trip(batch, tmp_path):
 
 
 PINNED_KEYS = sorted(
-    ["embed.weight", "image_in.weight", "image_in.bias", "lm_head.weight", "image_out.weight", "image_out.bias",
+    ["embed.weight", "image_in.weight", "image_in.bias", "image_pos", "lm_head.weight", "image_out.weight", "image_out.bias",
      "text_norm.weight", "image_norm.weight", "image_final_mod.weight", "image_final_mod.bias",
      "time.t_mlp.0.weight", "time.t_mlp.0.bias", "time.t_mlp.2.weight", "time.t_mlp.2.bias",
      "time.s_mlp.0.weight", "time.s_mlp.0.bias", "time.s_mlp.2.weight", "time.s_mlp.2.bias",  # time_input s
@@ -192,7 +192,8 @@ PINNED_KEYS = sorted(
 
 def test_state_dict_keys_are_pinned():
     """Checkpoints in the wild depend on these names: change them only with a conversion. (A model with
-    time_input=stride, as every release before the option, has `time.d_mlp` instead of `time.s_mlp`.)"""
+    time_input=stride, as every release before the option, has `time.d_mlp` instead of `time.s_mlp`; one with
+    image_pos_embed=false, as every release before that option, has no `image_pos`.)"""
     cfg = tiny_config()
     cfg.depth = 1
     assert sorted(MMGenModel(cfg).state_dict()) == PINNED_KEYS

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,47 @@ def test_configurable_size_and_bad_names():
     with pytest.raises(ValueError, match="hexagon"):
         ShapesGenerator(ShapesConfig(shapes=["hexagon"]))
     assert parse_caption("a huge red circle") is None
+
+
+HOLDOUT = ["red triangle", "blue circle"]
+
+
+def _pairs(doc) -> set[tuple[str, str]]:
+    objs = [o for s in doc.segments if isinstance(s, Image) for o in s.meta["gt"]["objects"]]
+    return {(o["color"], o["shape"]) for o in objs}
+
+
+def test_holdout_pairs_never_reach_the_train_split_but_reach_the_test_split():
+    train = ShapesGenerator(ShapesConfig(holdout=HOLDOUT))
+    test = ShapesGenerator(ShapesConfig(holdout=HOLDOUT, split="test"))
+    held = {("red", "triangle"), ("blue", "circle")}
+    drawn = set().union(*(_pairs(train.document(i)) for i in range(600)))  # every layout, bridges included
+    assert not drawn & held
+    assert len(drawn) == 6 * 4 - 2  # every other pair still occurs
+    captions = " ".join(train.captions(600))
+    assert "red triangle" not in captions and "blue circle" not in captions
+    assert "triangle in red" not in captions and "circle in blue" not in captions
+    assert set().union(*(_pairs(test.document(i)) for i in range(600))) >= held
+
+
+def _digest(cfg: ShapesConfig, n: int = 300) -> str:
+    g = ShapesGenerator(cfg)
+    docs = (" / ".join(s if isinstance(s, str) else s.meta["caption"] for s in g.document(i).segments) for i in range(n))
+    return hashlib.sha256("|".join(docs).encode()).hexdigest()[:16]
+
+
+def test_no_holdout_draws_what_it_always_drew():
+    # golden digests of the first 300 documents, recorded before the holdout option existed
+    assert _digest(ShapesConfig()) == "b676196fb02059e4"
+    assert _digest(ShapesConfig(split="test")) == "5d81c3f44578de51"
+    assert _digest(ShapesConfig(split="test", holdout=HOLDOUT)) == "5d81c3f44578de51"  # the test split draws all
+
+
+@pytest.mark.parametrize("holdout, match", [
+    (["red hexagon"], "is not '<colour> <shape>'"),
+    (["redcircle"], "is not '<colour> <shape>'"),
+    ([f"{c} circle" for c in ("red", "green", "blue", "yellow", "purple", "white")], "every colour of 'circle'"),
+])  # fmt: skip
+def test_bad_holdout_names_the_pair(holdout, match):
+    with pytest.raises(ValueError, match=match):
+        ShapesConfig(holdout=holdout)

@@ -24,6 +24,9 @@ class ShapesConfig:
     p_interleaved: float = 0.25
     seed: int = 0
     split: Literal["train", "test"] = "train"
+    # "colour shape" pairs the train split never draws (e.g. "red triangle"), so prompts that ask for them
+    # test generalisation to unseen combinations; the test split draws every pair
+    holdout: list[str] = field(default_factory=list)
 
     RANGES: ClassVar[dict[str, Range]] = {
         "image_size": Range(16, 1024), "p_two_objects": UNIT, "background": Range(0, 255), "p_caption_image": UNIT,
@@ -36,6 +39,20 @@ class ShapesConfig:
         _check(0.0 <= self.p_two_objects <= 1.0, "p_two_objects must lie in [0, 1]")
         total = self.p_caption_image + self.p_image_caption + self.p_interleaved
         _check(total > 0, "the layout probabilities must not all be 0")
+        for pair in self.holdout:
+            color, _, shape = pair.partition(" ")
+            _check(color in self.colors and shape in self.shapes,
+                   f"holdout pair {pair!r} is not '<colour> <shape>' with colour in {self.colors} and shape in "
+                   f"{self.shapes}")  # fmt: skip
+        _check(len(self.holdout_pairs) < len(self.colors) * len(self.shapes), "holdout must leave a pair to draw")
+        for shape in self.shapes:
+            _check(any((c, shape) not in self.holdout_pairs for c in self.colors),
+                   f"holdout removes every colour of {shape!r}; keep at least one")  # fmt: skip
+
+    @property
+    def holdout_pairs(self) -> set[tuple[str, str]]:
+        """The held-out (colour, shape) pairs."""
+        return {tuple(p.split(" ", 1)) for p in self.holdout}  # type: ignore[misc]
 
 
 @dataclass

@@ -76,6 +76,9 @@ class ModelConfig:
     time_freq_dim: int = 256
     # the flow map's second time input: "s" (the IMM paper's identity option), "stride" (t - s) or "both"
     time_input: Literal["s", "stride", "both"] = "s"
+    # a learned absolute (row, col) embedding added to every image token: rotary positions alone give a 4x4
+    # latent grid only one or two useful frequencies per axis (docs/results.md section 1, the shape ablation)
+    image_pos_embed: bool = True
     init_std: float = 0.02
     init_image_from_text: bool = False  # start the image expert as a copy of the text expert
     max_seq_len: int = 0  # 0 = data.seq_len

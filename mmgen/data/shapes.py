@@ -129,20 +129,23 @@ class ShapesGenerator:
         self.cfg = cfg
         self.background = tuple(cfg.background)
         self._split = {"train": 0, "test": 1}[cfg.split]
+        self._holdout = cfg.holdout_pairs
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, self._split, index])
 
     # ------------------------------------------------------------------ ground truth
+    def drawable(self, color: str, shape: str) -> bool:
+        """False for a held-out (colour, shape) pair in the train split (`ShapesConfig.holdout`)."""
+        return self._split != 0 or (color, shape) not in self._holdout
+
     def _attributes(self, rng: np.random.Generator) -> dict[str, Any]:
         c = self.cfg
-        size = c.sizes[rng.integers(len(c.sizes))]
-        return {
-            "shape": c.shapes[rng.integers(len(c.shapes))],
-            "color": c.colors[rng.integers(len(c.colors))],
-            "size": size,
-            "radius": SIZE_RADIUS[size],
-        }
+        while True:  # held-out pairs are redrawn (the train split only): the other pairs keep equal odds
+            size = c.sizes[rng.integers(len(c.sizes))]
+            shape, color = c.shapes[rng.integers(len(c.shapes))], c.colors[rng.integers(len(c.colors))]
+            if self.drawable(color, shape):
+                return {"shape": shape, "color": color, "size": size, "radius": SIZE_RADIUS[size]}
 
     @staticmethod
     def _place(rng: np.random.Generator, obj: dict[str, Any]) -> None:
@@ -206,7 +209,7 @@ class ShapesGenerator:
         a = first["objects"][0]
         kind = int(rng.integers(3))
         b = dict(a)
-        other_colors = [x for x in c.colors if x != a["color"]]
+        other_colors = [x for x in c.colors if x != a["color"] and self.drawable(x, a["shape"])]
         other_sizes = [x for x in c.sizes if x != a["size"]]
         if kind == 0 and other_colors:
             b["color"] = other_colors[rng.integers(len(other_colors))]

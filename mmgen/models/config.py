@@ -35,6 +35,7 @@ class MMGenConfig(PretrainedConfig):
         rope_theta: float = 10000.0,
         time_freq_dim: int = 256,
         time_input: str = "stride",  # a config.json without the key predates the option: stride
+        image_pos_embed: bool = False,  # a config.json without the key predates the option: none
         max_seq_len: int = 256,
         init_std: float = 0.02,
         init_image_from_text: bool = False,
@@ -51,7 +52,7 @@ class MMGenConfig(PretrainedConfig):
         self.latent_channels, self.patch_size, self.image_grid = latent_channels, patch_size, list(image_grid)
         self.image_size, self.downsample, self.sigma_d = image_size, downsample, sigma_d
         self.image_objective, self.rope_theta, self.time_freq_dim = image_objective, rope_theta, time_freq_dim
-        self.time_input = time_input
+        self.time_input, self.image_pos_embed = time_input, image_pos_embed
         self.max_seq_len, self.init_std, self.init_image_from_text = max_seq_len, init_std, init_image_from_text
         self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id
         self.attention = attention  # auto | sdpa | flex: how, not what, the model computes (not architecture)
@@ -64,7 +65,8 @@ class MMGenConfig(PretrainedConfig):
 
     ARCHITECTURE = ("vocab_size", "depth", "width", "head_dim", "mlp_hidden", "experts", "qk_norm", "image_adaln",
                     "latent_channels", "patch_size", "image_grid", "image_size", "downsample", "sigma_d",
-                    "image_objective", "rope_theta", "time_freq_dim", "time_input", "max_seq_len")  # fmt: skip
+                    "image_objective", "rope_theta", "time_freq_dim", "time_input", "image_pos_embed",
+                    "max_seq_len")  # fmt: skip
 
     def architecture(self) -> dict:
         """What must match for weights to be interchangeable (a checkpoint of another model differs here)."""
@@ -113,6 +115,7 @@ class MMGenConfig(PretrainedConfig):
             rope_theta=m.rope_theta,
             time_freq_dim=m.time_freq_dim,
             time_input=m.time_input,
+            image_pos_embed=m.image_pos_embed,
             max_seq_len=m.max_seq_len or seq_len,
             init_std=m.init_std,
             init_image_from_text=m.init_image_from_text,

@@ -44,6 +44,8 @@ class MMGenModel(PreTrainedModel):
         D = c.width
         self.embed = nn.Embedding(c.vocab_size, D)
         self.image_in = nn.Linear(c.patch_dim, D)
+        # [grid_h * grid_w, D]: row-major patch index -> embedding (None: rotary positions only)
+        self.image_pos = nn.Parameter(torch.empty(c.image_tokens, D)) if c.image_pos_embed else None
         self.time = TimeEmbedding(D, c.time_freq_dim, time_input=c.time_input)
         self.layers = nn.ModuleList(
             MoTBlock(D, c.n_heads, c.head_dim, c.mlp_hidden, c.qk_norm, c.experts == "mot", c.image_adaln)
@@ -84,6 +86,8 @@ class MMGenModel(PreTrainedModel):
                 if layer.image_mod is not None:
                     init.zeros_(layer.image_mod.weight)
                     init.zeros_(layer.image_mod.bias)
+            if module.image_pos is not None:
+                init.normal_(module.image_pos, std=std)
             for lin in (module.image_final_mod, module.image_out):
                 init.zeros_(lin.weight)
                 init.zeros_(lin.bias)
@@ -132,6 +136,9 @@ class MMGenModel(PreTrainedModel):
             rows = route.image_rows
             temb = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [N_image, D]
             h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.to(h.dtype)
+            if self.image_pos is not None:  # an image token sits at (p, p + row, p + col): see data/packing.py
+                row_col = route.group((pos[1:] - pos[:1]).movedim(0, -1))[rows]  # [N_image, 2]
+                h[rows] += self.image_pos[row_col[:, 0] * self.config.image_grid[1] + row_col[:, 1]].to(h.dtype)
             temb = nn.functional.silu(temb).to(h.dtype)
 
         layer_kv = [None] * len(self.layers)

@@ -105,8 +105,10 @@ class Result:
 
     def save(self, folder: str | Path, name: str = "result") -> Path:
         """PNG per image and an HTML page showing prompt and continuation in order; returns the page."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        return write_page([self], folder, name)
+
+    def html(self, folder: Path, name: str) -> str:
+        """This result as one HTML paragraph; its images are written to `folder` as `{name}-{role}-{i}.png`."""
         parts, n = [], 0
         for role, segs in (("prompt", self.prompt), ("generated", self.generated)):
             for s in segs:
@@ -117,13 +119,22 @@ class Result:
                     PILImage.fromarray(s).save(folder / fn)
                     parts.append(f'<img class="{role}" src="{fn}" width="{4 * s.shape[1]}" style="image-rendering:pixelated">')
                     n += 1
-        page = folder / f"{name}.html"
-        page.write_text(
-            "<!doctype html><meta charset='utf-8'><style>body{font-family:sans-serif;background:#222;color:#ddd}"
-            ".prompt{color:#9cf} .generated{color:#fd8} img{vertical-align:middle;margin:4px;border:2px solid #555}"
-            "img.generated{border-color:#fd8}</style><p>" + " ".join(parts) + "</p>"
-        )
-        return page
+        return "<p>" + " ".join(parts) + "</p>"
+
+
+_STYLE = ("<style>body{font-family:sans-serif;background:#222;color:#ddd} .prompt{color:#9cf} .generated{color:#fd8}"
+          " img{vertical-align:middle;margin:4px;border:2px solid #555} img.generated{border-color:#fd8}</style>")  # fmt: skip
+
+
+def write_page(results: list[Result], folder: str | Path, name: str, title: str = "") -> Path:
+    """One HTML page `{folder}/{name}.html` showing every result (prompt, then continuation) in order."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    body = "".join(r.html(folder, name if len(results) == 1 else f"{name}-{i:03d}") for i, r in enumerate(results))
+    head = f"<h2>{html.escape(title)}</h2>" if title else ""
+    page = folder / f"{name}.html"
+    page.write_text(f"<!doctype html><meta charset='utf-8'>{_STYLE}{head}{body}")
+    return page
 
 
 class MMGenPipeline:

@@ -1,0 +1,1 @@
+"""Evaluation loops that scripts and tests share (prompt following on shapes)."""

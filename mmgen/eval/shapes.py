@@ -1,0 +1,52 @@
+"""Prompt following on shapes: held-out prompt sets and the judged accuracy of a pipeline on them.
+
+The judge is the analytic checker `mmgen.data.shapes_check`. Prompts are captions of the test split; a
+release trained with `data.shapes.holdout` never saw some colour-shape pairs, so its prompts split into
+*seen* (every pair occurred in training) and *unseen* (at least one held-out pair).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmgen.config import ShapesConfig, read_yaml
+from mmgen.data.shapes import ShapesGenerator
+from mmgen.data.shapes_check import accuracy, check
+
+
+def training_holdout(release: str | Path) -> list[str]:
+    """The colour-shape pairs a release's training stream never drew (its run_config's data.shapes.holdout)."""
+    run = Path(release) / "run_config.yaml"
+    config = read_yaml(run) if run.is_file() else {}
+    return list(((config.get("data") or {}).get("shapes") or {}).get("holdout") or [])
+
+
+def prompt_set(n: int, image_size: int, holdout: list[str], unseen: bool) -> tuple[list[str], list[np.ndarray]]:
+    """The first n test-split (caption, real image) pairs that use no held-out pair (unseen=False) or at least
+    one (unseen=True). Fixed for a given n: the same prompts for every model and every run."""
+    if unseen and not holdout:
+        raise ValueError("unseen prompts need a holdout list (data.shapes.holdout of the release)")
+    gen = ShapesGenerator(ShapesConfig(split="test", image_size=image_size))
+    pairs = {tuple(p.split(" ", 1)) for p in holdout}
+    prompts, images = [], []
+    i = 0
+    while len(prompts) < n:
+        image, text, gt = gen.pair(i)
+        i += 1
+        if any((o["color"], o["shape"]) in pairs for o in gt["objects"]) == unseen:
+            prompts.append(text)
+            images.append(image)
+    return prompts, images
+
+
+def judge(pipe, prompts: list[str], steps: int, guidance: float, batch: int = 50,
+          seed: int = 0) -> tuple[dict[str, Any], list[np.ndarray], float]:  # fmt: skip
+    """(accuracy, images, seconds): one image per prompt at `steps` network evaluations, judged."""
+    t0 = time.perf_counter()
+    images = pipe.text_to_image(prompts, batch=batch, seed=seed, steps=steps, guidance=guidance)
+    seconds = time.perf_counter() - t0
+    return accuracy([check(im, p) for im, p in zip(images, prompts)]), images, seconds
