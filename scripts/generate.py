@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     ap.add_argument("--prompts-file", help="a file with one prompt per line")
     ap.add_argument("--out", default="outputs", help="folder for PNGs and HTML")
-    ap.add_argument("--steps", type=int, default=4, help="network evaluations per image (1, 2, 4, 8, ...)")
-    ap.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="network evaluations per image (1, 2, 4, 8, ...; default: the release's sampling.json, else 4)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance weight (default: the release's sampling.json, else 1.5)")
     ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                     help="guide only the sampler steps that start at t in [LO, HI]")
     ap.add_argument("--time-grid", default="uniform", choices=["uniform", "cosine"])
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         ap.error("give at least one --prompt or --prompts-file")
     output_folder(args.out, "--out")
-    options = dict(steps=args.steps, guidance=args.guidance, guidance_interval=tuple(args.guidance_interval),
+    given = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    options = dict(**given, guidance_interval=tuple(args.guidance_interval),
                    time_grid=args.time_grid, method=args.sampler, image_first=args.image_first,
                    max_images=args.max_images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip

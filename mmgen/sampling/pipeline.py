@@ -138,16 +138,18 @@ def write_page(results: list[Result], folder: str | Path, name: str, title: str 
 
 
 class MMGenPipeline:
-    def __init__(self, model: MMGenModel, text_tok, image_tok):
+    def __init__(self, model: MMGenModel, text_tok, image_tok, defaults: dict[str, Any] | None = None):
+        """`defaults`: SamplingOptions fields used where a call gives none (a release's sampling.json)."""
         self.model, self.text_tok, self.image_tok = model.eval(), text_tok, image_tok
         check_match(model.config, text_tok, image_tok)
         self.sampler = InterleavedSampler(model, text_tok, image_tok)
+        self.defaults = dict(defaults or {})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> MMGenPipeline:
-        from mmgen.sampling.release import load_release
+        from mmgen.sampling.release import load_release, load_sampling_defaults
 
-        return cls(*load_release(path, device))
+        return cls(*load_release(path, device), defaults=load_sampling_defaults(path))
 
     def __call__(self, prompts: Any, **options: Any) -> list[Result]:
         """Continue each prompt. Options are `SamplingOptions` fields (steps, guidance, max_new_tokens, ...)."""
@@ -156,7 +158,7 @@ class MMGenPipeline:
         unknown = set(options) - set(SamplingOptions.__dataclass_fields__)
         if unknown:
             raise PromptError(f"unknown option(s) {sorted(unknown)}; known: {sorted(SamplingOptions.__dataclass_fields__)}")
-        opts = SamplingOptions(**options)
+        opts = SamplingOptions(**{**self.defaults, **options})
         try:
             opts.validate()
         except ValueError as e:

@@ -11,6 +11,7 @@ import torch
 from mmgen.errors import CheckpointError, MissingInput, PromptError
 from mmgen.files import check_shapes, read_json
 
+SAMPLING_FILE = "sampling.json"  # the release's sampling defaults (steps, guidance, ...): what its card measured
 FIX = "copy the release folder again, or export it again from its run (train.py writes release/ at the end)"
 
 
@@ -55,3 +56,24 @@ def load_release(path: str | Path, device: str | torch.device = "cpu"):
     text = load_text_tokenizer(path, fix=FIX)  # the release's own tokenizers: retraining one would not match
     image = load_image_tokenizer(path / "image_tokenizer", fix=FIX).to(dev).eval()
     return model, text, image
+
+
+def load_sampling_defaults(path: str | Path) -> dict:
+    """The release's `sampling.json` ({} when absent): SamplingOptions fields its model card was measured with."""
+    from mmgen.sampling.interleaved import SamplingOptions
+
+    file = Path(path) / SAMPLING_FILE
+    if not file.is_file():
+        return {}
+    defaults = read_json(file, CheckpointError, FIX)
+    known = set(SamplingOptions.__dataclass_fields__)
+    if not isinstance(defaults, dict) or set(defaults) - known:
+        raise CheckpointError(f"{file}: expected an object of sampling options ({', '.join(sorted(known))}), got "
+                              f"{sorted(defaults) if isinstance(defaults, dict) else type(defaults).__name__}; {FIX}")  # fmt: skip
+    if "guidance_interval" in defaults:
+        defaults["guidance_interval"] = tuple(defaults["guidance_interval"])
+    try:
+        SamplingOptions(**defaults).validate()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{file}: {e}; {FIX}") from e
+    return defaults
