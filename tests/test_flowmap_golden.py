@@ -1,0 +1,135 @@
+"""Golden outputs of the flow-map parametrisation (interpolant, c_in, flow map, time range, sampling defaults),
+recorded before it moved into one module (`mmgen/flowmap.py`, issue 15): the flat IMM and flow-matching
+losses, the packed multimodal losses, and text_to_image at N = 1 and 4 steps for an IMM and a flow-matching
+(Euler) release. Each output is compared bit for bit, as the SHA-256 of its bytes.
+
+The digests depend on the floating-point kernels, so they hold for the torch version and CPU capability that
+recorded them (`RECORDED_ON`); elsewhere the test skips. To record again (only for a change that is meant to
+move the numbers): `MMGEN_GOLDEN_PRINT=1 pytest tests/test_flowmap_golden.py -s` and paste the digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from test_model import _randomize, tiny_config
+
+from mmgen.config import FlowMatchingConfig, ImmConfig, ObjectiveConfig, from_dict
+from mmgen.models.model import MMGenModel
+from mmgen.objectives.flow_matching import fm_loss
+from mmgen.objectives.imm import imm_loss
+from mmgen.objectives.multimodal import MultimodalLoss
+from mmgen.sampling.pipeline import MMGenPipeline
+from mmgen.train.checkpoint import export_release
+
+RECORDED_ON = ("2.13.0+cpu", "AVX512")
+GOLDEN = {
+    "imm_loss": "74de139a1be2394beaecb4c54b8ffef8",
+    "imm_loss_boundary": "ae52ab90c60756d5a0c5814154391919",
+    "fm_loss": "36d93dcdf8e647abbc0e60272a2cc805",
+    "packed_imm": "42e685b64560585b1aede229281e96fb",
+    "packed_imm_boundary": "f197857650ceea9a400ea569ae09b0cc",
+    "packed_fm": "56c142000afbef7e505abed078e5defc",
+    "imm_n1": "4683f9c43f668d5ed0f60de82a1c9216",
+    "imm_n1_latents": "0f1ff2211cff9a1d77b7f6f0f5bb10f3",
+    "imm_n4": "75f4bd0177a7042291ce5cf3881fc352",
+    "imm_n4_latents": "480ccc33a072c224becbcc53be69938f",
+    "fm_n1": "3adfb88f6140d064ba2654896027bb2e",
+    "fm_n1_latents": "9ae49541e19cd5d36cbc7dc2395223b4",
+    "fm_n4": "2b9feea476e36df9db9363d9533d8779",
+    "fm_n4_latents": "ec5e9687dfcf05a334356eb0be43170e",
+}
+PROMPTS = ["a large red circle", "a small blue square", "two green triangles"]
+
+
+def digest(x: torch.Tensor | np.ndarray | list) -> str:
+    if isinstance(x, list):
+        x = np.stack(x)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().contiguous().numpy()
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:32]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def same_kernels():
+    here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
+    if here != RECORDED_ON and not os.environ.get("MMGEN_GOLDEN_PRINT"):
+        pytest.skip(
+            f"golden digests were recorded with torch {RECORDED_ON[0]} on {RECORDED_ON[1]}; this is {here}"
+        )
+
+
+def check(name: str, x) -> None:
+    got = digest(x)
+    if os.environ.get("MMGEN_GOLDEN_PRINT"):
+        print(f'    "{name}": "{got}",')
+        return
+    assert got == GOLDEN[name], f"{name} changed: {got} != {GOLDEN[name]}"
+
+
+class FlatNet(torch.nn.Module):
+    """G(x_in, t, s) for flat data [N, 2]: an MLP of the input and both times."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))
+
+    def forward(self, x_in, t, s):
+        return self.net(torch.cat([x_in, t[:, None], s[:, None]], 1))
+
+
+def test_flat_losses():
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(3)) * 0.5
+    for name, cfg in (("imm_loss", ImmConfig()), ("imm_loss_boundary", ImmConfig(boundary_fraction=0.5))):
+        loss, _ = imm_loss(FlatNet(), x, cfg, torch.Generator().manual_seed(4))
+        check(name, loss)
+    loss, _ = fm_loss(FlatNet(), x, FlowMatchingConfig(), torch.Generator().manual_seed(5))
+    check("fm_loss", loss)
+
+
+@pytest.mark.parametrize(
+    "name, objective",
+    [
+        ("packed_imm", {}),
+        ("packed_imm_boundary", {"imm": {"boundary_fraction": 0.5}}),
+        ("packed_fm", {"image": "fm"}),
+    ],
+)
+def test_packed_losses(batch, name, objective):
+    cfg = from_dict(ObjectiveConfig, objective)
+    mc = tiny_config()
+    torch.manual_seed(0)
+    model = MMGenModel(mc)
+    _randomize(model)
+    loss_fn = MultimodalLoss(cfg, mc.patch_size, mc.image_grid, mc.latent_channels)
+    x0 = torch.randn(batch["images"].shape[0], 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    loss, _ = loss_fn(model, batch, x0, loss_fn.draw(batch, torch.Generator().manual_seed(1)))
+    check(name, loss)
+
+
+@pytest.mark.parametrize("objective", ["imm", "fm"])
+def test_text_to_image(tiny_assets, tmp_path, objective):
+    text, image, model = tiny_model(tiny_assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
+                                    patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96,
+                                    image_objective=objective)  # fmt: skip
+    _randomize(model)
+    with torch.no_grad():  # a strong image head, so that every step moves the latents visibly
+        torch.nn.init.normal_(model.image_out.weight, std=0.5, generator=torch.Generator().manual_seed(2))
+    release = export_release(tmp_path / objective, MMGenModel, model.config, model.state_dict(), text, image)
+    pipe = MMGenPipeline.from_pretrained(release)
+    latents, draw = [], pipe.sampler.draw_images
+
+    def keep(*args, **kw):  # the latents too: pixels are rounded to uint8 and could hide a small change
+        latents.append(draw(*args, **kw))
+        return latents[-1]
+
+    pipe.sampler.draw_images = keep
+    for steps in (1, 4):  # the defaults: guidance 1.5, uniform grid, pushforward (imm) or Euler (fm)
+        images = pipe.text_to_image(PROMPTS, steps=steps, seed=7)
+        check(f"{objective}_n{steps}", images)
+        check(f"{objective}_n{steps}_latents", latents.pop())
