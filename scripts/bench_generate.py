@@ -28,6 +28,7 @@ import torch
 
 from mmgen.bench import device_name, save_json
 from mmgen.config import ModelConfig, load_config
+from mmgen.config.schema import GUIDANCE
 from mmgen.data.plan import KIND_TEXT
 from mmgen.models.kv_cache import KVCache
 from mmgen.models.model import MMGenConfig, MMGenModel
@@ -83,8 +84,7 @@ def images_per_s(pipe, batch: int, steps_list: list[int], repeats: int, device) 
     prompts = [[CAPTIONS[i % len(CAPTIONS)]] for i in range(batch)]
 
     def run(n):
-        return lambda: pipe.sampler.run(prompts, SamplingOptions(steps=n, guidance=1.5, image_first=True,
-                                                                 stop_after_image=True))  # fmt: skip
+        return lambda: pipe.sampler.run(prompts, SamplingOptions(steps=n, image_first=True, stop_after_image=True))
 
     med = alternate({n: run(n) for n in steps_list}, repeats, device)
     return [{"steps": n, "seconds_per_batch": round(med[n], 4), "images_per_s": round(batch / med[n], 2)}
@@ -105,7 +105,7 @@ def prefix_cache_speedup(pipe, prefix_tokens: int, steps: int, repeats: int, dev
     every step (a fresh cache, prefill, one image forward: what a cache-less sampler pays)."""
     s = pipe.sampler
     prompt = long_prefix(pipe, prefix_tokens)
-    opts = SamplingOptions(steps=steps, guidance=1.5)
+    opts = SamplingOptions(steps=steps)
     c = pipe.model.config
 
     def image_after_prefix(n_steps: int) -> None:
@@ -212,7 +212,7 @@ def main() -> None:
         "device": device_name(device),
         "model": args.model or f"{args.preset} preset, random weights, context {c.max_seq_len}",
         "params": sum(p.numel() for p in pipe.model.parameters()), "image_tokens": c.image_tokens,
-        "batch": args.batch, "repeats": args.repeats, "guidance": 1.5, "threads": torch.get_num_threads(),
+        "batch": args.batch, "repeats": args.repeats, "guidance": GUIDANCE, "threads": torch.get_num_threads(),
         "images_per_s": imgs, "prefix_cache": pc, "text_decoding": td,
     }  # fmt: skip
     save_json(out, args.out)

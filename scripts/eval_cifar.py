@@ -26,7 +26,7 @@ import torch
 
 from mmgen.bench import device_name, save_json
 from mmgen.cli import check_option, cli_main
-from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, Range
+from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, GUIDANCE, TIME_GRID, TIME_GRIDS, Range
 from mmgen.data.sources import CIFAR10_CLASSES, cifar10
 from mmgen.sampling.grid import save_grid
 from mmgen.sampling.pipeline import MMGenPipeline
@@ -84,10 +84,10 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=50, help="generated images per class")
     ap.add_argument("--real", type=int, default=5000, help="real test images for the reference statistics")
     ap.add_argument("--captions", type=int, default=500, help="real test images to caption (0: none)")
-    ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--guidance", type=float, default=GUIDANCE)
     ap.add_argument("--sampler", choices=["pushforward", "euler", "restart"], default=None,
                     help="default: pushforward for IMM, euler for flow matching")
-    ap.add_argument("--time-grid", choices=["uniform", "cosine"], default="uniform")
+    ap.add_argument("--time-grid", choices=TIME_GRIDS, default=TIME_GRID)
     ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                     help="guide only the steps that start at t in [LO, HI]")
     ap.add_argument("--batch", type=int, default=100)

@@ -25,6 +25,7 @@ from mmgen.cli import cli_main
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import IGNORE, KIND_CLEAN
 from mmgen.data.shards import ShardStream, Split
+from mmgen.flowmap import clean_input
 from mmgen.models.patches import patchify, to_dense
 from mmgen.sampling.release import load_release
 from mmgen.train.build import clean_latents
@@ -74,9 +75,10 @@ def main() -> None:
     nll, count, docs = 0.0, 0, 0
     for b in packer.batches(context_only(items), keep_last=True):
         vals = None
-        if len(b["images"]):  # the clean copies' values exactly as in training: c_in(0) x0 = x0 / sigma_d
+        if len(b["images"]):  # the clean copies' values exactly as in training: c_in(0) x0
             x0 = clean_latents(b, image, c.sigma_d, torch.device("cpu"))
-            vals = to_dense(patchify(x0, c.patch_size) / c.sigma_d, b["image"], b["patch"], b["kind"] == KIND_CLEAN)
+            x_in = patchify(clean_input(x0, c.sigma_d), c.patch_size)
+            vals = to_dense(x_in, b["image"], b["patch"], b["kind"] == KIND_CLEAN)
         # caption words and </s> only: <boi>/<eoi> targets exist only when images are kept, and are easy
         where = (b["labels"] != IGNORE) & (b["labels"] != c.boi_token_id) & (b["labels"] != c.eoi_token_id)
         zeros = torch.zeros(b["kind"].shape)

@@ -16,6 +16,7 @@ import argparse
 import time
 
 from mmgen.cli import cli_main, output_folder, read_text_file
+from mmgen.config.schema import GUIDANCE, STEPS, TIME_GRID, TIME_GRIDS
 from mmgen.errors import PromptError
 
 
@@ -27,12 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts-file", help="a file with one prompt per line")
     ap.add_argument("--out", default="outputs", help="folder for PNGs and HTML")
     ap.add_argument("--steps", type=int, default=None,
-                    help="network evaluations per image (1, 2, 4, 8, ...; default: the release's sampling.json, else 4)")
+                    help=f"network evaluations per image (1, 2, 4, 8, ...; default: the release's sampling.json, else {STEPS})")
     ap.add_argument("--guidance", type=float, default=None,
-                    help="classifier-free guidance weight (default: the release's sampling.json, else 1.5)")
+                    help=f"classifier-free guidance weight (default: the release's sampling.json, else {GUIDANCE})")
     ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                     help="guide only the sampler steps that start at t in [LO, HI]")
-    ap.add_argument("--time-grid", default="uniform", choices=["uniform", "cosine"])
+    ap.add_argument("--time-grid", default=TIME_GRID, choices=TIME_GRIDS)
     ap.add_argument("--sampler", default=None, choices=["pushforward", "euler", "restart"],
                     help="default: pushforward for IMM models, euler for flow-matching models")
     ap.add_argument("--image-first", action="store_true", help="open an image right after the prompt")

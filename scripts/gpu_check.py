@@ -180,6 +180,7 @@ def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -
 def step_sample(args, device, sz, release: str | None) -> dict:
     import bench_generate as bg
 
+    from mmgen.config.schema import GUIDANCE
     from mmgen.sampling.pipeline import MMGenPipeline
 
     if release:
@@ -187,7 +188,7 @@ def step_sample(args, device, sz, release: str | None) -> dict:
     else:
         pipe = bg.build_pipe(argparse.Namespace(model=None, preset=sz["train_preset"], context=512), device)
     per_n = bg.images_per_s(pipe, sz["sample_batch"], [1, 4], sz["repeats"], device)
-    return {"ok": True, "model": release or f"{sz['train_preset']} preset, random weights", "guidance": 1.5,
+    return {"ok": True, "model": release or f"{sz['train_preset']} preset, random weights", "guidance": GUIDANCE,
             "batch": sz["sample_batch"], "attention_prefill": pipe.model.attention_backend(), "images_per_s": per_n}  # fmt: skip
 
 

@@ -10,6 +10,7 @@ move the numbers): `MMGEN_GOLDEN_PRINT=1 pytest tests/test_flowmap_golden.py -s`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -42,16 +43,19 @@ GOLDEN = {
     "fm_n1_latents": "9ae49541e19cd5d36cbc7dc2395223b4",
     "fm_n4": "2b9feea476e36df9db9363d9533d8779",
     "fm_n4_latents": "ec5e9687dfcf05a334356eb0be43170e",
+    "prompt_image": "2df0f3e194bd0e04ebf62b758a838f21",
 }
 PROMPTS = ["a large red circle", "a small blue square", "two green triangles"]
 
 
 def digest(x: torch.Tensor | np.ndarray | list) -> str:
-    if isinstance(x, list):
-        x = np.stack(x)
-    if isinstance(x, torch.Tensor):
-        x = x.detach().contiguous().numpy()
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:32]
+    """SHA-256 (first 32 hex digits) of the bytes of a tensor, an array, or a list of them one after another."""
+    parts = x if isinstance(x, list) else [x]
+    data = b"".join(
+        np.ascontiguousarray(p.detach().numpy() if isinstance(p, torch.Tensor) else p).tobytes()
+        for p in parts
+    )
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,7 +117,9 @@ def test_packed_losses(batch, name, objective):
 
 
 @pytest.mark.parametrize("objective", ["imm", "fm"])
-def test_text_to_image(tiny_assets, tmp_path, objective):
+@pytest.mark.parametrize("stored_range", [True, False], ids=["config", "old-config"])
+def test_text_to_image(tiny_assets, tmp_path, objective, stored_range):
+    """Also from a config.json written before the time range was stored: the objective's default range."""
     text, image, model = tiny_model(tiny_assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
                                     patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96,
                                     image_objective=objective)  # fmt: skip
@@ -121,6 +127,10 @@ def test_text_to_image(tiny_assets, tmp_path, objective):
     with torch.no_grad():  # a strong image head, so that every step moves the latents visibly
         torch.nn.init.normal_(model.image_out.weight, std=0.5, generator=torch.Generator().manual_seed(2))
     release = export_release(tmp_path / objective, MMGenModel, model.config, model.state_dict(), text, image)
+    if not stored_range:
+        cfg = json.loads((release / "config.json").read_text())
+        del cfg["t_min"], cfg["t_max"]
+        (release / "config.json").write_text(json.dumps(cfg))
     pipe = MMGenPipeline.from_pretrained(release)
     latents, draw = [], pipe.sampler.draw_images
 
@@ -133,3 +143,16 @@ def test_text_to_image(tiny_assets, tmp_path, objective):
         images = pipe.text_to_image(PROMPTS, steps=steps, seed=7)
         check(f"{objective}_n{steps}", images)
         check(f"{objective}_n{steps}_latents", latents.pop())
+
+
+def test_a_prompt_image_and_text_after_the_image(tiny_assets, tmp_path):
+    """A prompt image enters as c_in(0) x0; the drawn image is appended the same way and text continues."""
+    text, image, model = tiny_model(tiny_assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
+                                    patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
+    _randomize(model)
+    pipe = MMGenPipeline(model, text, image)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = pipe(
+        [["a red circle", pixels, "the same in blue"]], steps=2, image_first=True, max_new_tokens=4, seed=3
+    )
+    check("prompt_image", [*out[0].images, np.frombuffer(out[0].text.encode(), dtype=np.uint8)])

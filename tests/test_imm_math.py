@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from mmgen.config import FlowMatchingConfig, ImmConfig
-from mmgen.objectives.imm import (
-    apply_flow_map,
-    c_in,
-    flow_map,
-    laplace_mmd2,
-    r_from_ts,
-    sample_times,
-    weighting,
-)
+from mmgen.flowmap import apply_flow_map, c_in, flow_map
+from mmgen.objectives.imm import laplace_mmd2, r_from_ts, sample_times, weighting
 from mmgen.sampling.flow_map import sample, time_grid
 
 SIGMA_D = 0.5
@@ -252,15 +245,8 @@ def test_boundary_weighting_lambda_scales_each_boundary_group_by_lambda_t():
     """imm.boundary_weighting = lambda: a boundary group's flow-matching loss is weighted by lambda(t) (times
     imm.boundary_weight). With every group on the boundary, the loss equals the weighted mean of the group
     losses recomputed by hand from the same random stream."""
-    from mmgen.objectives.imm import (
-        boundary_weight,
-        c_in,
-        expand_as,
-        imm_loss,
-        interpolate,
-        sample_times,
-        weighting,
-    )
+    from mmgen.flowmap import c_in, expand_as, interpolate
+    from mmgen.objectives.imm import boundary_weight, imm_loss, sample_times, weighting
 
     t = torch.tensor([0.1, 0.5, 0.9])
     lam = ImmConfig(boundary_weight=0.5, boundary_weighting="lambda")

@@ -22,9 +22,10 @@ from mmgen.experiments.fit import FitConfig, fit
 from mmgen.experiments.metrics import energy_distance, sliced_wasserstein
 from mmgen.experiments.mlp2d import TimeMLP
 from mmgen.experiments.targets2d import get_target, on_checkerboard
+from mmgen.flowmap import c_in, expand_as
 from mmgen.models.layers import TIME_INPUTS
 from mmgen.objectives.flow_matching import fm_loss
-from mmgen.objectives.imm import c_in, expand_as, imm_loss
+from mmgen.objectives.imm import imm_loss
 from mmgen.sampling.flow_map import sample, time_grid
 
 

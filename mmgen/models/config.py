@@ -9,6 +9,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from mmgen.config import ModelConfig
+from mmgen.flowmap import default_time_range
 from mmgen.models.layers import mlp_hidden
 
 
@@ -32,6 +33,10 @@ class MMGenConfig(PretrainedConfig):
         downsample: int = 4,
         sigma_d: float = 0.5,
         image_objective: str = "imm",
+        # the times the model was trained on (mmgen.flowmap.time_range), which it samples between; a config.json
+        # without the keys predates them: the objective's defaults (t_max 0.994 for imm, 1.0 for fm; t_min 0)
+        t_min: float | None = None,
+        t_max: float | None = None,
         rope_theta: float = 10000.0,
         time_freq_dim: int = 256,
         time_input: str = "stride",  # a config.json without the key predates the option: stride
@@ -53,6 +58,9 @@ class MMGenConfig(PretrainedConfig):
         self.image_size, self.downsample, self.sigma_d = image_size, downsample, sigma_d
         self.image_objective, self.rope_theta, self.time_freq_dim = image_objective, rope_theta, time_freq_dim
         self.time_input, self.image_pos_embed = time_input, image_pos_embed
+        default_min, default_max = default_time_range(image_objective)
+        self.t_min = default_min if t_min is None else t_min
+        self.t_max = default_max if t_max is None else t_max
         self.max_seq_len, self.init_std, self.init_image_from_text = max_seq_len, init_std, init_image_from_text
         self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id
         self.attention = attention  # auto | sdpa | flex: how, not what, the model computes (not architecture)
@@ -62,6 +70,8 @@ class MMGenConfig(PretrainedConfig):
             raise ValueError(f"width {width} must be a multiple of head_dim {head_dim}")
         if experts not in ("mot", "dense"):
             raise ValueError(f"experts must be 'mot' or 'dense', got {experts!r}")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min {self.t_min} and t_max {self.t_max}")
 
     ARCHITECTURE = ("vocab_size", "depth", "width", "head_dim", "mlp_hidden", "experts", "qk_norm", "image_adaln",
                     "latent_channels", "patch_size", "image_grid", "image_size", "downsample", "sigma_d",
@@ -87,8 +97,10 @@ class MMGenConfig(PretrainedConfig):
     @classmethod
     def from_model_config(cls, m: ModelConfig, *, vocab_size: int, latent_channels: int, image_size: int,
                           downsample: int, seq_len: int, sigma_d: float, image_objective: str,
-                          special_ids: dict[str, int]) -> MMGenConfig:  # fmt: skip
-        """Resolve the user-facing dial (`ModelConfig`, zeros = derive) against the data and tokenizers."""
+                          special_ids: dict[str, int], t_min: float | None = None,
+                          t_max: float | None = None) -> MMGenConfig:  # fmt: skip
+        """Resolve the user-facing dial (`ModelConfig`, zeros = derive) against the data and tokenizers; the
+        time range is the objective's (`mmgen.flowmap.time_range`; None = the objective's default)."""
         width = m.width or m.depth * m.aspect_ratio
         lat = image_size // downsample
         if image_size % downsample or lat % m.patch_size:
@@ -112,6 +124,8 @@ class MMGenConfig(PretrainedConfig):
             downsample=downsample,
             sigma_d=sigma_d,
             image_objective=image_objective,
+            t_min=t_min,
+            t_max=t_max,
             rope_theta=m.rope_theta,
             time_freq_dim=m.time_freq_dim,
             time_input=m.time_input,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from mmgen.config import FlowMatchingConfig
-from mmgen.objectives.imm import Net, c_in, expand_as, interpolate
+from mmgen.flowmap import Net, interpolate, network_input, velocity_target
 
 
 def sample_t(n: int, cfg: FlowMatchingConfig, generator: torch.Generator | None = None,
@@ -23,17 +23,12 @@ def sample_t(n: int, cfg: FlowMatchingConfig, generator: torch.Generator | None 
     return (cfg.t_min + (cfg.t_max - cfg.t_min) * u).to(device)
 
 
-def velocity_target(x: torch.Tensor, eps: torch.Tensor, sigma_d: float) -> torch.Tensor:
-    """Target for G: (eps - x) / sigma_d, so that sigma_d G is the velocity."""
-    return (eps - x) / sigma_d
-
-
 def fm_loss(net: Net, x: torch.Tensor, cfg: FlowMatchingConfig, generator: torch.Generator | None = None
             ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Mean squared error of G(c_in(t) x_t, t, t) against (eps - x) / sigma_d, on flat data x [B, ...]."""
     t = sample_t(x.shape[0], cfg, generator, x.device)
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * cfg.sigma_d
     x_t = interpolate(x, eps, t)
-    g = net(expand_as(c_in(t, cfg.sigma_d), x_t) * x_t, t, t)
+    g = net(network_input(x_t, t, cfg.sigma_d), t, t)
     loss = (g.float() - velocity_target(x, eps, cfg.sigma_d).float()).pow(2).mean()
     return loss, {"fm": float(loss.detach())}

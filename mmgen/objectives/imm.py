@@ -1,61 +1,27 @@
 """Inductive Moment Matching (Zhou, Ermon, Song, ICML 2025): the equations, independent of any network.
 
-Interpolant (OT-FM): x_t = alpha_t x + sigma_t eps, alpha_t = 1 - t, sigma_t = t, eps ~ N(0, sigma_d^2 I).
-Flow map ("Euler-FM"): f(x_t, t, s) = x_t - (t - s) sigma_d G(c_in(t) x_t, t, s), c_in = 1 / (sigma_d sqrt(a^2 + s^2)).
-Training: groups of M particles share (s, r, t); y_t = f(x_t, t, s), y_r = f_sg(x_r, r, s) with x_r the DDIM
-step of x_t towards the same x; loss = mean over groups of lambda(t) MMD^2({y_t}, {y_r}) with a Laplace kernel
-on whole images. `imm_loss` applies it to a network on flat tensors (the 2-D studies, tests); the packed
-multimodal batch uses the same pieces in `mmgen/objectives/multimodal.py`.
+The interpolant, c_in and the flow map f(x_t, t, s) = x_t - (t - s) sigma_d G(c_in(t) x_t, t, s) are in
+`mmgen/flowmap.py`. Training: groups of M particles share (s, r, t); y_t = f(x_t, t, s), y_r = f_sg(x_r, r, s)
+with x_r the DDIM step of x_t towards the same x; loss = mean over groups of lambda(t) MMD^2({y_t}, {y_r}) with
+a Laplace kernel on whole images. `imm_loss` applies it to a network on flat tensors (the 2-D studies, tests);
+the packed multimodal batch uses the same pieces in `mmgen/objectives/multimodal.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from mmgen.config import ImmConfig
-
-# G(c_in(t) x_t, t, s) -> same shape as x_t; t, s broadcast against x_t's leading dimension
-Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def expand_as(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """[N] -> [N, 1, ..., 1] to broadcast against x [N, ...]."""
-    return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
-
-
-def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return 1.0 - t, t
-
-
-def c_in(t: torch.Tensor, sigma_d: float) -> torch.Tensor:
-    a, s = alpha_sigma(t)
-    return 1.0 / (sigma_d * torch.sqrt(a * a + s * s))
-
-
-def interpolate(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = alpha_t x + sigma_t eps (t broadcast over x)."""
-    a, s = alpha_sigma(expand_as(t, x))
-    return a * x + s * eps
-
-
-def ddim(x_t: torch.Tensor, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """DDIM(x_t, x, t -> r) = alpha_r x + (sigma_r / sigma_t) (x_t - alpha_t x)."""
-    a_t, s_t = alpha_sigma(expand_as(t, x))
-    a_r, s_r = alpha_sigma(expand_as(r, x))
-    return a_r * x + (s_r / s_t.clamp_min(1e-12)) * (x_t - a_t * x)
-
-
-def flow_map(x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, g: torch.Tensor, sigma_d: float) -> torch.Tensor:
-    """f(x_t, t, s) = x_t - (t - s) sigma_d G. f(x, t, t) = x by construction."""
-    return x_t - expand_as(t - s, x_t) * sigma_d * g
-
-
-def apply_flow_map(net: Net, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, sigma_d: float) -> torch.Tensor:
-    """f_theta(x_t, t, s) for a network G on flat tensors (x_t [N, ...], t and s [N])."""
-    g = net(expand_as(c_in(t, sigma_d), x_t) * x_t, t, s)
-    return flow_map(x_t, t, s, g, sigma_d)
+from mmgen.flowmap import (
+    Net,
+    alpha_sigma,
+    apply_flow_map,
+    ddim,
+    flow_map,
+    interpolate,
+    network_input,
+    velocity_target,
+)
 
 
 # ---------------------------------------------------------------------------------------------- times
@@ -153,11 +119,10 @@ def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generat
         s, r = torch.where(on_boundary, t, s), torch.where(on_boundary, t, r)
     t, s, r = (v.repeat_interleave(M) for v in (t, s, r))
     x_t = interpolate(x, eps, t)
-    g_t = net(expand_as(c_in(t, cfg.sigma_d), x_t) * x_t, t, s)
+    g_t = net(network_input(x_t, t, cfg.sigma_d), t, s)
     per_group = x.new_zeros(G, dtype=torch.float32)
     if bool(on_boundary.any()):  # d f(x_t, t, s) / ds at s = t is the velocity: flow matching on G
-        v = (eps - x) / cfg.sigma_d
-        fm = (g_t.float() - v.float()).pow(2).reshape(G, M, -1).mean((1, 2))
+        fm = (g_t.float() - velocity_target(x, eps, cfg.sigma_d).float()).pow(2).reshape(G, M, -1).mean((1, 2))
         per_group = torch.where(on_boundary, boundary_weight(t[::M], cfg) * fm, per_group)
     mmd = ~on_boundary
     if bool(mmd.any()):

@@ -21,6 +21,15 @@ import torch
 
 from mmgen.config import ObjectiveConfig
 from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
+from mmgen.flowmap import (
+    clean_input,
+    ddim,
+    flow_map,
+    image_config,
+    interpolate,
+    network_input,
+    velocity_target,
+)
 from mmgen.models.patches import from_dense, patchify, per_token, to_dense, unpatchify
 from mmgen.objectives import flow_matching as fm
 from mmgen.objectives import imm
@@ -69,8 +78,8 @@ def draw_noise(cfg: ObjectiveConfig, order: list[int], sizes: list[int], latent_
     first); None draws it per image here."""
     imm_mode = cfg.image == "imm"
     boundary_fraction = 1.0 if step < cfg.imm.warm_start_steps else cfg.imm.boundary_fraction
-    sd = cfg.imm.sigma_d if imm_mode else cfg.fm.sigma_d
-    p_drop = cfg.imm.cond_dropout if imm_mode else cfg.fm.cond_dropout
+    img = image_config(cfg)
+    sd, p_drop = img.sigma_d, img.cond_dropout
     t, s, r, unc, eps, boundary = [], [], [], [], [], []
     for size in sizes:
         if imm_mode:
@@ -120,7 +129,7 @@ class MultimodalLoss:
         self.p = patch_size
         self.grid = tuple(grid)
         self.latent_channels = latent_channels
-        self.sigma_d = cfg.imm.sigma_d if cfg.image == "imm" else cfg.fm.sigma_d
+        self.sigma_d = image_config(cfg).sigma_d
 
     def draw(self, batch: dict[str, Any], generator: torch.Generator, step: int = 0) -> Noise:
         """The random draws of a micro-batch at optimizer step `step` (the step matters during warm start)."""
@@ -141,10 +150,10 @@ class MultimodalLoss:
         uncond = torch.zeros(N, dtype=torch.bool, device=dev)
         uncond[targets] = noise.uncond.to(dev)
         x, eps = x0[targets], noise.eps.to(dev, x0.dtype)
-        x_t = imm.interpolate(x, eps, t_i)
-        clean = patchify(x0, self.p) / sd  # c_in(0) = 1 / sigma_d
+        x_t = interpolate(x, eps, t_i)
+        clean = patchify(clean_input(x0, sd), self.p)
         noisy = torch.zeros_like(clean)
-        noisy[targets] = patchify(imm.expand_as(imm.c_in(t_i, sd), x_t) * x_t, self.p)
+        noisy[targets] = patchify(network_input(x_t, t_i, sd), self.p)
         uncond = per_token(uncond, batch["image"], batch["kind"] != KIND_TEXT)
         return _Prepared(targets, clean, noisy, t, s, uncond, x, x_t, eps)
 
@@ -178,7 +187,7 @@ class MultimodalLoss:
         n_t = prep.targets.numel()
         if n_t > 0:
             g = self._g(out.image, batch, prep)
-            per_image_fm = (g.float() - fm.velocity_target(prep.x, prep.eps, self.sigma_d).float()).pow(2).flatten(1).mean(1)
+            per_image_fm = (g.float() - velocity_target(prep.x, prep.eps, self.sigma_d).float()).pow(2).flatten(1).mean(1)
             img_sum = self._imm_sum(model, batch, prep, g, noise, per_image_fm) if cfg.image == "imm" else per_image_fm.sum()
 
         n_text_local, units_local = where_text.sum().item(), (len(noise.sizes) if cfg.image == "imm" else n_t)
@@ -205,16 +214,16 @@ class MultimodalLoss:
         if all(noise.boundary):  # e.g. during warm start: no MMD group, no target forward
             return total
         t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
-        y_t = imm.flow_map(prep.x_t, t_i, s_i, g_t, sd)
-        x_r = imm.ddim(prep.x_t, prep.x, t_i, r_i)
+        y_t = flow_map(prep.x_t, t_i, s_i, g_t, sd)
+        x_r = ddim(prep.x_t, prep.x, t_i, r_i)
         with torch.no_grad():  # theta-: the same weights, stop-gradient; only the noisy copies change
             noisy_r = torch.zeros_like(prep.noisy)
-            noisy_r[prep.targets] = patchify(imm.expand_as(imm.c_in(r_i, sd), x_r) * x_r, self.p)
+            noisy_r[prep.targets] = patchify(network_input(x_r, r_i, sd), self.p)
             t_r = prep.t.clone()
             t_r[prep.targets] = r_i
             none = torch.zeros_like(batch["labels"], dtype=torch.bool)
             out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
-            y_r = imm.flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
+            y_r = flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
         for size in sorted(set(sizes)):  # one batched kernel per group size (a few distinct sizes)
             first = [a for a, sz, b in zip(starts, sizes, noise.boundary) if sz == size and not b]
             if not first:

@@ -1,7 +1,8 @@
 """Few-step samplers for flow maps (IMM) and one-time models (flow matching), as pure functions.
 
 `g(x_in, t, s)` is any callable returning G for the preconditioned input x_in = c_in(t) x_t (a flat network,
-or the backbone with a cached prefix and batched CFG, see `mmgen/sampling/interleaved.py`).
+or the backbone with a cached prefix and batched CFG, see `mmgen/sampling/interleaved.py`); the parametrisation
+(c_in, f, the interpolant) is `mmgen/flowmap.py`'s.
 
     pushforward: x_{t_{i-1}} = f(x_{t_i}, t_i, t_{i-1})                     (IMM; N = 1, 2, 4, 8 steps)
     euler:       x_{t_{i-1}} = x_{t_i} - (t_i - t_{i-1}) sigma_d G(x_{t_i}, t_i, t_i)   (flow matching)
@@ -15,21 +16,25 @@ from typing import Literal
 
 import torch
 
-from mmgen.objectives.imm import c_in, expand_as, flow_map, interpolate
+from mmgen.config.schema import TIME_GRID, TIME_GRIDS
+from mmgen.flowmap import apply_flow_map, default_time_range, interpolate
 
 G = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def time_grid(steps: int, t_max: float = 0.994, t_min: float = 0.0, kind: str = "uniform") -> torch.Tensor:
+IMM_T_MIN, IMM_T_MAX = default_time_range("imm")
+
+
+def time_grid(steps: int, t_max: float = IMM_T_MAX, t_min: float = IMM_T_MIN, kind: str = TIME_GRID) -> torch.Tensor:
     """Descending times t_N = t_max > ... > t_0 = t_min ([steps + 1], fp32). `cosine` spends more steps
-    near the data end; `uniform` is the IMM default."""
+    near the data end; `uniform` is the IMM default. A model's own range is its config's t_max and t_min."""
     if steps <= 0:
         raise ValueError(f"the number of sampling steps must be >= 1, got {steps}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     if kind == "cosine":
         u = 1.0 - torch.cos(u * torch.pi / 2)
-    elif kind != "uniform":
-        raise ValueError(f"unknown time grid {kind!r}: uniform or cosine")
+    elif kind not in TIME_GRIDS:
+        raise ValueError(f"unknown time grid {kind!r}: {' or '.join(TIME_GRIDS)}")
     return (t_min + (t_max - t_min) * u).float()
 
 
@@ -37,9 +42,7 @@ def _step(g: G, x: torch.Tensor, t: float, s: float, sigma_d: float, two_time: b
     n = x.shape[0]
     tt = torch.full((n,), t, device=x.device, dtype=torch.float32)
     ss = torch.full((n,), s, device=x.device, dtype=torch.float32)
-    x_in = expand_as(c_in(tt, sigma_d), x) * x
-    out = g(x_in.to(x.dtype), tt, ss if two_time else tt)
-    return flow_map(x, tt, ss, out.to(x.dtype), sigma_d)
+    return apply_flow_map(g, x, tt, ss, sigma_d, one_time=not two_time)
 
 
 @torch.no_grad()

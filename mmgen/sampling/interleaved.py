@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmgen.config.schema import SampleConfig
+from mmgen.config.schema import GUIDANCE, STEPS, TIME_GRID, TIME_GRIDS, SampleConfig
 from mmgen.data.documents import Document, Image
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+from mmgen.flowmap import clean_input
 from mmgen.models.attention import FLEX_BLOCK
 from mmgen.models.kv_cache import ContextOverflow, KVCache
 from mmgen.models.patches import patchify, unpatchify
@@ -36,12 +37,12 @@ UNCOND_IMAGE_ID = 1 << 20  # image ids of the unconditional copies (never a real
 
 @dataclass
 class SamplingOptions:
-    steps: int = 4  # network evaluations per image
-    guidance: float = 1.5  # classifier-free guidance weight w (1 = conditional only, 0 = unconditional)
+    steps: int = STEPS  # network evaluations per image
+    guidance: float = GUIDANCE  # classifier-free guidance weight w (1 = conditional only, 0 = unconditional)
     # guidance acts on steps that start at a time t in [lo, hi] (Kynkaanniemi et al. 2024, "guidance in a
     # limited interval"); other steps are conditional only. The default guides every step.
     guidance_interval: tuple[float, float] = (0.0, 1.0)
-    time_grid: str = "uniform"
+    time_grid: str = TIME_GRID
     method: str | None = None  # pushforward (IMM) / euler (flow matching); default from the model
     max_new_tokens: int = 32
     temperature: float = 0.0
@@ -56,8 +57,8 @@ class SamplingOptions:
         for name, allowed in SampleConfig.RANGES.items():  # steps, guidance, temperature, top_k, top_p, ...
             if (value := getattr(self, name)) not in allowed:
                 raise ValueError(f"{name} {value} is out of range (allowed: {allowed})")
-        if self.time_grid not in ("uniform", "cosine"):
-            raise ValueError(f"time_grid must be uniform or cosine, got {self.time_grid!r}")
+        if self.time_grid not in TIME_GRIDS:
+            raise ValueError(f"time_grid must be {' or '.join(TIME_GRIDS)}, got {self.time_grid!r}")
         lo, hi = self.guidance_interval
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"guidance_interval must satisfy 0 <= lo < hi <= 1, got {self.guidance_interval}")
@@ -103,14 +104,14 @@ class InterleavedSampler:
 
     @torch.no_grad()
     def _latents_of(self, images: list[Image]) -> torch.Tensor:
-        """Normalised latents / sigma_d (= c_in(0) x0) as tokens [n, G, P] for prompt images."""
+        """c_in(0) x0 as tokens [n, G, P] for prompt images, x0 scaled to std sigma_d as in training."""
         from mmgen.data.packing import to_model_pixels
 
         if not images:
             return torch.zeros(0, self.G, self.c.patch_dim, device=self.device)
         px = torch.from_numpy(np.stack([to_model_pixels(im, self.c.image_size) for im in images])).to(self.device)
-        z = self.vae.normalize(self.vae.encode(px))
-        return patchify(z, self.c.patch_size)
+        x0 = self.vae.normalize(self.vae.encode(px)) * self.sd
+        return patchify(clean_input(x0, self.sd), self.c.patch_size)
 
     def _forward(self, cols: dict[str, torch.Tensor], cache: KVCache, logits_at: torch.Tensor | None = None):
         B, L = cols["ids"].shape
@@ -229,12 +230,12 @@ class InterleavedSampler:
             return unpatchify(g_w, p, c.image_grid, c.latent_channels)
 
         method = opts.method or ("pushforward" if c.image_objective == "imm" else "euler")
-        t_max = 0.994 if c.image_objective == "imm" else 1.0
         noise = torch.randn((B, c.latent_channels, *lat), generator=generator).to(self.device) * self.sd
-        x0 = sample(g, noise, time_grid(opts.steps, t_max, 0.0, opts.time_grid), self.sd, method, generator)
+        times = time_grid(opts.steps, c.t_max, c.t_min, opts.time_grid)  # the range the model was trained on
+        x0 = sample(g, noise, times, self.sd, method, generator)
         x0 = x0 * rows[:, None, None, None].to(x0.dtype).to(self.device)
         clean = self._image_cols(rows, pos, image_ids, KIND_CLEAN, uncond=False)
-        clean["values"] = patchify(x0 / self.sd, p)  # c_in(0) x0 at t = s = 0
+        clean["values"] = patchify(clean_input(x0, self.sd), p)  # at t = s = 0
         self._forward(clean, cache)  # kept: later tokens attend to the clean image
         return x0
 

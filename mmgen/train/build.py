@@ -16,6 +16,7 @@ from mmgen.config import ConfigError, RunConfig
 from mmgen.data.loader import DataCursor, PackedDataset, ShapesStream, make_loader
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.shards import ShardStream, Split
+from mmgen.flowmap import image_config
 from mmgen.models.model import MMGenConfig
 from mmgen.tokenizer.text import SPECIAL_IDS, SpecialIds, ensure_text_tokenizer
 
@@ -44,12 +45,13 @@ def load_tokenizers(cfg: RunConfig):
 
 
 def model_config(cfg: RunConfig, text_tok, image_tok) -> MMGenConfig:
-    sigma_d = cfg.objective.imm.sigma_d if cfg.objective.image == "imm" else cfg.objective.fm.sigma_d
+    trained = image_config(cfg.objective)  # sigma_d and the time range the model will sample with
     try:
         return MMGenConfig.from_model_config(
             cfg.model, vocab_size=len(text_tok), latent_channels=image_tok.latent_channels,
             image_size=cfg.data.image_size, downsample=image_tok.downsample, seq_len=cfg.data.seq_len,
-            sigma_d=sigma_d, image_objective=cfg.objective.image, special_ids=SPECIAL_IDS,
+            sigma_d=trained.sigma_d, image_objective=cfg.objective.image, special_ids=SPECIAL_IDS,
+            t_min=trained.t_min, t_max=trained.t_max,
         )  # fmt: skip
     except ValueError as e:
         raise ConfigError(f"model / data.image_size: {e}") from e
