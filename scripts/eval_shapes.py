@@ -20,7 +20,7 @@ import torch
 
 from mmgen.bench import save_json
 from mmgen.cli import check_option, cli_main, output_folder
-from mmgen.config.schema import AT_LEAST_1, MAX_SAMPLER_STEPS, Range
+from mmgen.config.schema import AT_LEAST_1, GUIDANCE, MAX_SAMPLER_STEPS, Range
 from mmgen.data.shapes_check import accuracy, check
 from mmgen.eval.shapes import judge, prompt_set, training_holdout
 from mmgen.sampling.grid import save_grid
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="held-out prompts")
     ap.add_argument("--n-unseen", type=int, default=100,
                     help="prompts with a colour-shape pair the training stream held out (data.shapes.holdout)")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.5])
+    ap.add_argument("--guidance", type=float, nargs="+", default=[GUIDANCE])
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

@@ -69,8 +69,10 @@ def test_accumulating_4_micro_batches_equals_one_4x_batch(tiny_assets, tmp_path,
     for x, y in zip(metrics(tmp_path / "big"), metrics(tmp_path / "acc")):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    # Adam divides by sqrt(v): where a gradient is ~0, summation-order noise (one sum of 8 rows vs four of 2)
+    # moves the update by up to ~1e-3 of lr; atol 1e-5 is 1 % of one step's update (lr 1e-3)
     for p, q in zip(big.engine.unwrapped.parameters(), acc.engine.unwrapped.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def test_resuming_with_another_config_names_the_changes(tiny_assets, tmp_path):

@@ -1,0 +1,40 @@
+"""The shipped default model (releases/shapes): it loads from the repository, is small, and follows prompts.
+
+A regression guard: a broken sampler, tokenizer, time path or checkpoint format drops the judged accuracy of
+the release far below its model card's numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmgen.eval.shapes import judge, prompt_set, training_holdout
+from mmgen.sampling.pipeline import MMGenPipeline
+
+RELEASE = Path(__file__).resolve().parents[1] / "releases" / "shapes"
+# Fully correct on 50 fixed held-out prompts at N = 4: the release scores 50 % on them (51.5 % on the card's
+# 200); a broken sampler, tokenizer or weight format scores under 10 %. (The goal for the default model is
+# 70 % here and 80 % on the card, not reached yet: docs/results.md section 1.)
+MIN_CORRECT = 0.40
+GUIDANCE = 3.0  # the model card's sampling setting
+
+
+@pytest.fixture(scope="module")
+def pipe() -> MMGenPipeline:
+    return MMGenPipeline.from_pretrained(RELEASE)
+
+
+def test_release_is_complete_and_small():
+    files = {p.relative_to(RELEASE).as_posix() for p in RELEASE.rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "run_config.yaml", "README.md", "tokenizer.json",
+            "image_tokenizer/model.safetensors"} <= files  # fmt: skip
+    assert sum(p.stat().st_size for p in RELEASE.rglob("*") if p.is_file()) <= 20 * 2**20
+    assert len(training_holdout(RELEASE)) >= 1  # the card's "unseen" rows need held-out pairs
+
+
+def test_release_follows_held_out_prompts_at_four_steps(pipe):
+    prompts, _ = prompt_set(50, pipe.model.config.image_size, training_holdout(RELEASE), unseen=False)
+    acc, _, _ = judge(pipe, prompts, steps=4, guidance=GUIDANCE)
+    assert acc["correct"] >= MIN_CORRECT, acc
