@@ -1,4 +1,5 @@
-# Two commands: `make demo` (set up, train the tiny default model on shapes, generate) and `make test`.
+# Two commands: `make demo` (set up, prompt the shipped default model releases/shapes, train a short run of its
+# recipe) and `make test`.
 # Each creates .venv on first use. On a CPU-only machine torch==2.13.0 is installed first (the CPU build);
 # set TORCH_SPEC to choose another build.
 PYTHON ?= python3
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# The main job on the embedded default: shapes data + tokenizers, the tiny model, then an interleaved prompt.
+# The main job: prompt releases/shapes (text -> image, interleaved; outputs/demo/index.html), then 300 training steps.
 demo: setup
 	$(PY) scripts/demo.py
 

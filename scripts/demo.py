@@ -51,12 +51,10 @@ def prompt_release() -> None:
         res = pipe(prompts, steps=steps, image_first=True, stop_after_image=True, max_new_tokens=0, seed=0)
         pages.append(write_page(res, OUT, f"text_to_image-N{steps}", f"text -> image, {steps} network evaluation(s)"))
     first = res[0].images[0]  # "a large red circle" at 4 steps goes back into the context
-    interleaved = [
-        ["a large red circle", first, "the same circle in blue"],
-        ["a large red circle", first, "the same circle but small"],
-        [first, "this is"],
-    ]
-    res = pipe(interleaved, steps=4, max_new_tokens=12, seed=0)
+    edits = [["a large red circle", first, "the same circle in blue"],
+             ["a large red circle", first, "the same circle but small"]]  # fmt: skip
+    res = pipe(edits, image_first=True, stop_after_image=True, max_new_tokens=0, seed=0)
+    res += pipe([[first, "this is"]], max_images=0, max_new_tokens=12, seed=0)  # captioning: text only
     pages.append(write_page(res, OUT, "interleaved", "interleaved: a generated image back in the prompt"))
     index = OUT / "index.html"
     links = "".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in pages)
