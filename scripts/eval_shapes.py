@@ -75,7 +75,8 @@ def main() -> None:
             print(f"{path} ({kind}) {name} g={g:g} N={n:3d}: correct {acc['correct']:.1%} | colour "
                   f"{acc['color']:.1%} shape {acc['shape']:.1%} size {acc['size']:.1%} count {acc['count']:.1%} "
                   f"relation {acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image")
-            grid = Path(args.out).with_suffix("") / f"{Path(path).parent.name}-{name}-g{g:g}-N{n}.png"
+            label = Path(path).parent.name if Path(path).name == "release" else Path(path).name  # runs/X/release or a folder
+            grid = Path(args.out).with_suffix("") / f"{label}-{name}-g{g:g}-N{n}.png"
             save_grid(images[:32], grid, ncol=8)
         report["models"][path] = entry
     save_json(report, args.out)

@@ -28,9 +28,10 @@ from mmgen.tokenizer.image import ensure_image_tokenizer
 from mmgen.tokenizer.text import ensure_text_tokenizer
 
 
-def ema_pipeline(run: Path, checkpoint: Path, text, image) -> MMGenPipeline:
-    """The run's model with a checkpoint's EMA weights (ema_rank0: one tensor per parameter, in model order)."""
-    model = MMGenModel(MMGenConfig(**json.loads((run / "model_config.json").read_text())))
+def ema_pipeline(run: Path, checkpoint: Path, text, image, times: dict) -> MMGenPipeline:
+    """The run's model with a checkpoint's EMA weights (ema_rank0: one tensor per parameter, in model order);
+    `times`: the trained t_min / t_max (model_config.json holds only the architecture)."""
+    model = MMGenModel(MMGenConfig(**json.loads((run / "model_config.json").read_text()), **times))
     ema = load_file(checkpoint / "ema_rank0.safetensors")
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
@@ -54,6 +55,8 @@ def main() -> None:
     text = ensure_text_tokenizer(config["text_tokenizer"])  # trained from its recipe if the folder is missing
     image = ensure_image_tokenizer(config["image_tokenizer"]).eval()
     holdout = list(config["data"]["shapes"].get("holdout") or [])
+    objective = config["objective"][config["objective"]["image"]]
+    times = {k: objective[k] for k in ("t_min", "t_max") if k in objective}
     prompts, _ = prompt_set(args.n, int(config["data"]["image_size"]), holdout, unseen=False)
     done = json.loads(out.read_text()) if out.exists() else {"run": str(run), "prompts": args.n,
                                                              "guidance": args.guidance, "points": []}  # fmt: skip
@@ -61,10 +64,10 @@ def main() -> None:
     while until not in seen:
         for ck in sorted((run / "checkpoints").glob("step-*")):
             step = int(ck.name.split("-")[1].split(".")[0])
-            if ck.suffix or not (ck / "manifest.json").exists() or step % args.every or step in seen:
+            if ck.suffix or not (ck / "manifest.json").exists() or (step % args.every and step != until) or step in seen:
                 continue
             try:
-                pipe = ema_pipeline(run, ck, text, image)
+                pipe = ema_pipeline(run, ck, text, image, times)
             except (OSError, KeyError) as e:  # deleted under us by the run's checkpoint rotation
                 print(f"skipped {ck}: {e}")
                 continue
@@ -78,6 +81,9 @@ def main() -> None:
             out.write_text(json.dumps(done, indent=1))
             print(point, flush=True)
         if until not in seen:
+            if (run / "release" / "model.safetensors").is_file() and not any(
+                    int(c.name.split("-")[1].split(".")[0]) >= until for c in (run / "checkpoints").glob("step-*")):
+                break  # the run ended without a checkpoint at `until`: nothing more will come
             time.sleep(60)
 
 

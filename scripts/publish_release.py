@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from mmgen.cli import cli_main
 from mmgen.config import read_yaml
-from mmgen.errors import MissingInput
+from mmgen.errors import CheckpointError, MissingInput
 from mmgen.sampling.pipeline import MMGenPipeline
 from mmgen.sampling.release import SAMPLING_FILE
 
@@ -116,6 +116,9 @@ def main() -> None:
     b = MMGenPipeline.from_pretrained(tmp).text_to_image(prompts, steps=4)
     diff = float(np.abs(np.stack(a).astype(int) - np.stack(b)).mean())
     print(f"published weights sample like the run's: mean |difference| {diff:.3f} / 255 per pixel")
+    if diff > (0.5 if args.bf16 else 0.0):
+        raise CheckpointError(f"the published weights sample differently from the run's ({diff:.3f} / 255 per pixel); "
+                          f"publish again from a complete run/release")  # fmt: skip
     (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": args.steps, "guidance": args.guidance}, indent=1))
     report = json.loads(Path(args.eval).read_text())
     command = args.command or f"accelerate launch scripts/train.py --config {run / 'config.yaml'}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import tiny_release
 
 from mmgen.errors import CheckpointError
@@ -21,14 +22,23 @@ def _image(pipe, **options):
     return pipe.text_to_image(["a large red circle"], seed=3, **options)[0]
 
 
+def _trained_head(pipe):
+    """An untrained image head is zero, so every setting would give the same image: give it weights."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.nn.init.normal_(pipe.model.image_out.weight, std=0.5)
+    return pipe
+
+
 def test_defaults_apply_and_explicit_options_win(release):
-    plain = MMGenPipeline.from_pretrained(release)
+    plain = _trained_head(MMGenPipeline.from_pretrained(release))
     assert plain.defaults == {}
     (release / "sampling.json").write_text(json.dumps({"steps": 2, "guidance": 3.0}))
     try:
-        pipe = MMGenPipeline.from_pretrained(release)
+        pipe = _trained_head(MMGenPipeline.from_pretrained(release))
         assert pipe.defaults == {"steps": 2, "guidance": 3.0}
         assert (_image(pipe) == _image(plain, steps=2, guidance=3.0)).all()
+        assert (_image(pipe) != _image(plain)).any()  # the defaults changed the image
         assert (_image(pipe, steps=1, guidance=1.5) == _image(plain, steps=1, guidance=1.5)).all()
     finally:
         (release / "sampling.json").unlink()

@@ -86,6 +86,21 @@ def test_resuming_with_another_config_names_the_changes(tiny_assets, tmp_path):
     assert kept.is_file() and "steps: 6" in kept.read_text() and "steps: 8" in (tmp_path / "r" / "config.yaml").read_text()
 
 
+def test_a_run_from_before_an_architecture_option_resumes_with_its_legacy_value(tiny_assets, tmp_path):
+    """model_config.json of a run started before `image_pos_embed` existed has no key: it had no embedding.
+    Resuming with the option off works; with the new default on, the error names the option and the fix."""
+    from mmgen.train.loop import Trainer
+
+    run(tiny_run(tiny_assets, tmp_path / "r", "model.image_pos_embed=false"), max_steps=3)
+    saved = tmp_path / "r" / "model_config.json"
+    cfg = json.loads(saved.read_text())
+    del cfg["image_pos_embed"]
+    saved.write_text(json.dumps(cfg))
+    assert Trainer(tiny_run(tiny_assets, tmp_path / "r", "model.image_pos_embed=false")).step == 3
+    with pytest.raises(CheckpointError, match=r"differs in image_pos_embed.*model.image_pos_embed=false"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "r"))
+
+
 def test_nonfinite_loss_skips_step_then_stops(tiny_assets, tmp_path, capsys):
     from mmgen.train.loop import NonFiniteLoss, Trainer
 

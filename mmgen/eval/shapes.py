@@ -30,8 +30,8 @@ def prompt_set(n: int, image_size: int, holdout: list[str], unseen: bool) -> tup
     one (unseen=True). Fixed for a given n: the same prompts for every model and every run."""
     if unseen and not holdout:
         raise ValueError("unseen prompts need a holdout list (data.shapes.holdout of the release)")
-    gen = ShapesGenerator(ShapesConfig(split="test", image_size=image_size))
-    pairs = {tuple(p.split(" ", 1)) for p in holdout}
+    config = ShapesConfig(split="test", image_size=image_size, holdout=holdout)  # names a pair it cannot draw
+    gen, pairs = ShapesGenerator(config), config.holdout_pairs
     prompts, images = [], []
     i = 0
     while len(prompts) < n:

@@ -70,9 +70,9 @@ def load_sampling_defaults(path: str | Path) -> dict:
     if not isinstance(defaults, dict) or set(defaults) - known:
         raise CheckpointError(f"{file}: expected an object of sampling options ({', '.join(sorted(known))}), got "
                               f"{sorted(defaults) if isinstance(defaults, dict) else type(defaults).__name__}; {FIX}")  # fmt: skip
-    if "guidance_interval" in defaults:
-        defaults["guidance_interval"] = tuple(defaults["guidance_interval"])
     try:
+        if "guidance_interval" in defaults:
+            defaults["guidance_interval"] = tuple(defaults["guidance_interval"])
         SamplingOptions(**defaults).validate()
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: {e}; {FIX}") from e

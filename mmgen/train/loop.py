@@ -134,13 +134,15 @@ class Trainer:
     def _check_same_model(self, ckpt: Path) -> None:
         saved = self.out / "model_config.json"
         if saved.is_file():
-            old = json.loads(saved.read_text())
+            # keys a run saved before an option existed take the option's legacy value (MMGenConfig's default)
+            old = json.loads(json.dumps(type(self.mconf)(**json.loads(saved.read_text())).architecture()))
             new = json.loads(json.dumps(self.mconf.architecture()))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise CheckpointError(
-                    f"checkpoint {ckpt} belongs to another model (differs in {', '.join(diff)}): use another "
-                    f"train.output_dir or --resume none"
+                    f"checkpoint {ckpt} belongs to another model (differs in {', '.join(diff)}): set those "
+                    f"model options as the run had them (e.g. model.image_pos_embed=false for a run started before "
+                    f"that option), use another train.output_dir, or --resume none"
                 )
 
     # ------------------------------------------------------------------------------------ one step
