@@ -31,18 +31,19 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"network evaluations per image (1, 2, 4, 8, ...; default: the release's sampling.json, else {STEPS})")
     ap.add_argument("--guidance", type=float, default=None,
                     help=f"classifier-free guidance weight (default: the release's sampling.json, else {GUIDANCE})")
-    ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
-                    help="guide only the sampler steps that start at t in [LO, HI]")
-    ap.add_argument("--time-grid", default=TIME_GRID, choices=TIME_GRIDS)
+    # sampling flags left out take the release's sampling.json, else SamplingOptions' defaults (shown)
+    ap.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="guide only the sampler steps that start at t in [LO, HI] (default 0 1)")
+    ap.add_argument("--time-grid", default=None, choices=TIME_GRIDS, help=f"default {TIME_GRID}")
     ap.add_argument("--sampler", default=None, choices=["pushforward", "euler", "restart"],
                     help="default: pushforward for IMM models, euler for flow-matching models")
-    ap.add_argument("--image-first", action="store_true", help="open an image right after the prompt")
-    ap.add_argument("--max-images", type=int, default=1)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-first", action="store_true", default=None, help="open an image right after the prompt")
+    ap.add_argument("--max-images", type=int, default=None, help="default 1")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
+    ap.add_argument("--temperature", type=float, default=None, help="default 0 (greedy)")
+    ap.add_argument("--top-k", type=int, default=None, help="default 0 (off)")
+    ap.add_argument("--top-p", type=float, default=None, help="default 1 (off)")
+    ap.add_argument("--seed", type=int, default=None, help="default 0")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
@@ -56,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         ap.error("give at least one --prompt or --prompts-file")
     output_folder(args.out, "--out")
-    given = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
-    options = dict(**given, guidance_interval=tuple(args.guidance_interval),
-                   time_grid=args.time_grid, method=args.sampler, image_first=args.image_first,
-                   max_images=args.max_images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
+    flags = dict(steps=args.steps, guidance=args.guidance, time_grid=args.time_grid, method=args.sampler,
+                 image_first=args.image_first, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                 guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)  # fmt: skip
+    options = {k: v for k, v in flags.items() if v is not None}
     try:
         SamplingOptions(**options).validate()  # before the model loads
     except ValueError as e:
