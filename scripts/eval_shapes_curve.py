@@ -26,16 +26,18 @@ from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.sampling.pipeline import MMGenPipeline
 from mmgen.tokenizer.image import ensure_image_tokenizer
 from mmgen.tokenizer.text import ensure_text_tokenizer
+from mmgen.train.ema import EMA
 
 
 def ema_pipeline(run: Path, checkpoint: Path, text, image, times: dict) -> MMGenPipeline:
     """The run's model with a checkpoint's EMA weights (ema_rank0: one tensor per parameter, in model order);
     `times`: the trained t_min / t_max (model_config.json holds only the architecture)."""
     model = MMGenModel(MMGenConfig(**json.loads((run / "model_config.json").read_text()), **times))
-    ema = load_file(checkpoint / "ema_rank0.safetensors")
+    params = [p.data for p in model.parameters()]
+    ema = EMA(params, decay=0.0)
+    ema.load_state_dict(load_file(checkpoint / "ema_rank0.safetensors"))  # checks count and shapes
     with torch.no_grad():
-        for i, p in enumerate(model.parameters()):
-            p.copy_(ema[f"shadow.{i}"])
+        torch._foreach_copy_(params, ema.shadow)
     return MMGenPipeline(model.eval(), text, image)
 
 
@@ -68,7 +70,7 @@ def main() -> None:
                 continue
             try:
                 pipe = ema_pipeline(run, ck, text, image, times)
-            except (OSError, KeyError) as e:  # deleted under us by the run's checkpoint rotation
+            except OSError as e:  # deleted under us by the run's checkpoint rotation
                 print(f"skipped {ck}: {e}")
                 continue
             point = {"step": step}

@@ -104,14 +104,18 @@ def tiny_model(assets: Path, **config):
     return text, image, MMGenModel(MMGenConfig(vocab_size=len(text), **config))
 
 
+# The untrained 32-px test model: f = 4 tokenizer, 8x8 latents, 2x2 patches -> 16 image tokens, 96-token context
+TINY = dict(depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4, patch_size=2, image_grid=(4, 4),
+            image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
+
+
 def tiny_release(assets: Path, out: Path) -> Path:
     """An untrained 32-px model (f = 4 tokenizer: 8x8 latents, 16 tokens) from `tiny_assets`, released to `out`
     the way the trainer does (config.json, model.safetensors, tokenizer files, image_tokenizer/)."""
     from mmgen.models.model import MMGenModel
     from mmgen.train.checkpoint import export_release
 
-    text, image, model = tiny_model(assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
-                                    patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
+    text, image, model = tiny_model(assets, **TINY)
     return export_release(out, MMGenModel, model.config, model.state_dict(), text, image)
 
 

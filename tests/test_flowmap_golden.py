@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import TINY, tiny_model
 from test_model import _randomize, tiny_config
 
 from mmgen.config import FlowMatchingConfig, ImmConfig, ObjectiveConfig, from_dict
@@ -120,9 +120,7 @@ def test_packed_losses(batch, name, objective):
 @pytest.mark.parametrize("stored_range", [True, False], ids=["config", "old-config"])
 def test_text_to_image(tiny_assets, tmp_path, objective, stored_range):
     """Also from a config.json written before the time range was stored: the objective's default range."""
-    text, image, model = tiny_model(tiny_assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
-                                    patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96,
-                                    image_objective=objective)  # fmt: skip
+    text, image, model = tiny_model(tiny_assets, **TINY, image_objective=objective)
     _randomize(model)
     with torch.no_grad():  # a strong image head, so that every step moves the latents visibly
         torch.nn.init.normal_(model.image_out.weight, std=0.5, generator=torch.Generator().manual_seed(2))
@@ -147,8 +145,7 @@ def test_text_to_image(tiny_assets, tmp_path, objective, stored_range):
 
 def test_a_prompt_image_and_text_after_the_image(tiny_assets, tmp_path):
     """A prompt image enters as c_in(0) x0; the drawn image is appended the same way and text continues."""
-    text, image, model = tiny_model(tiny_assets, depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4,
-                                    patch_size=2, image_grid=(4, 4), image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
+    text, image, model = tiny_model(tiny_assets, **TINY)
     _randomize(model)
     pipe = MMGenPipeline(model, text, image)
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import torch
-from conftest import tiny_model
+from conftest import TINY, tiny_model
 
 from mmgen.config import ShapesConfig
 from mmgen.data.packing import KIND_TEXT, Packer, PackSpec
@@ -17,9 +17,6 @@ from mmgen.models.model import MMGenModel
 from mmgen.sampling.pipeline import MMGenPipeline
 from mmgen.tokenizer.text import SpecialIds
 from mmgen.train.checkpoint import export_release
-
-TINY = dict(depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4, patch_size=2, image_grid=(4, 4),
-            image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
 
 
 def test_rotary_positions_give_the_packers_patch_index(text_tokenizer):

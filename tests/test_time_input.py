@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import TINY, tiny_model
 
 from mmgen.config import ImmConfig
 from mmgen.experiments.fit import FitConfig, fit
@@ -21,9 +21,6 @@ from mmgen.objectives.imm import imm_loss
 from mmgen.sampling.flow_map import sample, time_grid
 from mmgen.sampling.pipeline import MMGenPipeline
 from mmgen.train.checkpoint import export_release
-
-TINY = dict(depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4, patch_size=2, image_grid=(4, 4),
-            image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
 
 
 @pytest.mark.parametrize(
