@@ -18,7 +18,6 @@ RELEASE = Path(__file__).resolve().parents[1] / "releases" / "shapes"
 # 200); a broken sampler, tokenizer or weight format scores under 10 %. (The goal for the default model is
 # 70 % here and 80 % on the card, not reached yet: docs/results.md section 1.)
 MIN_CORRECT = 0.40
-GUIDANCE = 3.0  # the model card's sampling setting
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def pipe() -> MMGenPipeline:
 
 def test_release_is_complete_and_small():
     files = {p.relative_to(RELEASE).as_posix() for p in RELEASE.rglob("*") if p.is_file()}
-    assert {"config.json", "model.safetensors", "run_config.yaml", "README.md", "tokenizer.json",
+    assert {"config.json", "model.safetensors", "run_config.yaml", "README.md", "sampling.json", "tokenizer.json",
             "image_tokenizer/model.safetensors"} <= files  # fmt: skip
     assert sum(p.stat().st_size for p in RELEASE.rglob("*") if p.is_file()) <= 20 * 2**20
     assert len(training_holdout(RELEASE)) >= 1  # the card's "unseen" rows need held-out pairs
@@ -36,5 +35,5 @@ def test_release_is_complete_and_small():
 
 def test_release_follows_held_out_prompts_at_four_steps(pipe):
     prompts, _ = prompt_set(50, pipe.model.config.image_size, training_holdout(RELEASE), unseen=False)
-    acc, _, _ = judge(pipe, prompts, steps=4, guidance=GUIDANCE)
+    acc, _, _ = judge(pipe, prompts, steps=4, guidance=pipe.defaults["guidance"])  # the card's setting
     assert acc["correct"] >= MIN_CORRECT, acc
