@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -134,10 +135,11 @@ def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -
     train_s = max(30.0, min(args.train_seconds, left_s - 105))
     if args.cpu:
         steps = 6
-    else:  # from step 2's forward+backward speed: a training step is ~2.5x that (IMM target forward, optimizer, EMA)
+    else:  # from step 2's forward+backward speed: a training step took 3.5x that on an H100 (IMM target forward,
+        # optimizer, EMA, data), and the first ~40 steps ~60 s (launch, DeepSpeed, FlexAttention compiling per shape)
         small = next((r for r in (bench or {}).get("results", []) if r["preset"] == sz["train_preset"]), None)
-        tok_s = small["mot-flex"]["tokens_per_s"] / 2.5 if small else 50_000.0
-        steps = int(min(max(train_s * tok_s / tokens_per_step, 50), 20_000))
+        tok_s = small["mot-flex"]["tokens_per_s"] / 3.5 if small else 50_000.0
+        steps = int(min(max((train_s - 60) * tok_s / tokens_per_step, 50), 20_000))
     zero2 = device.type == "cuda" and importlib.util.find_spec("deepspeed") is not None
     accel = "configs/accelerate/zero2.yaml" if zero2 else "configs/accelerate/single.yaml"
     model = json.dumps(yaml.safe_load((REPO / "configs" / "model" / f"{sz['train_preset']}.yaml").read_text()))
@@ -149,11 +151,18 @@ def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -
            f"data.num_workers={sz['workers']}"]  # fmt: skip
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
+    # its own process group: on a timeout the launcher *and* the training process it started are stopped (else
+    # the orphaned trainer keeps the GPU busy through step 4, as it did on the first H100 run)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
     try:
-        res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(60.0, left_s - 45))
-        rc, tail = res.returncode, (res.stdout + res.stderr)[-3000:]
-    except subprocess.TimeoutExpired as e:
-        rc, tail = "timeout", str(e.stderr or "")[-3000:]
+        log_text, _ = proc.communicate(timeout=max(60.0, left_s - 45))
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log_text, _ = proc.communicate()
+        rc = "timeout"
+    tail = (log_text or "")[-3000:]
     wall = time.perf_counter() - t0
     log = run / "metrics.jsonl"
     rows = [json.loads(ln) for ln in log.read_text().splitlines() if '"loss"' in ln] if log.is_file() else []

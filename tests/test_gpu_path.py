@@ -204,6 +204,32 @@ def test_bf16_autocast_matches_fp32_with_fp32_master_weights(tiny_assets, tmp_pa
     assert abs(bf16["grad_norm"] - fp32["grad_norm"]) <= 0.10 * fp32["grad_norm"]
 
 
+def test_bf16_parameters_under_autocast_match_fp32(batch):
+    """DeepSpeed's bf16 mode stores every parameter in bf16 (fp32 masters live in its optimizer) and accelerate
+    leaves autocast off there, so `Engine.autocast` opens torch.autocast itself. The model must then take fp32
+    inputs (latents, times) into bf16 weights everywhere, the fp32 time embedding included: the forward runs
+    and its outputs stay within bf16 rounding of the fp32 model's."""
+    from mmgen.models.layers import TimeEmbedding
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    ref = MMGenModel(cfg).eval()
+    _randomize(ref)
+    half = MMGenModel(cfg).eval()
+    half.load_state_dict(ref.state_dict())
+    half.to(torch.bfloat16)
+    x = _inputs(batch, cfg)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = half(**x)
+    want = ref(**x)
+    img = batch["kind"] != KIND_TEXT
+    for a, b in ((got.logits, want.logits), (got.image[img], want.image[img])):
+        assert torch.isfinite(a).all()
+        assert (a.float() - b).norm() <= 0.03 * b.norm()
+    emb = TimeEmbedding(32).to(torch.bfloat16)
+    assert emb(torch.rand(5), torch.rand(5)).dtype == torch.float32  # fp32 out, whatever the weights' dtype
+
+
 def _dynamo_counts():
     from torch._dynamo.utils import counters
 

@@ -13,6 +13,11 @@ class RMSNorm(nn.RMSNorm):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__(dim, eps=eps, elementwise_affine=True)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the weight in x's dtype: under bf16 autocast x is bf16 and the fp32 weight would send torch.rms_norm
+        # to its unfused path (several kernels and an fp32 copy of x); the fused kernel accumulates in fp32
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
 
 def mlp_hidden(width: int, ratio: float, multiple: int = 32) -> int:
     """SwiGLU hidden size: ratio * 2/3 * width (same parameters as a GELU MLP of `ratio`), rounded up."""
@@ -70,17 +75,20 @@ class TimeEmbedding(nn.Module):
     def _mlp(self, dim: int) -> nn.Sequential:
         return nn.Sequential(nn.Linear(self.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return sinusoidal(self.scale * x, self.freq_dim)
+    def _embed(self, mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        # fp32 features into the MLP's own dtype: fp32 weights (plain and autocast runs) keep the whole path
+        # in fp32; DeepSpeed's bf16 mode stores every parameter in bf16, so there the MLP runs in bf16
+        feats = sinusoidal(self.scale * x, self.freq_dim)
+        return mlp(feats.to(mlp[0].weight.dtype)).float()
 
     def forward(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         with torch.autocast(t.device.type, enabled=False):
             t, s = t.float(), s.float()
-            out = self.t_mlp(self._features(t))
+            out = self._embed(self.t_mlp, t)
             if self.time_input in ("s", "both"):
-                out = out + self.s_mlp(self._features(s))
+                out = out + self._embed(self.s_mlp, s)
             if self.time_input in ("stride", "both"):
-                out = out + self.d_mlp(self._features(t - s))
+                out = out + self._embed(self.d_mlp, t - s)
             return out
 
 

@@ -90,6 +90,7 @@ class Engine:
         if on_cpu and _launched_with_deepspeed():
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
         bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        self.bf16 = bf16
         self.acc = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if bf16 else "no",
                                kwargs_handlers=handlers, cpu=on_cpu and not _launched_with_deepspeed())  # fmt: skip
         if int(os.environ.get("WORLD_SIZE", "1")) != self.acc.num_processes:
@@ -133,6 +134,11 @@ class Engine:
         return self.acc.device
 
     def autocast(self):
+        """bf16 autocast when the run is bf16. accelerate's own autocast is a no-op under DeepSpeed (DeepSpeed's
+        bf16 mode casts the parameters to bf16 and keeps fp32 masters in the optimizer), which leaves fp32
+        inputs (latents, times) meeting bf16 weights; torch.autocast casts them at each matmul instead."""
+        if self.deepspeed and self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return self.acc.autocast()
 
     # ------------------------------------------------------------------------------------ collectives

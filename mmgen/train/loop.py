@@ -296,7 +296,7 @@ class Trainer:
         model.eval()
         opts = SamplingOptions(steps=sc.steps, guidance=sc.guidance, seed=sc.seed, image_first=True,
                                stop_after_image=True, max_images=1)  # fmt: skip
-        with self.ema.swapped(e.param_shards()):
+        with self.ema.swapped(e.param_shards()), e.autocast():
             sampler = InterleavedSampler(model, self.text_tok, self.image_tok)
             rows = sampler.run([[p] for p in sc.prompts for _ in range(4)], opts)
         model.train()
