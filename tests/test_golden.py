@@ -1,11 +1,12 @@
-"""Golden outputs of the flow-map parametrisation (interpolant, c_in, flow map, time range, sampling defaults),
-recorded before it moved into one module (`mmgen/flowmap.py`, issue 15): the flat IMM and flow-matching
-losses, the packed multimodal losses, and text_to_image at N = 1 and 4 steps for an IMM and a flow-matching
-(Euler) release. Each output is compared bit for bit, as the SHA-256 of its bytes.
+"""Golden outputs that a reshape of the code must not move (issue 15): the flow-map parametrisation (recorded
+before it moved into `mmgen/flowmap.py`: the flat IMM and flow-matching losses, the packed multimodal losses,
+text_to_image at N = 1 and 4 steps for an IMM and a flow-matching (Euler) release), and, recorded before the
+token plan and sampler were reshaped, a 20-step training loss trajectory of the tiny config and text decodes
+(greedy and top-k sampled). Each output is compared bit for bit, as the SHA-256 of its bytes.
 
 The digests depend on the floating-point kernels, so they hold for the torch version and CPU capability that
 recorded them (`RECORDED_ON`); elsewhere the test skips. To record again (only for a change that is meant to
-move the numbers): `MMGEN_GOLDEN_PRINT=1 pytest tests/test_flowmap_golden.py -s` and paste the digests."""
+move the numbers): `MMGEN_GOLDEN_PRINT=1 pytest tests/test_golden.py -s` and paste the digests."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 from test_model import _randomize, tiny_config
+from test_train import metrics, tiny_run
 
 from mmgen.config import FlowMatchingConfig, ImmConfig, ObjectiveConfig, from_dict
 from mmgen.models.model import MMGenModel
@@ -44,6 +46,9 @@ GOLDEN = {
     "fm_n4": "2b9feea476e36df9db9363d9533d8779",
     "fm_n4_latents": "ec5e9687dfcf05a334356eb0be43170e",
     "prompt_image": "2df0f3e194bd0e04ebf62b758a838f21",
+    "train_20_steps": "e17aa3a80758259148bfd7c60ac9efe9",
+    "text_greedy": "124e9c1770cfd7480cee78af61bbcda7",
+    "text_top_k": "a6a507d9195f59bc1487585215cceb76",
 }
 PROMPTS = ["a large red circle", "a small blue square", "two green triangles"]
 
@@ -153,3 +158,24 @@ def test_a_prompt_image_and_text_after_the_image(tiny_assets, tmp_path):
         [["a red circle", pixels, "the same in blue"]], steps=2, image_first=True, max_new_tokens=4, seed=3
     )
     check("prompt_image", [*out[0].images, np.frombuffer(out[0].text.encode(), dtype=np.uint8)])
+
+
+def test_training_trajectory(tiny_assets, tmp_path):
+    """20 steps of the tiny config (IMM images, packed shapes documents): loss, text and image loss and gradient
+    norm at every step."""
+    from mmgen.train.loop import Trainer
+
+    Trainer(tiny_run(tiny_assets, tmp_path, "train.steps=20")).train()
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    keys = ("loss", "text_loss", "image_loss", "grad_norm")
+    check("train_20_steps", np.array([[r[k] for k in keys] for r in rows], dtype=np.float64))
+
+
+@pytest.mark.parametrize("name, options", [("text_greedy", {}), ("text_top_k", {"temperature": 1.0, "top_k": 8})])
+def test_text_decode(tiny_assets, name, options):
+    text, image, model = tiny_model(tiny_assets, **TINY)
+    _randomize(model)
+    pipe = MMGenPipeline(model, text, image)
+    out = pipe([["a large red"], ["two"]], max_new_tokens=12, max_images=0, seed=4, **options)
+    check(name, [np.frombuffer(r.text.encode(), dtype=np.uint8) for r in out])
