@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -33,6 +33,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check mmgen scripts tests
+	$(VENV)/bin/ruff format --check mmgen scripts tests
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -65,5 +65,6 @@ def read_text_file(path: str | Path, flag: str) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise FileInputError(f"{flag} {p} is not a text file (byte {e.start} is not UTF-8); give a UTF-8 text "
-                             f"file") from e  # fmt: skip
+        raise FileInputError(
+            f"{flag} {p} is not a text file (byte {e.start} is not UTF-8); give a UTF-8 text file"
+        ) from e

@@ -45,9 +45,12 @@ def check_shapes(path: str | Path, expected: dict[str, Any], error: type[MMGenEr
     want = {k: list(getattr(v, "shape", v)) for k, v in expected.items()}
     missing, extra = sorted(want.keys() - found.keys()), sorted(found.keys() - want.keys())
     if missing or extra:
-        raise error(f"{path} holds other tensors than the config describes (missing: {missing[:3]}, "
-                    f"unexpected: {extra[:3]}); {fix}")  # fmt: skip
+        raise error(
+            f"{path} holds other tensors than the config describes (missing: {missing[:3]}, "
+            f"unexpected: {extra[:3]}); {fix}"
+        )
     for k, shape in want.items():
         if found[k] != shape:
-            raise error(f"{path} does not match its config: '{k}' is {found[k]} in the file, {shape} per the "
-                        f"config; {fix}")  # fmt: skip
+            raise error(
+                f"{path} does not match its config: '{k}' is {found[k]} in the file, {shape} per the config; {fix}"
+            )

@@ -72,9 +72,7 @@ def clean_input(x0: torch.Tensor, sigma_d: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- flow map
-def flow_map(
-    x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, g: torch.Tensor, sigma_d: float
-) -> torch.Tensor:
+def flow_map(x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, g: torch.Tensor, sigma_d: float) -> torch.Tensor:
     """f(x_t, t, s) = x_t - (t - s) sigma_d G. f(x, t, t) = x by construction."""
     return x_t - expand_as(t - s, x_t) * sigma_d * g
 

@@ -45,11 +45,15 @@ def inputs(batch, cfg: MMGenConfig, device):
     noisy = batch["kind"] == KIND_NOISY
     t = torch.where(noisy, torch.rand(B, L), torch.zeros(B, L))
     return {
-        "input_ids": batch["input_ids"].to(device), "kind": batch["kind"].to(device), "doc": batch["doc"].to(device),
-        "image": batch["image"].to(device), "pos": batch["pos"].to(device),
+        "input_ids": batch["input_ids"].to(device),
+        "kind": batch["kind"].to(device),
+        "doc": batch["doc"].to(device),
+        "image": batch["image"].to(device),
+        "pos": batch["pos"].to(device),
         "image_tokens": torch.randn(B, L, cfg.patch_dim, device=device),
-        "t": t.to(device), "s": (0.5 * t).to(device),
-    }  # fmt: skip
+        "t": t.to(device),
+        "s": (0.5 * t).to(device),
+    }
 
 
 def flops_per_token(cfg: MMGenConfig, keys_per_query: float) -> float:
@@ -76,8 +80,16 @@ def variant_models(tok, preset: str, seq_len: int, image_size: int, variants: di
     models = {}
     for name, over in variants.items():
         cfg = MMGenConfig.from_model_config(
-            ModelConfig(**{**mcfg.__dict__, **over}), vocab_size=len(tok), latent_channels=4, image_size=image_size,
-            downsample=4, seq_len=seq_len, sigma_d=0.5, image_objective="imm", special_ids=SPECIAL_IDS)  # fmt: skip
+            ModelConfig(**{**mcfg.__dict__, **over}),
+            vocab_size=len(tok),
+            latent_channels=4,
+            image_size=image_size,
+            downsample=4,
+            seq_len=seq_len,
+            sigma_d=0.5,
+            image_objective="imm",
+            special_ids=SPECIAL_IDS,
+        )
         torch.manual_seed(0)
         models[name] = MMGenModel(cfg).to(device).train()
     return models
@@ -125,18 +137,29 @@ def main() -> None:
     tok = ensure_text_tokenizer(REPO / "tokenizers/text/shapes.yaml")
     results = []
     for preset in args.presets:
-        models = variant_models(tok, preset, args.seq_len, args.image_size,
-                                {"mot": {"experts": "mot"}, "dense": {"experts": "dense"}}, device)  # fmt: skip
+        models = variant_models(
+            tok,
+            preset,
+            args.seq_len,
+            args.image_size,
+            {"mot": {"experts": "mot"}, "dense": {"experts": "dense"}},
+            device,
+        )
         cfgs = {k: m.config for k, m in models.items()}
         batch = packed_batch(tok, args.rows, args.seq_len, args.image_size, tuple(cfgs["mot"].image_grid))
         x = inputs(batch, cfgs["mot"], device)
         n_tok = int((batch["doc"] >= 0).sum())
         img_frac = float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok
         times, _ = bench(models, x, args.steps, args.warmup, device, torch.bfloat16 if args.dtype == "bf16" else None)
-        row = {"preset": preset, "width": cfgs["mot"].width, "depth": cfgs["mot"].depth, "tokens": n_tok,
-               "image_token_fraction": round(img_frac, 3),
-               "params_mot": sum(p.numel() for p in models["mot"].parameters()),
-               "params_dense": sum(p.numel() for p in models["dense"].parameters())}  # fmt: skip
+        row = {
+            "preset": preset,
+            "width": cfgs["mot"].width,
+            "depth": cfgs["mot"].depth,
+            "tokens": n_tok,
+            "image_token_fraction": round(img_frac, 3),
+            "params_mot": sum(p.numel() for p in models["mot"].parameters()),
+            "params_dense": sum(p.numel() for p in models["dense"].parameters()),
+        }
         for k, ts in times.items():
             med = statistics.median(ts)
             row[f"{k}_tokens_per_s"] = n_tok / med
@@ -144,14 +167,20 @@ def main() -> None:
                 row[f"{k}_mfu"] = flops_per_token(cfgs[k], args.seq_len) * n_tok / med / (args.peak_tflops * 1e12)
         row["mot_over_dense"] = row["mot_tokens_per_s"] / row["dense_tokens_per_s"]
         results.append(row)
-        print(f"{preset:>6}: width {row['width']:4d} depth {row['depth']:2d} | MoT {row['mot_tokens_per_s']:9.0f} tok/s "
-              f"| dense {row['dense_tokens_per_s']:9.0f} tok/s | ratio {row['mot_over_dense']:.3f}"
-              + (f" | MFU MoT {row['mot_mfu']:.1%} dense {row['dense_mfu']:.1%}" if device.type == "cuda" else ""))  # fmt: skip
+        print(
+            f"{preset:>6}: width {row['width']:4d} depth {row['depth']:2d} | MoT {row['mot_tokens_per_s']:9.0f} tok/s "
+            f"| dense {row['dense_tokens_per_s']:9.0f} tok/s | ratio {row['mot_over_dense']:.3f}"
+            + (f" | MFU MoT {row['mot_mfu']:.1%} dense {row['dense_mfu']:.1%}" if device.type == "cuda" else "")
+        )
     out = {
         "benchmark": "forward+backward tokens/s, MoT vs dense of the same width/depth, same packed batch",
         "device": device_name(device),
-        "dtype": args.dtype, "rows": args.rows, "seq_len": args.seq_len, "steps": args.steps, "results": results,
-    }  # fmt: skip
+        "dtype": args.dtype,
+        "rows": args.rows,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "results": results,
+    }
     save_json(out, args.out)
 
 

@@ -63,8 +63,12 @@ def write_layouts(tmp: Path, limit: int) -> dict[str, Path]:
             images += [f"imagefolder/{n}", None]
         lines.append(json.dumps({"id": f"flickr-{a // 3}", "texts": texts, "images": images}))
     (tmp / "interleaved.jsonl").write_text("\n".join(lines) + "\n")
-    return {"img2dataset": tmp / "img2dataset", "imagefolder": folder, "jsonl": tmp / "interleaved.jsonl",
-            "shards": tmp / "shards"}  # fmt: skip
+    return {
+        "img2dataset": tmp / "img2dataset",
+        "imagefolder": folder,
+        "jsonl": tmp / "interleaved.jsonl",
+        "shards": tmp / "shards",
+    }
 
 
 def reader_rate(name: str, path: Path, size: int) -> dict:
@@ -82,18 +86,36 @@ def reader_rate(name: str, path: Path, size: int) -> dict:
             images += 1
         docs += 1
     dt = time.perf_counter() - t0
-    return {"documents": docs, "images": images, "seconds": round(dt, 2), "documents_per_s": round(docs / dt, 1),
-            "images_per_s": round(images / dt, 1)}  # fmt: skip
+    return {
+        "documents": docs,
+        "images": images,
+        "seconds": round(dt, 2),
+        "documents_per_s": round(docs / dt, 1),
+        "images_per_s": round(images / dt, 1),
+    }
 
 
 def trainer(name: str, data: list[str], args: argparse.Namespace, tmp: Path):
     from mmgen.config import RunConfig, load_config
     from mmgen.train.loop import Trainer
 
-    cfg = load_config(RunConfig, REPO / "configs" / "train" / "flickr8k.yaml", [
-        f"image_tokenizer={args.tokenizer}", f"model.depth={args.depth}", f"data.image_size={args.image_size}",
-        f"data.rows={args.rows}", "data.shuffle_buffer=64", f"train.output_dir={tmp / name}", "train.steps=100000",
-        "train.sample_every=0", "train.ckpt_every=0", "objective.imm.warm_start_steps=0", *data])  # fmt: skip
+    cfg = load_config(
+        RunConfig,
+        REPO / "configs" / "train" / "flickr8k.yaml",
+        [
+            f"image_tokenizer={args.tokenizer}",
+            f"model.depth={args.depth}",
+            f"data.image_size={args.image_size}",
+            f"data.rows={args.rows}",
+            "data.shuffle_buffer=64",
+            f"train.output_dir={tmp / name}",
+            "train.steps=100000",
+            "train.sample_every=0",
+            "train.ckpt_every=0",
+            "objective.imm.warm_start_steps=0",
+            *data,
+        ],
+    )
     t = Trainer(cfg, resume="none")
     return t, iter(t.data)
 
@@ -123,8 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.chdir(REPO)  # tokenizer paths in configs are relative to the repository
     tok = ensure_image_tokenizer(args.tokenizer)
-    res: dict = {"device": device_name(torch.device("cpu")), "torch": torch.__version__, "args": vars(args),
-                 "load_average_1min_at_start": os.getloadavg()[0]}  # other jobs on the machine add noise
+    res: dict = {
+        "device": device_name(torch.device("cpu")),
+        "torch": torch.__version__,
+        "args": vars(args),
+        "load_average_1min_at_start": os.getloadavg()[0],
+    }  # other jobs on the machine add noise
     with tempfile.TemporaryDirectory(prefix="bench_data_") as d:
         tmp = Path(d)
         t0 = time.perf_counter()
@@ -132,12 +158,21 @@ def main(argv: list[str] | None = None) -> dict:
         res["write_layouts_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         lc = LatentCache(tmp / "latents", tok, args.image_size, source="img2dataset", shard_size=500, batch_size=64)
-        stream = open_layout("img2dataset", str(paths["img2dataset"]), ReadOptions(args.image_size, args.image_size),
-                             shuffle=False, epochs=1)  # fmt: skip
+        stream = open_layout(
+            "img2dataset",
+            str(paths["img2dataset"]),
+            ReadOptions(args.image_size, args.image_size),
+            shuffle=False,
+            epochs=1,
+        )
         index = lc.run(stream.items(0))
         dt = time.perf_counter() - t0
-        res["cache_latents"] = {"documents": index["samples"], "skipped": index["skipped"], "seconds": round(dt, 2),
-                                "documents_per_s": round(index["samples"] / dt, 1)}  # fmt: skip
+        res["cache_latents"] = {
+            "documents": index["samples"],
+            "skipped": index["skipped"],
+            "seconds": round(dt, 2),
+            "documents_per_s": round(index["samples"] / dt, 1),
+        }
         paths["latents"] = tmp / "latents"
         res["readers"] = {name: reader_rate(name, p, args.image_size) for name, p in paths.items()}
         for name, r in res["readers"].items():
@@ -154,10 +189,16 @@ def main(argv: list[str] | None = None) -> dict:
             for name, (t, it) in runs.items():
                 dt, tokens = time_steps(t, it, args.steps)
                 rates[name].append(tokens / dt)
-        res["training"] = {name: {"tokens_per_s_median": round(statistics.median(r), 1),
-                                  "tokens_per_s_rounds": [round(x, 1) for x in r]} for name, r in rates.items()}  # fmt: skip
+        res["training"] = {
+            name: {
+                "tokens_per_s_median": round(statistics.median(r), 1),
+                "tokens_per_s_rounds": [round(x, 1) for x in r],
+            }
+            for name, r in rates.items()
+        }
         res["training"]["cached_over_on_the_fly"] = round(
-            res["training"]["cached"]["tokens_per_s_median"] / res["training"]["on_the_fly"]["tokens_per_s_median"], 2)
+            res["training"]["cached"]["tokens_per_s_median"] / res["training"]["on_the_fly"]["tokens_per_s_median"], 2
+        )
         res["training"]["params"] = runs["cached"][0].params_total
     print(json.dumps(res["training"], indent=1))
     save_json(res, args.out)

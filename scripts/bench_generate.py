@@ -38,8 +38,12 @@ from mmgen.tokenizer.image import ensure_image_tokenizer
 from mmgen.tokenizer.text import SPECIAL_IDS, ensure_text_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTIONS = ["a large red circle", "a small blue square above a large green triangle", "a large white diamond",
-            "a small yellow circle left of a small purple square"]  # fmt: skip
+CAPTIONS = [
+    "a large red circle",
+    "a small blue square above a large green triangle",
+    "a large white diamond",
+    "a small yellow circle left of a small purple square",
+]
 
 
 def build_pipe(args, device) -> MMGenPipeline:
@@ -49,9 +53,16 @@ def build_pipe(args, device) -> MMGenPipeline:
     image = ensure_image_tokenizer(REPO / "tokenizers/image/shapes_kl.yaml").to(device).eval()
     mcfg = load_config(ModelConfig, REPO / "configs" / "model" / f"{args.preset}.yaml")
     cfg = MMGenConfig.from_model_config(
-        mcfg, vocab_size=len(text), latent_channels=image.latent_channels, image_size=32,
-        downsample=image.downsample, seq_len=args.context, sigma_d=0.5, image_objective="imm",
-        special_ids=SPECIAL_IDS)  # fmt: skip
+        mcfg,
+        vocab_size=len(text),
+        latent_channels=image.latent_channels,
+        image_size=32,
+        downsample=image.downsample,
+        seq_len=args.context,
+        sigma_d=0.5,
+        image_objective="imm",
+        special_ids=SPECIAL_IDS,
+    )
     torch.manual_seed(0)
     return MMGenPipeline(MMGenModel(cfg).to(device).eval(), text, image)
 
@@ -87,8 +98,10 @@ def images_per_s(pipe, batch: int, steps_list: list[int], repeats: int, device) 
         return lambda: pipe.sampler.run(prompts, SamplingOptions(steps=n, image_first=True, stop_after_image=True))
 
     med = alternate({n: run(n) for n in steps_list}, repeats, device)
-    return [{"steps": n, "seconds_per_batch": round(med[n], 4), "images_per_s": round(batch / med[n], 2)}
-            for n in steps_list]  # fmt: skip
+    return [
+        {"steps": n, "seconds_per_batch": round(med[n], 4), "images_per_s": round(batch / med[n], 2)}
+        for n in steps_list
+    ]
 
 
 def long_prefix(pipe, n_tokens: int) -> list[str]:
@@ -128,9 +141,14 @@ def prefix_cache_speedup(pipe, prefix_tokens: int, steps: int, repeats: int, dev
 
     n_prefix = len(s.encode_prompt(prompt)[0]["ids"])
     med = alternate({"cached": cached, "recompute": recompute}, repeats, device)
-    return {"prefix_tokens": n_prefix, "image_tokens": c.image_tokens, "steps": steps,
-            "cached_s": round(med["cached"], 4), "recompute_s": round(med["recompute"], 4),
-            "speedup": round(med["recompute"] / med["cached"], 2)}  # fmt: skip
+    return {
+        "prefix_tokens": n_prefix,
+        "image_tokens": c.image_tokens,
+        "steps": steps,
+        "cached_s": round(med["cached"], 4),
+        "recompute_s": round(med["recompute"], 4),
+        "speedup": round(med["recompute"] / med["cached"], 2),
+    }
 
 
 def text_decoding(pipe, prompt_tokens: int, new_tokens: int, repeats: int, device) -> dict:
@@ -164,8 +182,9 @@ def text_decoding(pipe, prompt_tokens: int, new_tokens: int, repeats: int, devic
                 zeros = torch.zeros(1, L, dtype=torch.long, device=device)
                 last = torch.zeros(1, L, dtype=torch.bool, device=device)
                 last[0, -1] = True
-                logits = pipe.model(input_ids=ids, kind=zeros + KIND_TEXT, doc=zeros, image=zeros - 1, pos=pos,
-                                    text_positions=last).logits  # fmt: skip
+                logits = pipe.model(
+                    input_ids=ids, kind=zeros + KIND_TEXT, doc=zeros, image=zeros - 1, pos=pos, text_positions=last
+                ).logits
                 tok = int(logits[-1].argmax())
                 toks.append(tok)
                 ids = torch.cat([ids, torch.tensor([[tok]], device=device)], dim=1)
@@ -173,10 +192,14 @@ def text_decoding(pipe, prompt_tokens: int, new_tokens: int, repeats: int, devic
 
     med = alternate({"cached": cached, "uncached": uncached}, repeats, device)
     assert out["cached"] == out["uncached"], "cached and uncached greedy decoding disagree"
-    return {"prompt_tokens": n0, "new_tokens": new_tokens,
-            "cached_tokens_per_s": round(new_tokens / med["cached"], 1),
-            "uncached_tokens_per_s": round(new_tokens / med["uncached"], 1),
-            "speedup": round(med["uncached"] / med["cached"], 2), "same_tokens": True}  # fmt: skip
+    return {
+        "prompt_tokens": n0,
+        "new_tokens": new_tokens,
+        "cached_tokens_per_s": round(new_tokens / med["cached"], 1),
+        "uncached_tokens_per_s": round(new_tokens / med["uncached"], 1),
+        "speedup": round(med["uncached"] / med["cached"], 2),
+        "same_tokens": True,
+    }
 
 
 def main() -> None:
@@ -200,21 +223,33 @@ def main() -> None:
 
     imgs = images_per_s(pipe, args.batch, args.steps, args.repeats, device)
     for r in imgs:
-        print(f"N = {r['steps']}: {r['images_per_s']:8.1f} images/s ({r['seconds_per_batch']:.3f} s per batch of {args.batch})")
+        print(
+            f"N = {r['steps']}: {r['images_per_s']:8.1f} images/s ({r['seconds_per_batch']:.3f} s per batch of {args.batch})"
+        )
     pc = prefix_cache_speedup(pipe, prefix, 4, args.repeats, device)
-    print(f"prefix cache ({pc['prefix_tokens']} prefix tokens, N = 4): cached {pc['cached_s']:.3f} s, recompute "
-          f"{pc['recompute_s']:.3f} s -> {pc['speedup']:.2f}x")  # fmt: skip
+    print(
+        f"prefix cache ({pc['prefix_tokens']} prefix tokens, N = 4): cached {pc['cached_s']:.3f} s, recompute "
+        f"{pc['recompute_s']:.3f} s -> {pc['speedup']:.2f}x"
+    )
     td = text_decoding(pipe, prefix, new, args.repeats, device)
-    print(f"text decoding ({td['prompt_tokens']} prompt + {td['new_tokens']} new tokens): cached "
-          f"{td['cached_tokens_per_s']:.1f} tok/s, uncached {td['uncached_tokens_per_s']:.1f} tok/s -> {td['speedup']:.2f}x")  # fmt: skip
+    print(
+        f"text decoding ({td['prompt_tokens']} prompt + {td['new_tokens']} new tokens): cached "
+        f"{td['cached_tokens_per_s']:.1f} tok/s, uncached {td['uncached_tokens_per_s']:.1f} tok/s -> {td['speedup']:.2f}x"
+    )
     out = {
         "benchmark": "generation speed: images/s per N, prefix KV cache vs recompute, cached vs uncached text decoding",
         "device": device_name(device),
         "model": args.model or f"{args.preset} preset, random weights, context {c.max_seq_len}",
-        "params": sum(p.numel() for p in pipe.model.parameters()), "image_tokens": c.image_tokens,
-        "batch": args.batch, "repeats": args.repeats, "guidance": GUIDANCE, "threads": torch.get_num_threads(),
-        "images_per_s": imgs, "prefix_cache": pc, "text_decoding": td,
-    }  # fmt: skip
+        "params": sum(p.numel() for p in pipe.model.parameters()),
+        "image_tokens": c.image_tokens,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "guidance": GUIDANCE,
+        "threads": torch.get_num_threads(),
+        "images_per_s": imgs,
+        "prefix_cache": pc,
+        "text_decoding": td,
+    }
     save_json(out, args.out)
 
 

@@ -38,14 +38,38 @@ from mmgen.bench import save_json
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(name: str, accel: str, nproc: int, model: str, steps: int, rows: int, extra: list[str], tmp: Path,
-        config: str | None = None) -> dict:
+def run(
+    name: str,
+    accel: str,
+    nproc: int,
+    model: str,
+    steps: int,
+    rows: int,
+    extra: list[str],
+    tmp: Path,
+    config: str | None = None,
+) -> dict:
     out = tmp / name
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accel),
-           "--num_processes", str(nproc), str(REPO / "scripts/train.py"), *(["--config", config] if config else []),
-           f"model={json.dumps(_model(model))}", f"train.output_dir={out}", f"train.steps={steps}",
-           "train.log_every=1", "train.sample_every=0", "train.ckpt_every=0", "train.warmup_steps=1",
-           f"data.rows={rows}", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / accel),
+        "--num_processes",
+        str(nproc),
+        str(REPO / "scripts/train.py"),
+        *(["--config", config] if config else []),
+        f"model={json.dumps(_model(model))}",
+        f"train.output_dir={out}",
+        f"train.steps={steps}",
+        "train.log_every=1",
+        "train.sample_every=0",
+        "train.ckpt_every=0",
+        "train.warmup_steps=1",
+        f"data.rows={rows}",
+        *extra,
+    ]
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(REPO / ".cache/torch_extensions"), TOKENIZERS_PARALLELISM="false")
     if nproc > 1 and not torch.cuda.is_available():
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // nproc))
@@ -55,17 +79,25 @@ def run(name: str, accel: str, nproc: int, model: str, steps: int, rows: int, ex
     rows_ = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     later = rows_[1:] or rows_
     if "imm_groups" in rows_[-1]:
-        extra_rows = {"imm_groups_per_step": statistics.median(r["imm_groups"] for r in later),
-                      "imm_groups_per_s": statistics.median(r["imm_groups_per_s"] for r in later)}  # fmt: skip
+        extra_rows = {
+            "imm_groups_per_step": statistics.median(r["imm_groups"] for r in later),
+            "imm_groups_per_s": statistics.median(r["imm_groups_per_s"] for r in later),
+        }
     else:
         extra_rows = {}
-    return {**extra_rows,
-        "name": name, "model": model, "processes": nproc, "steps": steps, "rows_per_rank": rows,
+    return {
+        **extra_rows,
+        "name": name,
+        "model": model,
+        "processes": nproc,
+        "steps": steps,
+        "rows_per_rank": rows,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
         "peak_mem_mb_per_rank": [round(x, 1) for x in rows_[-1]["mem_mb_per_rank"]],
         "tensor_mb_per_rank": [round(x, 1) for x in rows_[-1]["tensor_mb_per_rank"]],
-        "params_total": rows_[-1]["params_total"], "params_on_rank0": rows_[-1]["params_local"],
-    }  # fmt: skip
+        "params_total": rows_[-1]["params_total"],
+        "params_on_rank0": rows_[-1]["params_local"],
+    }
 
 
 GROUP_VARIANTS = {  # name -> overrides of the CIFAR-10 IMM recipe
@@ -79,8 +111,10 @@ GROUP_VARIANTS = {  # name -> overrides of the CIFAR-10 IMM recipe
 def groups(steps: int, tmp: Path) -> list[dict]:
     for folder, layout in (("cifar10-train", "both"), ("cifar10-train-t2i", "caption_image")):
         if not (REPO / "data/shards" / folder).is_dir():
-            sys.exit(f"missing data/shards/{folder}: python scripts/prepare_data.py --source cifar10 --split train "
-                     f"--layout {layout} --out data/shards/{folder}")  # fmt: skip
+            sys.exit(
+                f"missing data/shards/{folder}: python scripts/prepare_data.py --source cifar10 --split train "
+                f"--layout {layout} --out data/shards/{folder}"
+            )
     recipe = str(REPO / "configs/train/cifar10_imm.yaml")
     base = ["objective.imm.warm_start_steps=0", "objective.imm.boundary_fraction=0"]
     out = []
@@ -88,8 +122,11 @@ def groups(steps: int, tmp: Path) -> list[dict]:
         r = run(f"groups-{i}", "configs/accelerate/single.yaml", 1, "tiny", steps, 8, base + extra, tmp, recipe)
         r["name"], r["overrides"] = name, extra
         out.append(r)
-        print(f"{name:>30}: {r['imm_groups_per_step']:5.1f} groups/step  {r['imm_groups_per_s']:6.2f} groups/s  "
-              f"{r['tokens_per_s']:6.0f} tok/s", flush=True)  # fmt: skip
+        print(
+            f"{name:>30}: {r['imm_groups_per_step']:5.1f} groups/step  {r['imm_groups_per_s']:6.2f} groups/s  "
+            f"{r['tokens_per_s']:6.0f} tok/s",
+            flush=True,
+        )
     return out
 
 
@@ -111,22 +148,52 @@ def main() -> None:
         if args.only == "groups":
             device = f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
             res = groups(args.steps, tmp)
-            save_json({"device": device, "torch": torch.__version__, "results": res}, REPO / "results/bench_groups.json")
+            save_json(
+                {"device": device, "torch": torch.__version__, "results": res}, REPO / "results/bench_groups.json"
+            )
             return
         if args.only in (None, "single"):
             results.append(run("single-tiny", "configs/accelerate/single.yaml", 1, "tiny", args.steps + 4, 8, [], tmp))
             results.append(run("single-small", "configs/accelerate/single.yaml", 1, "small", args.steps, 4, [], tmp))
         if args.only in (None, "zero"):
-            results.append(run("ddp-small-x2", "configs/accelerate/ddp_cpu.yaml" if not torch.cuda.is_available()
-                               else "configs/accelerate/ddp.yaml", 2, "small", args.steps, 2, [], tmp))  # fmt: skip
+            results.append(
+                run(
+                    "ddp-small-x2",
+                    "configs/accelerate/ddp_cpu.yaml"
+                    if not torch.cuda.is_available()
+                    else "configs/accelerate/ddp.yaml",
+                    2,
+                    "small",
+                    args.steps,
+                    2,
+                    [],
+                    tmp,
+                )
+            )
             for stage in (1, 2, 3):
-                results.append(run(f"zero{stage}-small-x2", f"configs/accelerate/zero{stage}.yaml", 2, "small",
-                                   args.steps, 2, [], tmp))  # fmt: skip
+                results.append(
+                    run(
+                        f"zero{stage}-small-x2",
+                        f"configs/accelerate/zero{stage}.yaml",
+                        2,
+                        "small",
+                        args.steps,
+                        2,
+                        [],
+                        tmp,
+                    )
+                )
     for r in results:
-        print(f"{r['name']:>16}: {r['tokens_per_s']:8.0f} tok/s  peak MB per rank {r['peak_mem_mb_per_rank']}  "
-              f"tensors MB per rank {r['tensor_mb_per_rank']}  "
-              f"params on rank 0 {r['params_on_rank0'] / 1e6:.1f}M of {r['params_total'] / 1e6:.1f}M")  # fmt: skip
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+        print(
+            f"{r['name']:>16}: {r['tokens_per_s']:8.0f} tok/s  peak MB per rank {r['peak_mem_mb_per_rank']}  "
+            f"tensors MB per rank {r['tensor_mb_per_rank']}  "
+            f"params on rank 0 {r['params_on_rank0'] / 1e6:.1f}M of {r['params_total'] / 1e6:.1f}M"
+        )
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    )
     save_json({"device": device, "torch": torch.__version__, "results": results}, args.out)
     print(f"-> {args.out}")
 

@@ -21,8 +21,17 @@ from mmgen.cli import cli_main
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ["name", "token", "bottleneck", "bits_in", "bits_out", "compression", "effective_bits",
-            "effective_compression", "note"]  # fmt: skip
+    cols = [
+        "name",
+        "token",
+        "bottleneck",
+        "bits_in",
+        "bits_out",
+        "compression",
+        "effective_bits",
+        "effective_compression",
+        "note",
+    ]
     cols = [c for c in cols if any(c in r for r in rows)]
     cells = [[str(r.get(c, "")) for c in cols] for r in rows]
     width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
@@ -35,8 +44,11 @@ def _table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="trained tokenizer folders (or recipes NAME.yaml)")
-    ap.add_argument("--images", default="", help="measure effective bits of discrete tokenizers on these images "
-                    "('kodak', a directory or a zip)")  # fmt: skip
+    ap.add_argument(
+        "--images",
+        default="",
+        help="measure effective bits of discrete tokenizers on these images ('kodak', a directory or a zip)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     ap.add_argument("--dtype-bits", type=int, default=16, help="bits per continuous channel (bfloat16: 16)")
     ap.add_argument("--no-presets", action="store_true")

@@ -35,20 +35,29 @@ from mmgen.data.latent_cache import LatentCache
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, help="img2dataset:PATH, imagefolder:PATH, jsonl:PATH, shards:DIR or a name")
+    ap.add_argument(
+        "--source", required=True, help="img2dataset:PATH, imagefolder:PATH, jsonl:PATH, shards:DIR or a name"
+    )
     ap.add_argument("--tokenizer", required=True, help="image tokenizer: recipe .yaml (trained when missing) or folder")
-    ap.add_argument("--image-size", type=int, default=32, help="pixels a side before encoding (the run's data.image_size)")
+    ap.add_argument(
+        "--image-size", type=int, default=32, help="pixels a side before encoding (the run's data.image_size)"
+    )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
     ap.add_argument("--shard-size", type=int, default=1000, help="documents per shard (the unit of resumption)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--prefix", default="latents")
     ap.add_argument("--split", default="train", choices=["train", "test"], help="named sources only")
-    ap.add_argument("--limit", type=int, default=0, help="documents to read (0 = all; a resumed run counts the "
-                    "ones read before)")
+    ap.add_argument(
+        "--limit", type=int, default=0, help="documents to read (0 = all; a resumed run counts the ones read before)"
+    )
     ap.add_argument("--restart", action="store_true", help="overwrite a cache in --out instead of resuming it")
-    ap.add_argument("--layout", default="caption_image", choices=["caption_image", "image_caption", "both"],
-                    help="order of a caption and its image in captioned-image documents")
+    ap.add_argument(
+        "--layout",
+        default="caption_image",
+        choices=["caption_image", "image_caption", "both"],
+        help="order of a caption and its image in captioned-image documents",
+    )
     add_read_args(ap)
     args = ap.parse_args(argv)
     for flag in ("--image-size", "--batch-size", "--shard-size"):
@@ -60,9 +69,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     tok = ensure_image_tokenizer(args.tokenizer)
     opts = read_options(args, args.image_size)
-    cache = LatentCache(args.out, tok, args.image_size, source=args.source, prefix=args.prefix,
-                        shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,
-                        restart=args.restart, options=asdict(opts))  # fmt: skip
+    cache = LatentCache(
+        args.out,
+        tok,
+        args.image_size,
+        source=args.source,
+        prefix=args.prefix,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        restart=args.restart,
+        options=asdict(opts),
+    )
     if cache.start:
         print(f"resuming {args.out}: {len(cache.state['shards'])} shards written, source index {cache.start}")
     left = max(1, args.limit - cache.read) if args.limit else 0  # run() stops at --limit exactly (0 reads all)
@@ -73,14 +91,19 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     dt = time.perf_counter() - t0
     summary = {k: index[k] for k in ("samples", "skipped")} | {
-        "shards": len(index["shards"]), "seconds": round(dt, 1), "threads": torch.get_num_threads(),
-        "tokenizer": index["latents"]["tokenizer"]["name"], "sha256": index["latents"]["tokenizer"]["sha256"][:16],
-    }  # fmt: skip
+        "shards": len(index["shards"]),
+        "seconds": round(dt, 1),
+        "threads": torch.get_num_threads(),
+        "tokenizer": index["latents"]["tokenizer"]["name"],
+        "sha256": index["latents"]["tokenizer"]["sha256"][:16],
+    }
     print(json.dumps(summary))
     for key, why in index["skipped_examples"][:5]:
         print(f"  skipped {key}: {why}")
-    print(f"train on it: data.source=shards data.shards={Path(args.out)} data.latents=true "
-          f"image_tokenizer={args.tokenizer} data.image_size={args.image_size}")  # fmt: skip
+    print(
+        f"train on it: data.source=shards data.shards={Path(args.out)} data.latents=true "
+        f"image_tokenizer={args.tokenizer} data.image_size={args.image_size}"
+    )
     return index
 
 

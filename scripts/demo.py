@@ -51,16 +51,20 @@ def prompt_release() -> None:
         res = pipe(prompts, steps=steps, image_first=True, stop_after_image=True, max_new_tokens=0, seed=0)
         pages.append(write_page(res, OUT, f"text_to_image-N{steps}", f"text -> image, {steps} network evaluation(s)"))
     first = res[0].images[0]  # "a large red circle" at 4 steps goes back into the context
-    edits = [["a large red circle", first, "the same circle in blue"],
-             ["a large red circle", first, "the same circle but small"]]  # fmt: skip
+    edits = [
+        ["a large red circle", first, "the same circle in blue"],
+        ["a large red circle", first, "the same circle but small"],
+    ]
     res = pipe(edits, image_first=True, stop_after_image=True, max_new_tokens=0, seed=0)
     res += pipe([[first, "this is"]], max_images=0, max_new_tokens=12, seed=0)  # captioning: text only
     pages.append(write_page(res, OUT, "interleaved", "interleaved: a generated image back in the prompt"))
     index = OUT / "index.html"
     links = "".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in pages)
     frames = "".join(f'<iframe src="{p.name}" style="width:100%;height:420px;border:0"></iframe>' for p in pages)
-    index.write_text(f"<!doctype html><meta charset='utf-8'><body style='background:#222;color:#ddd;font-family:sans-serif'>"
-                     f"<h1>mmgen demo: {RELEASE.relative_to(REPO)}</h1><ul>{links}</ul>{frames}</body>")  # fmt: skip
+    index.write_text(
+        f"<!doctype html><meta charset='utf-8'><body style='background:#222;color:#ddd;font-family:sans-serif'>"
+        f"<h1>mmgen demo: {RELEASE.relative_to(REPO)}</h1><ul>{links}</ul>{frames}</body>"
+    )
     print(f"prompted {RELEASE.relative_to(REPO)} in {time.perf_counter() - t0:.1f}s -> {index.relative_to(REPO)}")
     for r in res:
         print("  ", " ".join(s if isinstance(s, str) else "<image>" for s in r.prompt), "->", r.text or "<image>")
@@ -68,10 +72,21 @@ def prompt_release() -> None:
 
 def train_short_run() -> None:
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    cmd = [accelerate, "launch", "--config_file", "configs/accelerate/single.yaml", "scripts/train.py",
-           "--config", "configs/train/shapes_release.yaml", f"train.output_dir={RUN.relative_to(REPO)}",
-           f"train.steps={DEMO_STEPS}", f"train.sample_every={DEMO_STEPS}", f"train.ckpt_every={DEMO_STEPS}",
-           f"train.warmup_steps={DEMO_STEPS // 10}", f"objective.imm.warm_start_steps={DEMO_STEPS // 2}"]  # fmt: skip
+    cmd = [
+        accelerate,
+        "launch",
+        "--config_file",
+        "configs/accelerate/single.yaml",
+        "scripts/train.py",
+        "--config",
+        "configs/train/shapes_release.yaml",
+        f"train.output_dir={RUN.relative_to(REPO)}",
+        f"train.steps={DEMO_STEPS}",
+        f"train.sample_every={DEMO_STEPS}",
+        f"train.ckpt_every={DEMO_STEPS}",
+        f"train.warmup_steps={DEMO_STEPS // 10}",
+        f"objective.imm.warm_start_steps={DEMO_STEPS // 2}",
+    ]
     print("\n$ " + " ".join(cmd), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     subprocess.run(cmd, cwd=REPO, check=True, env=env)
@@ -81,8 +96,10 @@ def main() -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if not (RELEASE / "model.safetensors").is_file():
-        sys.exit(f"error: no release at {RELEASE}; it ships with the repository (git checkout -- releases/) or is "
-                 f"retrained with `accelerate launch scripts/train.py --config configs/train/shapes_release.yaml`")  # fmt: skip
+        sys.exit(
+            f"error: no release at {RELEASE}; it ships with the repository (git checkout -- releases/) or is "
+            f"retrained with `accelerate launch scripts/train.py --config configs/train/shapes_release.yaml`"
+        )
     prompt_release()
     t1 = time.perf_counter()
     train_short_run()

@@ -55,8 +55,9 @@ def judge(net, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return net.head(feats).argmax(1).numpy(), feats.numpy()
 
 
-def generate(pipe: MMGenPipeline, per_class: int, steps: int, batch: int, seed: int = 0,
-             **options) -> tuple[np.ndarray, np.ndarray, float]:
+def generate(
+    pipe: MMGenPipeline, per_class: int, steps: int, batch: int, seed: int = 0, **options
+) -> tuple[np.ndarray, np.ndarray, float]:
     """per_class images of every class; options: SamplingOptions (guidance, method, time_grid)."""
     prompts = [f"a photo of a {c}" for c in CIFAR10_CLASSES for _ in range(per_class)]
     labels = np.repeat(np.arange(10), per_class)
@@ -85,19 +86,34 @@ def main() -> None:
     ap.add_argument("--real", type=int, default=5000, help="real test images for the reference statistics")
     ap.add_argument("--captions", type=int, default=500, help="real test images to caption (0: none)")
     ap.add_argument("--guidance", type=float, default=GUIDANCE)
-    ap.add_argument("--sampler", choices=["pushforward", "euler", "restart"], default=None,
-                    help="default: pushforward for IMM, euler for flow matching")
+    ap.add_argument(
+        "--sampler",
+        choices=["pushforward", "euler", "restart"],
+        default=None,
+        help="default: pushforward for IMM, euler for flow matching",
+    )
     ap.add_argument("--time-grid", choices=TIME_GRIDS, default=TIME_GRID)
-    ap.add_argument("--guidance-interval", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
-                    help="guide only the steps that start at t in [LO, HI]")
+    ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=[0.0, 1.0],
+        metavar=("LO", "HI"),
+        help="guide only the steps that start at t in [LO, HI]",
+    )
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0,
-                    help="noise seed of the generated images (other seeds give the metrics' spread)")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="noise seed of the generated images (other seeds give the metrics' spread)"
+    )
     ap.add_argument("--train-classifier", action="store_true", help="train the judge (width 32, 8 epochs)")
     ap.add_argument("--out", default=None, help="default results/cifar10/eval.json (reference.json without --model)")
     args = ap.parse_args()
-    for flag, value, allowed in (("--per-class", args.per_class, AT_LEAST_1), ("--real", args.real, Range(2, 10_000)),
-                                 ("--captions", args.captions, AT_LEAST_0), ("--batch", args.batch, AT_LEAST_1)):
+    for flag, value, allowed in (
+        ("--per-class", args.per_class, AT_LEAST_1),
+        ("--real", args.real, Range(2, 10_000)),
+        ("--captions", args.captions, AT_LEAST_0),
+        ("--batch", args.batch, AT_LEAST_1),
+    ):
         check_option(flag, value, allowed)
     if args.train_classifier:
         net = train_feature_net(JUDGE, epochs=8, width=32)
@@ -111,34 +127,56 @@ def main() -> None:
     real, real_labels = real_all[: args.real], labels_all[: args.real]
     pred, real_feats = judge(net, real)
     _, held = judge(net, real_all[args.real :])
-    floor = [round(frechet_distance(held[k : k + n_gen], real_feats), 3) for k in range(0, len(held) - n_gen + 1, n_gen)][:3]
+    floor = [
+        round(frechet_distance(held[k : k + n_gen], real_feats), 3) for k in range(0, len(held) - n_gen + 1, n_gen)
+    ][:3]
     report: dict = {
         "machine": device_name(torch.device("cpu")) + f", torch {torch.__version__}",
         "judge": {"test_accuracy_real": round(float((pred == real_labels).mean()), 4), **info},
         "real_vs_real_fd": round(frechet_distance(real_feats[: len(real) // 2], real_feats[len(real) // 2 :]), 3),
         "real_floor_fd": floor,  # other real test images, as many as one generated point, against the reference
-        "guidance": args.guidance, "sampler": args.sampler or "model default", "time_grid": args.time_grid,
+        "guidance": args.guidance,
+        "sampler": args.sampler or "model default",
+        "time_grid": args.time_grid,
         "guidance_interval": args.guidance_interval,
-        "per_class": args.per_class, "seed": args.seed, "real": args.real, "captions": args.captions,
+        "per_class": args.per_class,
+        "seed": args.seed,
+        "real": args.real,
+        "captions": args.captions,
         "models": {},
-    }  # fmt: skip
-    print(f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
-          f"{report['real_vs_real_fd']:.2f}; FD of {n_gen} other real images: {floor}")  # fmt: skip
+    }
+    print(
+        f"judge: {report['judge']['test_accuracy_real']:.1%} on {len(real)} real test images; FD real/real halves "
+        f"{report['real_vs_real_fd']:.2f}; FD of {n_gen} other real images: {floor}"
+    )
     out = Path(args.out or REPO / "results" / "cifar10" / ("eval.json" if args.model else "reference.json"))
     for path in args.model:
         pipe = MMGenPipeline.from_pretrained(path)
         kind = pipe.model.config.image_objective
         rows = {}
         for n in args.imm_steps if kind == "imm" else args.fm_steps:
-            imgs, labels, dt = generate(pipe, args.per_class, n, args.batch, args.seed, guidance=args.guidance,
-                                        method=args.sampler, time_grid=args.time_grid,
-                                        guidance_interval=tuple(args.guidance_interval))  # fmt: skip
+            imgs, labels, dt = generate(
+                pipe,
+                args.per_class,
+                n,
+                args.batch,
+                args.seed,
+                guidance=args.guidance,
+                method=args.sampler,
+                time_grid=args.time_grid,
+                guidance_interval=tuple(args.guidance_interval),
+            )
             p, f = judge(net, imgs)
-            rows[str(n)] = {"nfe": n, "class_accuracy": round(float((p == labels).mean()), 4),
-                            "frechet_distance": round(frechet_distance(f, real_feats), 3),
-                            "seconds_per_image": round(dt / len(imgs), 5)}  # fmt: skip
-            print(f"{path} ({kind}) N={n:3d}: class acc {rows[str(n)]['class_accuracy']:.1%} FD "
-                  f"{rows[str(n)]['frechet_distance']:.2f} | {dt / len(imgs) * 1000:.1f} ms/image")  # fmt: skip
+            rows[str(n)] = {
+                "nfe": n,
+                "class_accuracy": round(float((p == labels).mean()), 4),
+                "frechet_distance": round(frechet_distance(f, real_feats), 3),
+                "seconds_per_image": round(dt / len(imgs), 5),
+            }
+            print(
+                f"{path} ({kind}) N={n:3d}: class acc {rows[str(n)]['class_accuracy']:.1%} FD "
+                f"{rows[str(n)]['frechet_distance']:.2f} | {dt / len(imgs) * 1000:.1f} ms/image"
+            )
             save_grid(list(imgs[:: args.per_class // 4 or 1][:40]), out.with_suffix("") / f"{kind}-N{n}.png", ncol=8)
         report["models"][path] = {"objective": kind, "by_steps": rows}
         if args.captions:  # --captions 0: images only
@@ -169,7 +207,9 @@ def plot(report: dict, path: Path) -> None:
         label = f"{m['objective'].upper()} ({Path(name).parent.name})"
         axes[0].plot(xs, [r["class_accuracy"] for r in m["by_steps"].values()], "o-", label=label)
         axes[1].plot(xs, [r["frechet_distance"] for r in m["by_steps"].values()], "o-", label=label)
-    for ax, title in zip(axes, ["prompted-class accuracy (in-project judge)", "Frechet distance (in-project features)"]):
+    for ax, title in zip(
+        axes, ["prompted-class accuracy (in-project judge)", "Frechet distance (in-project features)"]
+    ):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("network evaluations per image")
         ax.set_title(title)

@@ -35,16 +35,23 @@ def main() -> None:
     ap.add_argument("--model", action="append", required=True, help="release folder(s)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--n", type=int, default=200, help="held-out prompts")
-    ap.add_argument("--n-unseen", type=int, default=100,
-                    help="prompts with a colour-shape pair the training stream held out (data.shapes.holdout)")
+    ap.add_argument(
+        "--n-unseen",
+        type=int,
+        default=100,
+        help="prompts with a colour-shape pair the training stream held out (data.shapes.holdout)",
+    )
     ap.add_argument("--guidance", type=float, nargs="+", default=[GUIDANCE])
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=str(REPO / "results" / "eval_shapes.json"))
     args = ap.parse_args()
-    for flag, value, allowed in (("--n", args.n, AT_LEAST_1), ("--batch", args.batch, AT_LEAST_1),
-                                 *(("--steps", n, Range(1, MAX_SAMPLER_STEPS)) for n in args.steps)):  # fmt: skip
+    for flag, value, allowed in (
+        ("--n", args.n, AT_LEAST_1),
+        ("--batch", args.batch, AT_LEAST_1),
+        *(("--steps", n, Range(1, MAX_SAMPLER_STEPS)) for n in args.steps),
+    ):
         check_option(flag, value, allowed)
     output_folder(Path(args.out).parent, "--out (its folder)")
     if args.threads:
@@ -56,26 +63,43 @@ def main() -> None:
     sets = {"seen": prompt_set(args.n, size, holdout, unseen=False)}
     if holdout and args.n_unseen:
         sets["unseen"] = prompt_set(args.n_unseen, size, holdout, unseen=True)
-    report: dict = {"n_prompts": args.n, "guidance": args.guidance, "holdout": holdout, "models": {},
-                    "prompt_sets": {k: len(v[0]) for k, v in sets.items()}}  # fmt: skip
+    report: dict = {
+        "n_prompts": args.n,
+        "guidance": args.guidance,
+        "holdout": holdout,
+        "models": {},
+        "prompt_sets": {k: len(v[0]) for k, v in sets.items()},
+    }
     for name, (prompts, real) in sets.items():
         real_acc = accuracy([check(im, p) for im, p in zip(real, prompts)])
         report.setdefault("checker_on_real_images", {})[name] = real_acc
-        print(f"checker on {len(prompts)} real held-out images ({name} pairs): {real_acc['correct']:.1%} fully "
-              f"correct (shape {real_acc['shape']:.1%}, colour {real_acc['color']:.1%}, size {real_acc['size']:.1%})")
+        print(
+            f"checker on {len(prompts)} real held-out images ({name} pairs): {real_acc['correct']:.1%} fully "
+            f"correct (shape {real_acc['shape']:.1%}, colour {real_acc['color']:.1%}, size {real_acc['size']:.1%})"
+        )
     for path in args.model:
         pipe = first if path == args.model[0] else MMGenPipeline.from_pretrained(path)
         kind = pipe.model.config.image_objective
         entry: dict = {"objective": kind, "holdout": training_holdout(path), "results": []}
         for (name, (prompts, _)), g, n in itertools.product(sets.items(), args.guidance, args.steps):
             acc, images, dt = judge(pipe, prompts, n, g, args.batch, args.seed)
-            row = {"prompts": name, "guidance": g, "steps": n, **acc, "seconds": round(dt, 2),
-                   "seconds_per_image": round(dt / len(prompts), 4)}  # fmt: skip
+            row = {
+                "prompts": name,
+                "guidance": g,
+                "steps": n,
+                **acc,
+                "seconds": round(dt, 2),
+                "seconds_per_image": round(dt / len(prompts), 4),
+            }
             entry["results"].append(row)
-            print(f"{path} ({kind}) {name} g={g:g} N={n:3d}: correct {acc['correct']:.1%} | colour "
-                  f"{acc['color']:.1%} shape {acc['shape']:.1%} size {acc['size']:.1%} count {acc['count']:.1%} "
-                  f"relation {acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image")
-            label = Path(path).parent.name if Path(path).name == "release" else Path(path).name  # runs/X/release or a folder
+            print(
+                f"{path} ({kind}) {name} g={g:g} N={n:3d}: correct {acc['correct']:.1%} | colour "
+                f"{acc['color']:.1%} shape {acc['shape']:.1%} size {acc['size']:.1%} count {acc['count']:.1%} "
+                f"relation {acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image"
+            )
+            label = (
+                Path(path).parent.name if Path(path).name == "release" else Path(path).name
+            )  # runs/X/release or a folder
             grid = Path(args.out).with_suffix("") / f"{label}-{name}-g{g:g}-N{n}.png"
             save_grid(images[:32], grid, ncol=8)
         report["models"][path] = entry

@@ -60,13 +60,21 @@ def main() -> None:
     objective = config["objective"][config["objective"]["image"]]
     times = {k: objective[k] for k in ("t_min", "t_max") if k in objective}
     prompts, _ = prompt_set(args.n, int(config["data"]["image_size"]), holdout, unseen=False)
-    done = json.loads(out.read_text()) if out.exists() else {"run": str(run), "prompts": args.n,
-                                                             "guidance": args.guidance, "points": []}  # fmt: skip
+    done = (
+        json.loads(out.read_text())
+        if out.exists()
+        else {"run": str(run), "prompts": args.n, "guidance": args.guidance, "points": []}
+    )
     seen = {p["step"] for p in done["points"]}
     while until not in seen:
         for ck in sorted((run / "checkpoints").glob("step-*")):
             step = int(ck.name.split("-")[1].split(".")[0])
-            if ck.suffix or not (ck / "manifest.json").exists() or (step % args.every and step != until) or step in seen:
+            if (
+                ck.suffix
+                or not (ck / "manifest.json").exists()
+                or (step % args.every and step != until)
+                or step in seen
+            ):
                 continue
             try:
                 pipe = ema_pipeline(run, ck, text, image, times)
@@ -84,7 +92,8 @@ def main() -> None:
             print(point, flush=True)
         if until not in seen:
             if (run / "release" / "model.safetensors").is_file() and not any(
-                    int(c.name.split("-")[1].split(".")[0]) >= until for c in (run / "checkpoints").glob("step-*")):
+                int(c.name.split("-")[1].split(".")[0]) >= until for c in (run / "checkpoints").glob("step-*")
+            ):
                 break  # the run ended without a checkpoint at `until`: nothing more will come
             time.sleep(60)
 

@@ -39,16 +39,31 @@ def main() -> None:
     ap.add_argument("--shards", required=True)
     ap.add_argument("--limit", type=int, default=0, help="documents (0 = all)")
     ap.add_argument("--drop-images", action="store_true", help="score the text without its images")
-    ap.add_argument("--shuffle-images", action="store_true",
-                    help="control: give every document the images of the document half the set away")
+    ap.add_argument(
+        "--shuffle-images",
+        action="store_true",
+        help="control: give every document the images of the document half the set away",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     folder = Path(args.model)
     model, text, image = load_release(folder)  # every file checked, named in the error if it is bad
     model, image = model.eval(), image.eval()
     c = model.config
-    packer = Packer(text, PackSpec(c.max_seq_len, 4, c.image_size, tuple(c.image_grid), c.bos_token_id, c.eos_token_id,
-                                   c.pad_token_id, c.boi_token_id, c.eoi_token_id))  # fmt: skip
+    packer = Packer(
+        text,
+        PackSpec(
+            c.max_seq_len,
+            4,
+            c.image_size,
+            tuple(c.image_grid),
+            c.bos_token_id,
+            c.eos_token_id,
+            c.pad_token_id,
+            c.boi_token_id,
+            c.eoi_token_id,
+        ),
+    )
     items = ShardStream(args.shards, Split(), shuffle=False, epochs=1).items(0)
     if args.shuffle_images:
         # in key order a photo's captions are adjacent (keys name the photo), so a shift of half the set pairs
@@ -82,18 +97,43 @@ def main() -> None:
         # caption words and </s> only: <boi>/<eoi> targets exist only when images are kept, and are easy
         where = (b["labels"] != IGNORE) & (b["labels"] != c.boi_token_id) & (b["labels"] != c.eoi_token_id)
         zeros = torch.zeros(b["kind"].shape)
-        out = model(input_ids=b["input_ids"], kind=b["kind"], doc=b["doc"], image=b["image"], pos=b["pos"],
-                    image_tokens=vals, t=zeros, s=zeros, text_positions=where)  # fmt: skip
+        out = model(
+            input_ids=b["input_ids"],
+            kind=b["kind"],
+            doc=b["doc"],
+            image=b["image"],
+            pos=b["pos"],
+            image_tokens=vals,
+            t=zeros,
+            s=zeros,
+            text_positions=where,
+        )
         nll += float(torch.nn.functional.cross_entropy(out.logits.float(), b["labels"][where], reduction="sum"))
         count += int(where.sum())
         docs += len(b["keys"])
     ppl = math.exp(nll / max(count, 1))
-    res = {"model": str(folder), "shards": args.shards,
-           "images": "none" if args.drop_images else "shuffled" if args.shuffle_images else "own", "documents": docs, "text_tokens": count,
-           "nll_per_token": nll / max(count, 1), "perplexity": ppl}  # fmt: skip
+    res = {
+        "model": str(folder),
+        "shards": args.shards,
+        "images": "none" if args.drop_images else "shuffled" if args.shuffle_images else "own",
+        "documents": docs,
+        "text_tokens": count,
+        "nll_per_token": nll / max(count, 1),
+        "perplexity": ppl,
+    }
     print(json.dumps(res, indent=1))
-    out = Path(args.out) if args.out else folder.parent / (
-        "text_eval_noimages.json" if args.drop_images else "text_eval_shuffled.json" if args.shuffle_images else "text_eval.json")
+    out = (
+        Path(args.out)
+        if args.out
+        else folder.parent
+        / (
+            "text_eval_noimages.json"
+            if args.drop_images
+            else "text_eval_shuffled.json"
+            if args.shuffle_images
+            else "text_eval.json"
+        )
+    )
     save_json(res, out)
 
 

@@ -52,10 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     ap.add_argument("--out", default="results/tokenizers/eval", help="output folder")
     ap.add_argument("--kbits", default="", help="comma list of k: also evaluate continuous latents at k bits/channel")
-    ap.add_argument("--tag", default="", help="appended to the series labels of the rate-distortion figure "
-                    "(e.g. ', 1200 steps')")  # fmt: skip
+    ap.add_argument(
+        "--tag", default="", help="appended to the series labels of the rate-distortion figure (e.g. ', 1200 steps')"
+    )
     ap.add_argument("--no-fd", action="store_true", help="skip the in-project Frechet distance")
-    ap.add_argument("--feature-net", default=None, help="feature network folder (default results/tokenizers/feature_net)")
+    ap.add_argument(
+        "--feature-net", default=None, help="feature network folder (default results/tokenizers/feature_net)"
+    )
     ap.add_argument("--train-feature-net", action="store_true", help="train the FD feature network and exit")
     ap.add_argument("--figure", default="kodim05.png,kodim14.png,kodim23.png", help="images shown in crops.png")
     args = ap.parse_args(argv)
@@ -64,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.train_feature_net:
         net = fn.train_feature_net(args.feature_net or fn.DEFAULT_FOLDER)
-        print(f"feature net saved; {json.loads((Path(args.feature_net or fn.DEFAULT_FOLDER) / 'config.json').read_text())}")
+        print(
+            f"feature net saved; {json.loads((Path(args.feature_net or fn.DEFAULT_FOLDER) / 'config.json').read_text())}"
+        )
         return net
     if not args.tokenizers:
         ap.error("name at least one tokenizer folder (or use --train-feature-net)")
@@ -100,8 +105,11 @@ def run(args: argparse.Namespace, fn) -> None:
         res = evaluate(tok, images, bits, feature_net=net, latent_fn=bf16, keep=keep)
         rows.append({**res.summary(), "series": series, "path": str(path)})
         per_image[name], recons[name] = res.per_image, res.recon
-        print(f"{name}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}, "
-              f"compression {bits.compression:.1f} ({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+        print(
+            f"{name}: PSNR {rows[-1]['psnr']:.2f} dB, SSIM {rows[-1]['ssim']:.4f}, "
+            f"compression {bits.compression:.1f} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
         if tok.kind == "kl" and ks:
             for k, q in _kbit_quantizers(tok, ks).items():
                 kb = tokenizer_bits(tok, dtype_bits=k, name=f"{name}@{k}bit")
@@ -111,14 +119,20 @@ def run(args: argparse.Namespace, fn) -> None:
                 print(f"  {kb.name}: PSNR {rows[-1]['psnr']:.2f} dB ({kb.bits_out:g} bits/token)", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"images": args.images, "n_images": len(images), "seconds": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-                       f"{'cuda' if torch.cuda.is_available() else 'cpu only'}",
-            "notes": ["PSNR/SSIM: per image on 8-bit [0, 1] images (data_range=1), then the mean over images",
-                      "fd_in_project: Frechet distance on 32x32 tiles, features of the project's own CIFAR-10 "
-                      "classifier; not comparable to published rFID",
-                      "continuous latents rounded to bfloat16 before decoding; k-bit rows use a per-channel "
-                      "Lloyd-Max quantiser; their entropy is the sum of per-channel entropies"]}  # fmt: skip
+    meta = {
+        "images": args.images,
+        "n_images": len(images),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu only'}",
+        "notes": [
+            "PSNR/SSIM: per image on 8-bit [0, 1] images (data_range=1), then the mean over images",
+            "fd_in_project: Frechet distance on 32x32 tiles, features of the project's own CIFAR-10 "
+            "classifier; not comparable to published rFID",
+            "continuous latents rounded to bfloat16 before decoding; k-bit rows use a per-channel "
+            "Lloyd-Max quantiser; their entropy is the sum of per-channel entropies",
+        ],
+    }
     (out / "results.json").write_text(json.dumps({**meta, "rows": rows, "per_image": per_image}, indent=1) + "\n")
     md = f"Images: {args.images} ({len(images)}), metrics averaged per image.\n\n" + markdown_table(rows)
     (out / "results.md").write_text(md)

@@ -27,16 +27,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     ap.add_argument("--prompts-file", help="a file with one prompt per line")
     ap.add_argument("--out", default="outputs", help="folder for PNGs and HTML")
-    ap.add_argument("--steps", type=int, default=None,
-                    help=f"network evaluations per image (1, 2, 4, 8, ...; default: the release's sampling.json, else {STEPS})")
-    ap.add_argument("--guidance", type=float, default=None,
-                    help=f"classifier-free guidance weight (default: the release's sampling.json, else {GUIDANCE})")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"network evaluations per image (1, 2, 4, 8, ...; default: the release's sampling.json, else {STEPS})",
+    )
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance weight (default: the release's sampling.json, else {GUIDANCE})",
+    )
     # sampling flags left out take the release's sampling.json, else SamplingOptions' defaults (shown)
-    ap.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="guide only the sampler steps that start at t in [LO, HI] (default 0 1)")
+    ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only the sampler steps that start at t in [LO, HI] (default 0 1)",
+    )
     ap.add_argument("--time-grid", default=None, choices=TIME_GRIDS, help=f"default {TIME_GRID}")
-    ap.add_argument("--sampler", default=None, choices=["pushforward", "euler", "restart"],
-                    help="default: pushforward for IMM models, euler for flow-matching models")
+    ap.add_argument(
+        "--sampler",
+        default=None,
+        choices=["pushforward", "euler", "restart"],
+        help="default: pushforward for IMM models, euler for flow-matching models",
+    )
     ap.add_argument("--image-first", action="store_true", default=None, help="open an image right after the prompt")
     ap.add_argument("--max-images", type=int, default=None, help="default 1")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
@@ -57,10 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         ap.error("give at least one --prompt or --prompts-file")
     output_folder(args.out, "--out")
-    flags = dict(steps=args.steps, guidance=args.guidance, time_grid=args.time_grid, method=args.sampler,
-                 image_first=args.image_first, max_images=args.max_images, max_new_tokens=args.max_new_tokens,
-                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                 guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None)  # fmt: skip
+    flags = dict(
+        steps=args.steps,
+        guidance=args.guidance,
+        time_grid=args.time_grid,
+        method=args.sampler,
+        image_first=args.image_first,
+        max_images=args.max_images,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+    )
     options = {k: v for k, v in flags.items() if v is not None}
     try:
         SamplingOptions(**options).validate()  # before the model loads

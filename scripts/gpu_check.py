@@ -50,10 +50,32 @@ def peak_tflops(name: str) -> float | None:
 
 def sizes(cpu: bool) -> dict:
     if cpu:
-        return {"presets": ["tiny"], "seq_len": 256, "rows": 2, "steps": 2, "warmup": 1, "train_preset": "tiny",
-                "train_seq_len": 256, "train_rows": 4, "workers": 0, "sample_batch": 2, "repeats": 1}  # fmt: skip
-    return {"presets": ["small", "base"], "seq_len": 4096, "rows": 4, "steps": 8, "warmup": 3, "train_preset": "small",
-            "train_seq_len": 2048, "train_rows": 8, "workers": 8, "sample_batch": 16, "repeats": 3}  # fmt: skip
+        return {
+            "presets": ["tiny"],
+            "seq_len": 256,
+            "rows": 2,
+            "steps": 2,
+            "warmup": 1,
+            "train_preset": "tiny",
+            "train_seq_len": 256,
+            "train_rows": 4,
+            "workers": 0,
+            "sample_batch": 2,
+            "repeats": 1,
+        }
+    return {
+        "presets": ["small", "base"],
+        "seq_len": 4096,
+        "rows": 4,
+        "steps": 8,
+        "warmup": 3,
+        "train_preset": "small",
+        "train_seq_len": 2048,
+        "train_rows": 8,
+        "workers": 8,
+        "sample_batch": 16,
+        "repeats": 3,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -66,8 +88,12 @@ def step_tests(args) -> dict:
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1] if tail else "")}
     if res.returncode != 0:
         print("\n".join(tail[-40:]))
-    return {"ok": res.returncode == 0, "counts": counts, "seconds": round(time.perf_counter() - t0, 1),
-            "summary": tail[-1] if tail else ""}  # fmt: skip
+    return {
+        "ok": res.returncode == 0,
+        "counts": counts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "summary": tail[-1] if tail else "",
+    }
 
 
 def step_bench(args, device, sz) -> dict:
@@ -79,8 +105,11 @@ def step_bench(args, device, sz) -> dict:
 
     tok = ensure_text_tokenizer(REPO / "tokenizers/text/shapes.yaml")
     flex = "sdpa" if args.cpu else "flex"  # torch has no FlexAttention backward on a CPU
-    variants = {"mot-flex": {"experts": "mot", "attention": flex}, "mot-sdpa": {"experts": "mot", "attention": "sdpa"},
-                "dense-flex": {"experts": "dense", "attention": flex}}  # fmt: skip
+    variants = {
+        "mot-flex": {"experts": "mot", "attention": flex},
+        "mot-sdpa": {"experts": "mot", "attention": "sdpa"},
+        "dense-flex": {"experts": "dense", "attention": flex},
+    }
     peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
     for preset in sz["presets"]:
@@ -96,26 +125,43 @@ def step_bench(args, device, sz) -> dict:
         plan = MaskPlan(x["doc"], x["kind"], x["image"], torch.zeros_like(x["doc"], dtype=torch.bool))
         tiles = block_mask(plan, sz["seq_len"]).to_dense()  # [B, 1, L/128, L/128]: the tiles flex computes
         times, mem = bb.bench(models, x, sz["steps"], sz["warmup"], device, torch.bfloat16)
-        row = {"preset": preset, "width": cfg.width, "depth": cfg.depth, "rows": sz["rows"], "seq_len": sz["seq_len"],
-               "tokens": n_tok, "documents_per_row": statistics.mean(len(r[r >= 0].unique()) for r in batch["doc"]),
-               "image_token_fraction": round(float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok, 3),
-               "visible_keys_per_query": round(keys, 1),
-               "flex_tiles_computed_fraction": round(float(tiles.bool().float().mean()), 4)}  # fmt: skip
+        row = {
+            "preset": preset,
+            "width": cfg.width,
+            "depth": cfg.depth,
+            "rows": sz["rows"],
+            "seq_len": sz["seq_len"],
+            "tokens": n_tok,
+            "documents_per_row": statistics.mean(len(r[r >= 0].unique()) for r in batch["doc"]),
+            "image_token_fraction": round(float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok, 3),
+            "visible_keys_per_query": round(keys, 1),
+            "flex_tiles_computed_fraction": round(float(tiles.bool().float().mean()), 4),
+        }
         for name, ts in times.items():
             tps = n_tok / statistics.median(ts)
             flops = bb.flops_per_token(models[name].config, keys) * tps
-            row[name] = {"tokens_per_s": round(tps, 1), "mfu": None if peak is None else round(flops / (peak * 1e12), 4),
-                         "peak_mem_mb": None if mem[name] is None else round(mem[name], 1)}  # fmt: skip
+            row[name] = {
+                "tokens_per_s": round(tps, 1),
+                "mfu": None if peak is None else round(flops / (peak * 1e12), 4),
+                "peak_mem_mb": None if mem[name] is None else round(mem[name], 1),
+            }
         row["flex_over_sdpa"] = round(row["mot-flex"]["tokens_per_s"] / row["mot-sdpa"]["tokens_per_s"], 3)
         row["mot_over_dense"] = round(row["mot-flex"]["tokens_per_s"] / row["dense-flex"]["tokens_per_s"], 3)
         rows.append(row)
         del models
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    out = {"ok": True, "dtype": "bf16 autocast, fp32 weights", "compiled_blocks": args.bench_compile,
-           "peak_tflops_bf16": peak, "results": rows}
+    out = {
+        "ok": True,
+        "dtype": "bf16 autocast, fp32 weights",
+        "compiled_blocks": args.bench_compile,
+        "peak_tflops_bf16": peak,
+        "results": rows,
+    }
     if peak is None and device.type == "cuda":
-        out["note"] = f"no bf16 peak known for '{torch.cuda.get_device_name(device)}': MFU not computed (add it to BF16_PEAK_TFLOPS)"
+        out["note"] = (
+            f"no bf16 peak known for '{torch.cuda.get_device_name(device)}': MFU not computed (add it to BF16_PEAK_TFLOPS)"
+        )
     if args.cpu:
         out["note"] = "CPU dry run: 'flex' variants run SDPA (no FlexAttention backward on a CPU); no MFU, no memory"
     return out
@@ -143,18 +189,35 @@ def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -
     zero2 = device.type == "cuda" and importlib.util.find_spec("deepspeed") is not None
     accel = "configs/accelerate/zero2.yaml" if zero2 else "configs/accelerate/single.yaml"
     model = json.dumps(yaml.safe_load((REPO / "configs" / "model" / f"{sz['train_preset']}.yaml").read_text()))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accel, "--num_processes", "1",
-           "scripts/train.py", f"model={model}", f"train.output_dir={run}", f"train.steps={steps}",
-           "train.log_every=5", f"train.sample_every={max(1, steps // 4)}", "train.ckpt_every=0",
-           f"train.warmup_steps={max(1, steps // 20)}", f"train.compile={str(args.train_compile).lower()}",
-           "objective.imm.warm_start_steps=0", f"data.seq_len={sz['train_seq_len']}", f"data.rows={sz['train_rows']}",
-           f"data.num_workers={sz['workers']}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        accel,
+        "--num_processes",
+        "1",
+        "scripts/train.py",
+        f"model={model}",
+        f"train.output_dir={run}",
+        f"train.steps={steps}",
+        "train.log_every=5",
+        f"train.sample_every={max(1, steps // 4)}",
+        "train.ckpt_every=0",
+        f"train.warmup_steps={max(1, steps // 20)}",
+        f"train.compile={str(args.train_compile).lower()}",
+        "objective.imm.warm_start_steps=0",
+        f"data.seq_len={sz['train_seq_len']}",
+        f"data.rows={sz['train_rows']}",
+        f"data.num_workers={sz['workers']}",
+    ]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
     # its own process group: on a timeout the launcher *and* the training process it started are stopped (else
     # the orphaned trainer keeps the GPU busy through step 4, as it did on the first H100 run)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         log_text, _ = proc.communicate(timeout=max(60.0, left_s - 45))
         rc = proc.returncode
@@ -170,20 +233,35 @@ def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -
         print(tail)
     curve = [(r["step"], round(r["loss"], 4)) for r in rows]
     k = max(1, len(curve) // 5)
-    first, last = (statistics.mean(v for _, v in curve[:k]), statistics.mean(v for _, v in curve[-k:])) if curve else (None, None)
+    first, last = (
+        (statistics.mean(v for _, v in curve[:k]), statistics.mean(v for _, v in curve[-k:])) if curve else (None, None)
+    )
     sheets = sorted((run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
     last_sheet = None
     if sheets:  # the last sample sheet goes next to the JSON, so the results folder shows what was drawn
         last_sheet = out.with_name(out.stem + "-samples.png")
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sheets[-1], last_sheet)
-    return {"ok": rc == 0 and bool(curve), "returncode": rc, "launcher": accel, "train_seconds_planned": round(train_s), "zero2": zero2, "steps_planned": steps,
-            "steps_done": curve[-1][0] if curve else 0, "tokens_per_step": tokens_per_step, "wall_s": round(wall, 1),
-            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows[1:] or rows), 1) if rows else None,
-            "peak_mem_mb": rows[-1]["mem_mb"] if rows else None, "loss_first": first, "loss_last": last,
-            "loss_falls": None if first is None else last < first, "loss_curve": curve,
-            "sample_sheets": [_show(p) for p in sheets], "last_sheet": None if last_sheet is None else _show(last_sheet),
-            "release": str(run / "release") if (run / "release").is_dir() else None}  # fmt: skip
+    return {
+        "ok": rc == 0 and bool(curve),
+        "returncode": rc,
+        "launcher": accel,
+        "train_seconds_planned": round(train_s),
+        "zero2": zero2,
+        "steps_planned": steps,
+        "steps_done": curve[-1][0] if curve else 0,
+        "tokens_per_step": tokens_per_step,
+        "wall_s": round(wall, 1),
+        "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows[1:] or rows), 1) if rows else None,
+        "peak_mem_mb": rows[-1]["mem_mb"] if rows else None,
+        "loss_first": first,
+        "loss_last": last,
+        "loss_falls": None if first is None else last < first,
+        "loss_curve": curve,
+        "sample_sheets": [_show(p) for p in sheets],
+        "last_sheet": None if last_sheet is None else _show(last_sheet),
+        "release": str(run / "release") if (run / "release").is_dir() else None,
+    }
 
 
 def step_sample(args, device, sz, release: str | None) -> dict:
@@ -197,8 +275,14 @@ def step_sample(args, device, sz, release: str | None) -> dict:
     else:
         pipe = bg.build_pipe(argparse.Namespace(model=None, preset=sz["train_preset"], context=512), device)
     per_n = bg.images_per_s(pipe, sz["sample_batch"], [1, 4], sz["repeats"], device)
-    return {"ok": True, "model": release or f"{sz['train_preset']} preset, random weights", "guidance": GUIDANCE,
-            "batch": sz["sample_batch"], "attention_prefill": pipe.model.attention_backend(), "images_per_s": per_n}  # fmt: skip
+    return {
+        "ok": True,
+        "model": release or f"{sz['train_preset']} preset, random weights",
+        "guidance": GUIDANCE,
+        "batch": sz["sample_batch"],
+        "attention_prefill": pipe.model.attention_backend(),
+        "images_per_s": per_n,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -209,7 +293,9 @@ def summary(rep: dict) -> str:
     def verdict(x, target):  # the targets are about a GPU: no verdict on the CPU dry run
         return "" if x is None or rep["cpu"] else ("  PASS" if x >= target else "  FAIL")
 
-    lines = [f"GPU check on {rep['device']} (torch {rep['torch']}, {rep['wall_s']:.0f} s{', CPU dry run' if rep['cpu'] else ''})"]
+    lines = [
+        f"GPU check on {rep['device']} (torch {rep['torch']}, {rep['wall_s']:.0f} s{', CPU dry run' if rep['cpu'] else ''})"
+    ]
     s = rep["steps"]
     t = s.get("tests", {})
     lines.append(f"1 tests (pytest -m gpu)      {t.get('summary') or t.get('error', 'not run')}")
@@ -218,13 +304,17 @@ def summary(rep: dict) -> str:
         for v in ("mot-flex", "mot-sdpa", "dense-flex"):
             m = r[v]
             mem = "n/a" if m["peak_mem_mb"] is None else f"{m['peak_mem_mb']:,.0f} MB"
-            lines.append(f"2 {r['preset']:<5} {v:<10} seq {r['seq_len']}  {m['tokens_per_s']:>12,.0f} tok/s  "
-                         f"MFU {pct(m['mfu']):>8}  peak {mem}")  # fmt: skip
-        lines.append(f"  {r['preset']:<5} flex / sdpa {r['flex_over_sdpa']:.2f}x (>= {TARGETS['flex_over_sdpa']})"
-                     f"{verdict(r['flex_over_sdpa'], TARGETS['flex_over_sdpa'])}   MoT / dense {r['mot_over_dense']:.2f}x "
-                     f"(>= {TARGETS['mot_over_dense']}){verdict(r['mot_over_dense'], TARGETS['mot_over_dense'])}   "
-                     f"{r['documents_per_row']:.0f} documents per row, flex computes "
-                     f"{100 * r['flex_tiles_computed_fraction']:.1f} % of the tiles")  # fmt: skip
+            lines.append(
+                f"2 {r['preset']:<5} {v:<10} seq {r['seq_len']}  {m['tokens_per_s']:>12,.0f} tok/s  "
+                f"MFU {pct(m['mfu']):>8}  peak {mem}"
+            )
+        lines.append(
+            f"  {r['preset']:<5} flex / sdpa {r['flex_over_sdpa']:.2f}x (>= {TARGETS['flex_over_sdpa']})"
+            f"{verdict(r['flex_over_sdpa'], TARGETS['flex_over_sdpa'])}   MoT / dense {r['mot_over_dense']:.2f}x "
+            f"(>= {TARGETS['mot_over_dense']}){verdict(r['mot_over_dense'], TARGETS['mot_over_dense'])}   "
+            f"{r['documents_per_row']:.0f} documents per row, flex computes "
+            f"{100 * r['flex_tiles_computed_fraction']:.1f} % of the tiles"
+        )
         if r["preset"] == "base":
             mfu = r["mot-flex"]["mfu"]
             lines.append(f"  base MoT flex MFU {pct(mfu)} (>= 35 %){verdict(mfu, TARGETS['mfu_base_flex'])}")
@@ -232,10 +322,12 @@ def summary(rep: dict) -> str:
         lines.append(f"2 benchmark                  {b['error']}")
     tr = s.get("train", {})
     if "loss_curve" in tr:
-        lines.append(f"3 train {rep['sizes']['train_preset']} ({'ZeRO-2' if tr['zero2'] else 'single process'}) "
-                     f"{tr['steps_done']}/{tr['steps_planned']} steps in {tr['wall_s']:.0f} s: {tr['tokens_per_s'] or 0:,.0f} "
-                     f"tok/s, loss {tr['loss_first'] or float('nan'):.3f} -> {tr['loss_last'] or float('nan'):.3f}"
-                     f" ({'falls' if tr['loss_falls'] else 'does not fall'}); sheets: {len(tr['sample_sheets'])}")  # fmt: skip
+        lines.append(
+            f"3 train {rep['sizes']['train_preset']} ({'ZeRO-2' if tr['zero2'] else 'single process'}) "
+            f"{tr['steps_done']}/{tr['steps_planned']} steps in {tr['wall_s']:.0f} s: {tr['tokens_per_s'] or 0:,.0f} "
+            f"tok/s, loss {tr['loss_first'] or float('nan'):.3f} -> {tr['loss_last'] or float('nan'):.3f}"
+            f" ({'falls' if tr['loss_falls'] else 'does not fall'}); sheets: {len(tr['sample_sheets'])}"
+        )
     elif tr:
         lines.append(f"3 train                      {tr.get('error', tr)}")
     sm = s.get("sample", {})
@@ -253,7 +345,9 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="dry run: every step on the CPU at tiny sizes")
     ap.add_argument("--steps", default="1,2,3,4", help="which steps to run (comma-separated)")
     ap.add_argument("--train-seconds", type=float, default=150.0, help="step 3's training budget (start-up excluded)")
-    ap.add_argument("--train-compile", action="store_true", help="step 3 with train.compile=true (compiling takes ~1 min)")
+    ap.add_argument(
+        "--train-compile", action="store_true", help="step 3 with train.compile=true (compiling takes ~1 min)"
+    )
     ap.add_argument("--bench-compile", action="store_true", help="step 2 with compiled blocks (adds minutes)")
     ap.add_argument("--budget", type=float, default=455.0, help="seconds for all steps (gpu_check.sh stops at 470)")
     ap.add_argument("--tests-timeout", type=float, default=240.0)
@@ -267,8 +361,14 @@ def main() -> int:
     if args.cpu:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
-    out = Path(args.out).resolve() if args.out else REPO / "results" / "gpu" / (
-        "cpu-dry-run.json" if args.cpu else re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".json")
+    out = (
+        Path(args.out).resolve()
+        if args.out
+        else REPO
+        / "results"
+        / "gpu"
+        / ("cpu-dry-run.json" if args.cpu else re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".json")
+    )
     sz = sizes(args.cpu)
     rep = {"device": name, "cpu": args.cpu, "torch": torch.__version__, "sizes": sz, "out": str(out), "steps": {}}
     todo = {int(x) for x in args.steps.split(",")}
@@ -290,8 +390,12 @@ def main() -> int:
     if 2 in todo:
         record("bench", lambda: step_bench(args, device, sz))
     if 3 in todo:
-        record("train", lambda: step_train(args, device, sz, rep["steps"].get("bench"), out,
-                                           args.budget - (time.perf_counter() - t0)))  # fmt: skip
+        record(
+            "train",
+            lambda: step_train(
+                args, device, sz, rep["steps"].get("bench"), out, args.budget - (time.perf_counter() - t0)
+            ),
+        )
     if 4 in todo:
         record("sample", lambda: step_sample(args, device, sz, rep["steps"].get("train", {}).get("release")))
     rep["wall_s"] = time.perf_counter() - t0

@@ -35,9 +35,14 @@ STUDIES = {"continuous": ContinuousStudyConfig, "discrete": DiscreteStudyConfig}
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 @cli_main
@@ -74,11 +79,15 @@ def main(argv: list[str] | None = None) -> dict:
     tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
     tmp.replace(path)
     m = results["machine"]
-    header = (f"`{results['command']}` on {m['processor']} ({m['cpus']} cores, {m['torch_threads']} torch thread), "
-              f"torch {m['torch']}: {results['total_seconds']:.0f} s wall.\n\n")  # fmt: skip
+    header = (
+        f"`{results['command']}` on {m['processor']} ({m['cpus']} cores, {m['torch_threads']} torch thread), "
+        f"torch {m['torch']}: {results['total_seconds']:.0f} s wall.\n\n"
+    )
     (out / f"{args.study}_tables.md").write_text(header + tables)
     print(tables)
-    print(f"wrote {path}, {args.study}_tables.md and {', '.join(p.name for p in figures)} in {results['total_seconds']:.0f}s")
+    print(
+        f"wrote {path}, {args.study}_tables.md and {', '.join(p.name for p in figures)} in {results['total_seconds']:.0f}s"
+    )
     return results
 
 

@@ -44,22 +44,39 @@ from mmgen.errors import DataError
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, help="shapes, cifar10, flickr8k, mnist, text:<corpus>, or "
-                    "img2dataset:PATH, imagefolder:PATH, jsonl:PATH, shards:DIR")  # fmt: skip
+    ap.add_argument(
+        "--source",
+        required=True,
+        help="shapes, cifar10, flickr8k, mnist, text:<corpus>, or "
+        "img2dataset:PATH, imagefolder:PATH, jsonl:PATH, shards:DIR",
+    )
     ap.add_argument("--split", default="train", choices=["train", "test"])
-    ap.add_argument("--layout", default="caption_image", choices=["caption_image", "image_caption", "both"],
-                    help="caption before the image, after it, or alternating (captioned image sources)")
+    ap.add_argument(
+        "--layout",
+        default="caption_image",
+        choices=["caption_image", "image_caption", "both"],
+        help="caption before the image, after it, or alternating (captioned image sources)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="documents to write (0 = all; shapes defaults to 10000)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--shard-size", type=int, default=1000, help="documents per shard")
     ap.add_argument("--prefix", default=None, help="shard file prefix (default: source-split)")
     ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the write order; -1 keeps the source order")
-    ap.add_argument("--image-size", type=int, default=0,
-                    help="LAYOUT:PATH sources: centre-crop and resize images to this (0 keeps the files' bytes)")
-    ap.add_argument("--latents", default="", metavar="TOKENIZER",
-                    help="write latents of this image tokenizer (recipe or folder) instead of images; needs --image-size")
-    ap.add_argument("--restart", action="store_true",
-                    help="with --latents: overwrite a cache in --out instead of resuming it")
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=0,
+        help="LAYOUT:PATH sources: centre-crop and resize images to this (0 keeps the files' bytes)",
+    )
+    ap.add_argument(
+        "--latents",
+        default="",
+        metavar="TOKENIZER",
+        help="write latents of this image tokenizer (recipe or folder) instead of images; needs --image-size",
+    )
+    ap.add_argument(
+        "--restart", action="store_true", help="with --latents: overwrite a cache in --out instead of resuming it"
+    )
     add_read_args(ap)
     args = ap.parse_args(argv)
     check_option("--limit", args.limit, AT_LEAST_0)
@@ -75,8 +92,10 @@ def documents(args: argparse.Namespace, opts: ReadOptions) -> tuple[Iterator[Ite
     items, _, unreported = read_items(args.source, opts, split=args.split, limit=args.limit)
     first = next(items, None)  # fail early (missing data) before creating the output folder
     if first is None:
-        raise DataError(f"--source {args.source} --split {args.split} holds no readable document; check the "
-                        f"source's files (skipped: {unreported()[:3]})")  # fmt: skip
+        raise DataError(
+            f"--source {args.source} --split {args.split} holds no readable document; check the "
+            f"source's files (skipped: {unreported()[:3]})"
+        )
     items = itertools.chain([first], items)
     if args.shuffle_seed >= 0:
         items = list(items)
@@ -91,8 +110,16 @@ def write_latents(args: argparse.Namespace, opts: ReadOptions, prefix: str) -> t
 
     items, unreported = documents(args, opts)
     options = asdict(opts) | {"split": args.split, "limit": args.limit, "shuffle_seed": args.shuffle_seed}
-    cache = LatentCache(args.out, ensure_image_tokenizer(args.latents), args.image_size, source=args.source,
-                        prefix=prefix, shard_size=args.shard_size, restart=args.restart, options=options)  # fmt: skip
+    cache = LatentCache(
+        args.out,
+        ensure_image_tokenizer(args.latents),
+        args.image_size,
+        source=args.source,
+        prefix=prefix,
+        shard_size=args.shard_size,
+        restart=args.restart,
+        options=options,
+    )
     items = itertools.islice(items, cache.start, None)
     index = cache.run(tqdm(items, unit="doc", desc=prefix, mininterval=1.0), unreported)
     return index, index["skipped_examples"]
@@ -108,8 +135,9 @@ def write_images(args: argparse.Namespace, opts: ReadOptions, prefix: str) -> tu
             yield it.doc
         skipped.extend(unreported())
 
-    index = write_shards(tqdm(docs(), unit="doc", desc=prefix, mininterval=1.0), args.out, prefix=prefix,
-                         max_count=args.shard_size)  # fmt: skip
+    index = write_shards(
+        tqdm(docs(), unit="doc", desc=prefix, mininterval=1.0), args.out, prefix=prefix, max_count=args.shard_size
+    )
     index.update(skipped=len(skipped), skipped_examples=[list(s) for s in skipped[:50]])
     return index, skipped
 
@@ -125,8 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
     index, skipped = (write_latents if args.latents else write_images)(args, opts, prefix)
     dt = time.perf_counter() - t0
     index.update(seconds=round(dt, 2), samples_per_s=round(index["samples"] / dt, 1), shuffle_seed=args.shuffle_seed)
-    print(json.dumps({k: v for k, v in index.items() if k not in ("shards", "skipped_examples", "latents")}
-                     | {"shards": len(index["shards"])}))  # fmt: skip
+    print(
+        json.dumps(
+            {k: v for k, v in index.items() if k not in ("shards", "skipped_examples", "latents")}
+            | {"shards": len(index["shards"])}
+        )
+    )
     for key, why in skipped[:5]:
         print(f"  skipped {key}: {why}")
     (Path(args.out) / "index.json").write_text(json.dumps(index, indent=1))

@@ -32,19 +32,24 @@ def _table(report: dict) -> str:
     """Markdown rows 'prompts | guidance | N | fully correct | colour | shape | size | relation' per model."""
     lines = []
     for path, entry in report["models"].items():
-        lines += [f"\n`{path}` ({entry['objective']}):\n",
-                  "| prompts | guidance | N | fully correct | colour | shape | size | relation | ms / image |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"\n`{path}` ({entry['objective']}):\n",
+            "| prompts | guidance | N | fully correct | colour | shape | size | relation | ms / image |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in entry["results"]:
             n = report["prompt_sets"][r["prompts"]]
-            lines.append(f"| {r['prompts']} ({n}) | {r['guidance']:g} | {r['steps']} | **{r['correct']:.1%}** | "
-                         f"{r['color']:.1%} | {r['shape']:.1%} | {r['size']:.1%} | {r.get('relation', float('nan')):.1%} "
-                         f"| {1000 * r['seconds_per_image']:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {r['prompts']} ({n}) | {r['guidance']:g} | {r['steps']} | **{r['correct']:.1%}** | "
+                f"{r['color']:.1%} | {r['shape']:.1%} | {r['size']:.1%} | {r.get('relation', float('nan')):.1%} "
+                f"| {1000 * r['seconds_per_image']:.0f} |"
+            )
     return "\n".join(lines)
 
 
-def model_card(run: Path, folder: Path, out: Path, report: dict, wall: str, command: str, bf16: bool,
-               defaults: dict) -> str:  # fmt: skip
+def model_card(
+    run: Path, folder: Path, out: Path, report: dict, wall: str, command: str, bf16: bool, defaults: dict
+) -> str:
     """README.md of the release written to `folder` and published as `out`."""
     config = read_yaml(run / "config.yaml")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -55,11 +60,11 @@ def model_card(run: Path, folder: Path, out: Path, report: dict, wall: str, comm
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
     return f"""# {out.name}: the mmgen default model
 
-A {mc['depth']}-layer Mixture-of-Transformers (width {mc['width']}, {last['params_total'] / 1e6:.2f} M parameters,
+A {mc["depth"]}-layer Mixture-of-Transformers (width {mc["width"]}, {last["params_total"] / 1e6:.2f} M parameters,
 text and image experts) trained on the procedural shapes stream: it writes captions as text tokens and draws
-{mc['image_size']} x {mc['image_size']} images as {mc['latent_channels']}-channel VAE latents
-({mc['image_grid'][0]} x {mc['image_grid'][1]} image tokens), image objective **{mc['image_objective']}**
-(flow map's second time input: `{mc['time_input']}`). Weights: the EMA, {'bf16' if bf16 else 'fp32'} safetensors
+{mc["image_size"]} x {mc["image_size"]} images as {mc["latent_channels"]}-channel VAE latents
+({mc["image_grid"][0]} x {mc["image_grid"][1]} image tokens), image objective **{mc["image_objective"]}**
+(flow map's second time input: `{mc["time_input"]}`). Weights: the EMA, {"bf16" if bf16 else "fp32"} safetensors
 ({size_mb:.1f} MB for the whole folder).
 
 ```python
@@ -71,20 +76,20 @@ images = pipe.text_to_image(["a large red circle"])  # sampling.json: {defaults}
 ## Training
 
 - Command: `{command}`
-- Data: `shapes`, split `train`, seed {shapes['seed']}, {mc['image_size']} px; layouts caption -> image
-  {shapes['p_caption_image']}, image -> caption {shapes['p_image_caption']}, interleaved {shapes['p_interleaved']}.
-- Held-out colour-shape pairs (never drawn in training): {', '.join(holdout) or 'none'}.
-- Steps: {last['step']} of {config['data']['rows']} x {config['data']['seq_len']} packed tokens
-  ({last['tokens_seen'] / 1e6:.2f} M tokens), lr {config['train']['lr']} ({config['train']['schedule']}),
-  EMA {config['train']['ema_decay']}, seed {config['train']['seed']}.
+- Data: `shapes`, split `train`, seed {shapes["seed"]}, {mc["image_size"]} px; layouts caption -> image
+  {shapes["p_caption_image"]}, image -> caption {shapes["p_image_caption"]}, interleaved {shapes["p_interleaved"]}.
+- Held-out colour-shape pairs (never drawn in training): {", ".join(holdout) or "none"}.
+- Steps: {last["step"]} of {config["data"]["rows"]} x {config["data"]["seq_len"]} packed tokens
+  ({last["tokens_seen"] / 1e6:.2f} M tokens), lr {config["train"]["lr"]} ({config["train"]["schedule"]}),
+  EMA {config["train"]["ema_decay"]}, seed {config["train"]["seed"]}.
 - Wall time and machine: {wall}.
-- Final training loss: text {last['text_loss']:.3f}, image {last['image_loss']:.4f}.
+- Final training loss: text {last["text_loss"]:.3f}, image {last["image_loss"]:.4f}.
 
 ## Evaluation
 
 `python scripts/eval_shapes.py --model {out.as_posix()} ...` on held-out prompts (test split), one image
 per prompt, judged by the analytic checker `mmgen/data/shapes_check.py` (its accuracy on the real images of
-the same prompts: {report['checker_on_real_images']['seen']['correct']:.1%}). *seen*: prompts whose
+the same prompts: {report["checker_on_real_images"]["seen"]["correct"]:.1%}). *seen*: prompts whose
 colour-shape pairs all occur in training; *unseen*: prompts with at least one held-out pair.
 {_table(report)}
 """
@@ -110,20 +115,27 @@ def main() -> None:
     shutil.copytree(run / "release", tmp)
     if args.bf16:
         sd = load_file(tmp / "model.safetensors")
-        save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        save_file(
+            {k: v.to(torch.bfloat16) for k, v in sd.items()}, tmp / "model.safetensors", metadata={"format": "pt"}
+        )
     prompts = ["a large red circle", "a small blue square above a large yellow circle"] * 4
     a = MMGenPipeline.from_pretrained(run / "release").text_to_image(prompts, steps=4)
     b = MMGenPipeline.from_pretrained(tmp).text_to_image(prompts, steps=4)
     diff = float(np.abs(np.stack(a).astype(int) - np.stack(b)).mean())
     print(f"published weights sample like the run's: mean |difference| {diff:.3f} / 255 per pixel")
     if diff > (0.5 if args.bf16 else 0.0):
-        raise CheckpointError(f"the published weights sample differently from the run's ({diff:.3f} / 255 per pixel); "
-                          f"publish again from a complete run/release")  # fmt: skip
+        raise CheckpointError(
+            f"the published weights sample differently from the run's ({diff:.3f} / 255 per pixel); "
+            f"publish again from a complete run/release"
+        )
     (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": args.steps, "guidance": args.guidance}, indent=1))
     report = json.loads(Path(args.eval).read_text())
     command = args.command or f"accelerate launch scripts/train.py --config {run / 'config.yaml'}"
-    (tmp / "README.md").write_text(model_card(run, tmp, out, report, args.wall, command, args.bf16,
-                                                  {"steps": args.steps, "guidance": args.guidance}))
+    (tmp / "README.md").write_text(
+        model_card(
+            run, tmp, out, report, args.wall, command, args.bf16, {"steps": args.steps, "guidance": args.guidance}
+        )
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20

@@ -27,8 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT), help="a RunConfig YAML (configs/train/*.yaml)")
     ap.add_argument("--resume", default="auto", help="auto (latest checkpoint of the run, if any), none, or a path")
-    ap.add_argument("--stop-after", type=int, default=None,
-                    help="train at most this many steps in this invocation, then checkpoint and exit (resume later)")
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="train at most this many steps in this invocation, then checkpoint and exit (resume later)",
+    )
     ap.add_argument("overrides", nargs="*", help="key.sub=value")
     args = ap.parse_args(argv)
     if args.stop_after is not None:
@@ -45,9 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.resumed_from is not None and trainer.engine.is_main:
         print(f"resumed from {trainer.resumed_from} at step {trainer.step}")
         if trainer.config_changes:
-            print(f"the config differs from the one this run started with (kept as config-until-step-"
-                  f"{trainer.step:07d}.yaml): {'; '.join(trainer.config_changes)}. To start afresh instead, "
-                  f"use another train.output_dir or --resume none")  # fmt: skip
+            print(
+                f"the config differs from the one this run started with (kept as config-until-step-"
+                f"{trainer.step:07d}.yaml): {'; '.join(trainer.config_changes)}. To start afresh instead, "
+                f"use another train.output_dir or --resume none"
+            )
     trainer.train(max_steps=args.stop_after)
     if trainer.engine.is_main:
         if trainer.step >= cfg.train.steps:

@@ -25,8 +25,10 @@ def text_main(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     tok = train_text_tokenizer(recipe, out)
     sample = "a small red circle <boi><eoi> the same circle in blue"
-    print(f"trained {recipe.model_type} text tokenizer '{recipe.name}' ({len(tok)} pieces) in "
-          f"{time.perf_counter() - t0:.1f}s -> {out}")  # fmt: skip
+    print(
+        f"trained {recipe.model_type} text tokenizer '{recipe.name}' ({len(tok)} pieces) in "
+        f"{time.perf_counter() - t0:.1f}s -> {out}"
+    )
     print(f"  {sample!r} -> {tok.convert_ids_to_tokens(tok(sample).input_ids)}")
 
 

@@ -83,8 +83,9 @@ def tiny_assets(tmp_path_factory, text_tokenizer):
     out = tmp_path_factory.mktemp("assets")
     text_tokenizer.save_pretrained(out / "text")
     torch.manual_seed(0)
-    recipe = ImageTokenizerRecipe(name="tiny", kind="kl", downsample=4, width=8, channel_mult=[1, 1, 1],
-                                  latent_channels=4, sources=["shapes"])  # fmt: skip
+    recipe = ImageTokenizerRecipe(
+        name="tiny", kind="kl", downsample=4, width=8, channel_mult=[1, 1, 1], latent_channels=4, sources=["shapes"]
+    )
     ImageTokenizer(recipe).save_pretrained(out / "image")
     return out
 
@@ -105,8 +106,18 @@ def tiny_model(assets: Path, **config):
 
 
 # The untrained 32-px test model: f = 4 tokenizer, 8x8 latents, 2x2 patches -> 16 image tokens, 96-token context
-TINY = dict(depth=1, width=32, head_dim=16, mlp_hidden=64, latent_channels=4, patch_size=2, image_grid=(4, 4),
-            image_size=32, downsample=4, max_seq_len=96)  # fmt: skip
+TINY = dict(
+    depth=1,
+    width=32,
+    head_dim=16,
+    mlp_hidden=64,
+    latent_channels=4,
+    patch_size=2,
+    image_grid=(4, 4),
+    image_size=32,
+    downsample=4,
+    max_seq_len=96,
+)
 
 
 def tiny_release(assets: Path, out: Path) -> Path:
@@ -149,8 +160,9 @@ def train(tiny_assets, tmp_path_factory):
 
     from mmgen.config import dump_config
 
-    base = dump_config(tiny_run(tiny_assets, tmp_path_factory.mktemp("cfg") / "unused"),
-                       tmp_path_factory.mktemp("cfg") / "tiny.yaml")  # fmt: skip
+    base = dump_config(
+        tiny_run(tiny_assets, tmp_path_factory.mktemp("cfg") / "unused"), tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    )
     main, cwd = _script("train").main, os.getcwd()
 
     def run(out: Path, *args: str) -> tuple[int, str, str]:

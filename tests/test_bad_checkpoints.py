@@ -31,7 +31,10 @@ def run3(train, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
     code, _, err = train(out, "train.ckpt_every=1", "train.keep_checkpoints=0", "--stop-after", "3")
     assert code == 0, err[-3000:]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", *[f"step-000000{i}" for i in (1, 2, 3)]]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "latest",
+        *[f"step-000000{i}" for i in (1, 2, 3)],
+    ]
     return out
 
 
@@ -120,23 +123,32 @@ def _damage(kind: str, ck: Path) -> list[str]:
 
 
 BAD_CHECKPOINTS = [
-    ("half-deleted", r"step-0000003: cannot resume from this folder: model.safetensors is missing.*the newest one "
-                     r"that does is .*step-0000002"),  # fmt: skip
+    (
+        "half-deleted",
+        r"step-0000003: cannot resume from this folder: model.safetensors is missing.*the newest one "
+        r"that does is .*step-0000002",
+    ),
     ("missing-folder", r"step-0000009: cannot resume from this folder: no such folder"),
     ("deleting-folder", r"cannot resume from this folder: an unfinished write or a checkpoint being deleted"),
     ("no-trainer-state", r"cannot resume from this folder: no trainer_state.json in it"),
     ("truncated-cursor", r"cursor_rank0.json has 5 bytes, the manifest says \d+ \(truncated or replaced\)"),
     ("planted-file", r"extra.pkl is not in the manifest \(a file the trainer did not write\)"),
-    ("every-ema-truncated", r"no checkpoint under .* can be resumed from \(step-0000003: ema_rank0.safetensors has "
-                            r"20 bytes.*step-0000001: .*Start afresh with --resume none"),  # fmt: skip
+    (
+        "every-ema-truncated",
+        r"no checkpoint under .* can be resumed from \(step-0000003: ema_rank0.safetensors has "
+        r"20 bytes.*step-0000001: .*Start afresh with --resume none",
+    ),
     ("legacy-truncated-ema", r"step-0000003: cannot load ema_rank0.safetensors .*--resume none"),
     ("legacy-truncated-cursor", r"step-0000003: cannot load cursor_rank0.json \(JSONDecodeError"),
     ("legacy-cursor-of-wrong-shape", r"the checkpoint's data cursor is malformed \(KeyError: 'num_workers'\)"),
     ("legacy-state-without-step", r"step-0000003: cannot load trainer_state.json \(KeyError: 'step'\)"),
     ("legacy-garbage-state", r"step-0000003: cannot load trainer_state.json"),
     ("legacy-truncated-model", r"step-0000003: cannot load the model and optimizer state"),
-    ("legacy-planted-optimizer", r"step-0000003: refused to load: it asks for \S*open, which a checkpoint written "
-                                 r"by this trainer never holds.*--resume none"),  # fmt: skip
+    (
+        "legacy-planted-optimizer",
+        r"step-0000003: refused to load: it asks for \S*open, which a checkpoint written "
+        r"by this trainer never holds.*--resume none",
+    ),
     ("another-model", r"belongs to another model \(differs in depth, .*--resume none"),
     ("other-num-workers", r"written with 1 DataLoader workers, this run has 2: resume with data.num_workers=1"),
 ]
@@ -156,8 +168,10 @@ def test_truncated_newest_checkpoint_falls_back_and_replayed_steps_replace_their
     truncate(ck / "step-0000003" / "model.safetensors", 1000)
     code, stdout, err = train(out, "--stop-after", "2")
     assert code == 0, err[-3000:]
-    assert ("resuming from step-0000002, the newest checkpoint that verifies; passed over step-0000003: "
-            "model.safetensors has 1000 bytes") in stdout  # fmt: skip
+    assert (
+        "resuming from step-0000002, the newest checkpoint that verifies; passed over step-0000003: "
+        "model.safetensors has 1000 bytes"
+    ) in stdout
     assert "metrics.jsonl: 1 row(s) after step 2 removed" in stdout
     rows = metrics(out)
     assert [m["step"] for m in rows] == [1, 2, 3, 4]  # step 3 once: the replayed row replaced the earlier one
@@ -218,8 +232,11 @@ def test_planted_pickle_in_a_zero2_checkpoint_never_runs(tiny_assets, tmp_path):
 
     refused = launch("configs/accelerate/zero2.yaml", cfg, processes=1, check=False)
     assert refused.returncode != 0 and not marker.exists()
-    assert re.search(r"error: no checkpoint under \S+ can be resumed from \(step-0000002: pytorch_model/"
-                     r"mp_rank_00_model_states.pt has \d+ bytes, the manifest says", refused.stderr), refused.stderr[-3000:]
+    assert re.search(
+        r"error: no checkpoint under \S+ can be resumed from \(step-0000002: pytorch_model/"
+        r"mp_rank_00_model_states.pt has \d+ bytes, the manifest says",
+        refused.stderr,
+    ), refused.stderr[-3000:]
 
     write_manifest(ck)  # an attacker who can write the folder can rewrite the manifest too
     refused = launch("configs/accelerate/zero2.yaml", cfg, processes=1, check=False)

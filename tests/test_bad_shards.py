@@ -89,26 +89,39 @@ def test_skip_report_is_bounded():
     report = SkipReport(first=5, every=1000)
     lines = [line for i in range(3000) if (line := report.add(f"k{i}", "bad")) is not None]
     assert len(lines) == 7 and report.count == 3000
-    assert lines[4].endswith("(from now on one line per 1000 skipped samples; metrics.jsonl counts them as data_skipped)")
-    assert lines[5:] == ["1005 unreadable samples skipped so far (the latest: k1004: bad)",
-                         "2005 unreadable samples skipped so far (the latest: k2004: bad)"]  # fmt: skip
+    assert lines[4].endswith(
+        "(from now on one line per 1000 skipped samples; metrics.jsonl counts them as data_skipped)"
+    )
+    assert lines[5:] == [
+        "1005 unreadable samples skipped so far (the latest: k1004: bad)",
+        "2005 unreadable samples skipped so far (the latest: k2004: bad)",
+    ]
 
 
 def test_no_shards_at_all(train, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_refused(train(tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'empty'}"),
-                   r"data.shards: no shards found")  # fmt: skip
+    assert_refused(
+        train(tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'empty'}"),
+        r"data.shards: no shards found",
+    )
 
 
 def test_random_bytes_shard_in_a_real_process_exits_with_one_line(tiny_assets, tmp_path):
     """The same as above in its own process (the way a user runs it), under a hard timeout."""
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "x.tar").write_bytes(random.Random(1).randbytes(5000))
-    cfg = dump_config(tiny_run(tiny_assets, tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'shards'}"),
-                      tmp_path / "c.yaml")  # fmt: skip
+    cfg = dump_config(
+        tiny_run(tiny_assets, tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'shards'}"),
+        tmp_path / "c.yaml",
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(cfg)], env=env,
-                         capture_output=True, text=True, timeout=HANG_S)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1].startswith("error: no readable document in a whole pass over 1 shard")
 
@@ -118,9 +131,15 @@ def test_bad_samples_are_skipped_counted_and_reported_at_a_bounded_rate(train, t
     skips; the trainer prints the first five one by one (the stream's logger too), not one line per skip."""
     shards = tmp_path / "shards"
     good = {k: v for i in range(12) for k, v in good_sample(i).items()}
-    bad = {**json_samples(3, b'{"segments": [5]}'), "num.json": b"5", "nul.json": b'{"segments": [{"text": null}]}',
-           "nojson.0.png": PNG, "broken.json": b"{not json", "trunc.json": b'{"segments": [{"image": 0}]}',
-           "trunc.0.png": PNG[:40]}  # fmt: skip
+    bad = {
+        **json_samples(3, b'{"segments": [5]}'),
+        "num.json": b"5",
+        "nul.json": b'{"segments": [{"text": null}]}',
+        "nojson.0.png": PNG,
+        "broken.json": b"{not json",
+        "trunc.json": b'{"segments": [{"image": 0}]}',
+        "trunc.0.png": PNG[:40],
+    }
     shards.mkdir()
     write_tar(shards / "s-000000.tar", {**good, **bad})
     code, out, err = train(tmp_path / "run", "data.source=shards", f"data.shards={shards}", "train.steps=4")
@@ -160,8 +179,14 @@ def test_a_pass_that_reads_nothing_goes_on_while_other_shards_may_be_dealt(tmp_p
 def test_every_shard_unreadable_stops_once_the_empty_passes_covered_them_all(tmp_path):
     first, bad = shard_pair(tmp_path, good=False)
     stream = ShardStream([first, bad], Split(num_workers=2), seed=0)
-    with deadline(30), pytest.raises(DataError, match=r"no readable document in \d+ consecutive passes over 2 "
-                                                      r"shard\(s\) \(\S+/a.tar, \S+/b.tar\): \d+ unreadable"):  # fmt: skip
+    with (
+        deadline(30),
+        pytest.raises(
+            DataError,
+            match=r"no readable document in \d+ consecutive passes over 2 "
+            r"shard\(s\) \(\S+/a.tar, \S+/b.tar\): \d+ unreadable",
+        ),
+    ):
         next(stream.items(0))
 
 
@@ -181,8 +206,10 @@ def test_sixteen_bit_png_in_a_shard_is_scaled_not_clipped(tmp_path):
     PILImage.fromarray(ramp).save(buf, format="PNG")  # a 16-bit greyscale PNG
     assert PILImage.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
     (tmp_path / "s").mkdir()
-    write_tar(tmp_path / "s" / "s-000000.tar", {"g.json": b'{"segments": [{"text": "grey"}, {"image": 0}]}',
-                                                "g.0.png": buf.getvalue()})  # fmt: skip
+    write_tar(
+        tmp_path / "s" / "s-000000.tar",
+        {"g.json": b'{"segments": [{"text": "grey"}, {"image": 0}]}', "g.0.png": buf.getvalue()},
+    )
     (doc,) = read_documents(tmp_path / "s")
     rgb = doc.images[0].rgb()
     want = np.rint(ramp / 257.0).astype(np.uint8)

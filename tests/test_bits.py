@@ -22,10 +22,14 @@ def test_design_numbers_exactly():
 
 @pytest.mark.parametrize(
     "name, bits_out, compression",
-    [("sd-vae", 64, 24), ("flux-vae", 256, 6), ("cosmos-ci-8x8", 256, 6),
-     ("cosmos-di-8x8", 3 * 3 + 3 * math.log2(5), 1536 / (9 + 3 * math.log2(5))),
-     ("llamagen-vq16", 14, 6144 / 14)],
-)  # fmt: skip
+    [
+        ("sd-vae", 64, 24),
+        ("flux-vae", 256, 6),
+        ("cosmos-ci-8x8", 256, 6),
+        ("cosmos-di-8x8", 3 * 3 + 3 * math.log2(5), 1536 / (9 + 3 * math.log2(5))),
+        ("llamagen-vq16", 14, 6144 / 14),
+    ],
+)
 def test_published_presets(name, bits_out, compression):
     assert PRESETS[name].bits_out == pytest.approx(bits_out, rel=1e-12)
     assert PRESETS[name].compression == pytest.approx(compression, rel=1e-12)

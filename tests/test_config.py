@@ -99,10 +99,14 @@ def test_literal_and_validation_errors(tmp_path):
 
 
 def test_overrides_apply_and_are_checked():
-    cfg = load_config(RunConfig, None, ["train.steps=7", "train.lr=3e-4", "model.depth=2", "data.shapes.colors=[red, blue]"])
+    cfg = load_config(
+        RunConfig, None, ["train.steps=7", "train.lr=3e-4", "model.depth=2", "data.shapes.colors=[red, blue]"]
+    )
     assert (cfg.train.steps, cfg.train.lr, cfg.model.depth) == (7, 3e-4, 2)
     assert cfg.data.shapes.colors == ["red", "blue"]
-    with pytest.raises(ConfigError, match="unknown key 'train.stepz'.*override 'train.stepz=3'|override 'train.stepz=3'.*stepz"):
+    with pytest.raises(
+        ConfigError, match="unknown key 'train.stepz'.*override 'train.stepz=3'|override 'train.stepz=3'.*stepz"
+    ):
         load_config(RunConfig, None, ["train.stepz=3"])
     with pytest.raises(ConfigError, match="override 'model.depth=two'.*model.depth"):
         load_config(RunConfig, None, ["model.depth=two"])
@@ -126,4 +130,9 @@ def test_partial_nested_mapping_keeps_the_parents_nested_defaults(tmp_path):
     p = tmp_path / "o.yaml"
     p.write_text("shapes:\n  p_two_objects: 0.0\n")
     cfg = load_config(Outer, p, ["shapes.sizes=[small]"])
-    assert (cfg.shapes.image_size, cfg.shapes.colors, cfg.shapes.p_two_objects, cfg.shapes.sizes) == (64, ["red"], 0.0, ["small"])
+    assert (cfg.shapes.image_size, cfg.shapes.colors, cfg.shapes.p_two_objects, cfg.shapes.sizes) == (
+        64,
+        ["red"],
+        0.0,
+        ["small"],
+    )

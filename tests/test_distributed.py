@@ -26,12 +26,28 @@ pytestmark = pytest.mark.distributed
 STEPS = 5
 
 
-def launch(accelerate_cfg: str, run_cfg: Path, *extra: str, processes: int = 2,
-           check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_cfg),
-           "--num_processes", str(processes), str(REPO / "scripts" / "train.py"), "--config", str(run_cfg), *extra]  # fmt: skip
+def launch(
+    accelerate_cfg: str, run_cfg: Path, *extra: str, processes: int = 2, check: bool = True
+) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / accelerate_cfg),
+        "--num_processes",
+        str(processes),
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(run_cfg),
+        *extra,
+    ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 or not check, out.stdout[-3000:] + out.stderr[-6000:]
     return out
@@ -140,7 +156,10 @@ def test_universal_checkpoint_load_is_refused(path: Path):
     ds["bf16"] = {"enabled": False}  # "auto" is resolved by accelerate before DeepSpeed parses the config
     refuse_universal_load(DeepSpeedConfig(ds))
     ds["checkpoint"] = {"load_universal": True}
-    with pytest.raises(CheckpointError, match=r'the DeepSpeed config sets "checkpoint": \{"load_universal": true\}: '
-                                              r"DeepSpeed then reads checkpoint files with torch.load\(weights_only=False\)"
-                                              r".* Remove load_universal from the DeepSpeed config"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r'the DeepSpeed config sets "checkpoint": \{"load_universal": true\}: '
+        r"DeepSpeed then reads checkpoint files with torch.load\(weights_only=False\)"
+        r".* Remove load_universal from the DeepSpeed config",
+    ):
         refuse_universal_load(DeepSpeedConfig(ds))

@@ -45,9 +45,32 @@ def test_eval_script_end_to_end(release, tmp_path, monkeypatch):
     real_data("cifar10")
     ev = _script("eval_cifar")
     out = tmp_path / "eval_tiny.json"
-    monkeypatch.setattr(sys, "argv", ["eval_cifar.py", "--model", str(release), "--imm-steps", "1", "2",
-                                      "--per-class", "2", "--real", "200", "--captions", "4", "--batch", "10",
-                                      "--seed", "3", "--guidance", "2", "--out", str(out)])  # fmt: skip
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "eval_cifar.py",
+            "--model",
+            str(release),
+            "--imm-steps",
+            "1",
+            "2",
+            "--per-class",
+            "2",
+            "--real",
+            "200",
+            "--captions",
+            "4",
+            "--batch",
+            "10",
+            "--seed",
+            "3",
+            "--guidance",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     ev.main()
     report = json.loads(out.read_text())
     assert report["seed"] == 3 and report["guidance"] == 2 and report["per_class"] == 2

@@ -55,8 +55,12 @@ def write_img2dataset_fixture(root: Path) -> dict[str, tuple[str, str]]:
             for i in range(4):
                 key, color = f"{shard:05d}{i:04d}", names[(shard + i) % 4]
                 caption = f"a {color} picture number {shard * 4 + i}"
-                sample = {"__key__": key, "jpg": image_bytes(color), "txt": caption.encode(),
-                          "json": json.dumps({"caption": caption, "alt": f"alt {caption}", "key": key}).encode()}  # fmt: skip
+                sample = {
+                    "__key__": key,
+                    "jpg": image_bytes(color),
+                    "txt": caption.encode(),
+                    "json": json.dumps({"caption": caption, "alt": f"alt {caption}", "key": key}).encode(),
+                }
                 if (shard, i) == (1, 2):  # caption only in the .json: still read
                     del sample["txt"]
                 if (shard, i) == (0, 1):  # no caption anywhere
@@ -92,8 +96,13 @@ def folder(tmp_path):
     (root / "e.jpg").write_bytes(image_bytes("white"))
     (root / "tiny.png").write_bytes(image_bytes("white", (8, 8), "PNG"))
     (root / "sub2" / "d.jpg").write_bytes(image_bytes("blue"))
-    rows = [("a.jpg", "a red square"), ("sub/b.png", "a green  square"), ("c.webp", "  "), ("gone.jpg", "lost"),
-            ("tiny.png", "too small")]  # fmt: skip
+    rows = [
+        ("a.jpg", "a red square"),
+        ("sub/b.png", "a green  square"),
+        ("c.webp", "  "),
+        ("gone.jpg", "lost"),
+        ("tiny.png", "too small"),
+    ]
     (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "text": t}) + "\n" for f, t in rows))
     (root / "sub2" / "metadata.csv").write_text('file_name,text\nd.jpg,"a blue square, from a csv"\n')
     return root
@@ -108,19 +117,28 @@ def jsonl(tmp_path):
         (root / "img" / f"{c}.jpg").write_bytes(image_bytes(c, (64, 48)))
     (root / "img" / "white.png").write_bytes(image_bytes("white", (20, 20), "PNG"))
     a = [
-        {"id": "obelics", "texts": ["Intro.", None, "Middle.", None, None, "End."],
-         "images": [None, "img/red.jpg", None, "img/green.jpg", "img/blue.jpg", None]},
+        {
+            "id": "obelics",
+            "texts": ["Intro.", None, "Middle.", None, None, "End."],
+            "images": [None, "img/red.jpg", None, "img/green.jpg", "img/blue.jpg", None],
+        },
         {"texts": [], "images": []},  # empty
         {"texts": ["See", None], "images": [None, "img/missing.jpg"]},
         {"texts": ["See", None], "images": [None, "https://example.com/x.jpg"]},
-    ]  # fmt: skip
+    ]
     b = [
-        {"key": "typed.1", "segments": [{"type": "image", "image": "img/blue.jpg"}, {"type": "text", "text": "then"},
-                                        {"type": "image", "image": "img/red.jpg"},
-                                        {"type": "image", "image": "img/white.png"}]},
+        {
+            "key": "typed.1",
+            "segments": [
+                {"type": "image", "image": "img/blue.jpg"},
+                {"type": "text", "text": "then"},
+                {"type": "image", "image": "img/red.jpg"},
+                {"type": "image", "image": "img/white.png"},
+            ],
+        },
         {"texts": ["a", None], "images": [None]},  # lists of unequal length
         {"texts": [None, None, None, "last"], "images": ["img/green.jpg", "img/green.jpg", "img/red.jpg", None]},
-    ]  # fmt: skip
+    ]
     (root / "a.jsonl").write_text("".join(json.dumps(d) + "\n" for d in a) + "\n")
     (root / "b.jsonl").write_text(json.dumps(b[0]) + "\n{not json\n" + "".join(json.dumps(d) + "\n" for d in b[1:]))
     return root
@@ -150,7 +168,8 @@ def test_img2dataset_caption_field_order_and_brace_urls(i2d):
     opts = ReadOptions(SIZE, SIZE, caption_field="alt", caption_layout="image_caption")
     docs, skipped = read_all("img2dataset", f"{root}/{{00000..00003}}.tar", opts)
     assert {d.key: (d.segments[1], color_of(d.segments[0])) for d in docs} == {
-        k: (f"alt {cap}", c) for k, (cap, c) in good.items()}  # fmt: skip
+        k: (f"alt {cap}", c) for k, (cap, c) in good.items()
+    }
     both, _ = read_all("img2dataset", root, ReadOptions(SIZE, SIZE, caption_layout="both"))
     first = {d.key: isinstance(d.segments[0], Image) for d in both}
     assert first == {k: hashlib.sha1(k.encode()).digest()[0] % 2 == 1 for k in good} and len(set(first.values())) == 2
@@ -164,9 +183,10 @@ def test_img2dataset_caption_field_order_and_brace_urls(i2d):
 def test_imagefolder_documents_and_bad_samples(folder):
     docs, skipped = read_all("imagefolder", folder)
     assert {d.key: parts(d) for d in docs} == {
-        "a": ["a red square", "<red>"], "sub_b": ["a green square", "<green>"],
+        "a": ["a red square", "<red>"],
+        "sub_b": ["a green square", "<green>"],
         "sub2_d": ["a blue square, from a csv", "<blue>"],
-    }  # fmt: skip
+    }
     assert docs[0].images[0].meta == {"file": "a.jpg"}
     why = dict(skipped)
     assert set(why) == {"c.webp", "e.jpg", "gone.jpg", "tiny.png"}
@@ -215,9 +235,16 @@ def test_malformed_fields_and_rows_are_bad_samples_not_crashes(tmp_path):
     (folder / "a.jpg").write_bytes(image_bytes("red"))
     (folder / "b.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "outside.jpg").write_bytes(image_bytes("green"))
-    lines = [{"file_name": "a.jpg", "text": "a red square"}, "{not json", [1, 2], {"text": "no file"},
-             {"file_name": 5, "text": "a number"}, {"file_name": str(tmp_path / "outside.jpg"), "text": "absolute"},
-             {"file_name": "../outside.jpg", "text": "up"}, {"file_name": "b.jpg", "text": " "}]  # fmt: skip
+    lines = [
+        {"file_name": "a.jpg", "text": "a red square"},
+        "{not json",
+        [1, 2],
+        {"text": "no file"},
+        {"file_name": 5, "text": "a number"},
+        {"file_name": str(tmp_path / "outside.jpg"), "text": "absolute"},
+        {"file_name": "../outside.jpg", "text": "up"},
+        {"file_name": "b.jpg", "text": " "},
+    ]
     text = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
     (folder / "metadata.jsonl").write_bytes(text.encode() + b"\xff\xfe\n")
     docs, skipped = read_all("imagefolder", folder)
@@ -227,27 +254,41 @@ def test_malformed_fields_and_rows_are_bad_samples_not_crashes(tmp_path):
     assert why["b.jpg"] == "b.jpg: empty caption"
     assert why["metadata.jsonl:2"].startswith("metadata.jsonl:2: not a JSON object (")
     assert why["metadata.jsonl:3"] == "metadata.jsonl:3: a list, not a JSON object"
-    assert why["metadata.jsonl:4"] == "metadata.jsonl:4: 'file_name' is None, not the image's path relative to the metadata file"
+    assert (
+        why["metadata.jsonl:4"]
+        == "metadata.jsonl:4: 'file_name' is None, not the image's path relative to the metadata file"
+    )
     assert why["metadata.jsonl:5"].startswith("metadata.jsonl:5: 'file_name' is 5, not")
     for n, name in ((6, str(tmp_path / "outside.jpg")), (7, "../outside.jpg")):
-        assert why[f"metadata.jsonl:{n}"] == (f"metadata.jsonl:{n}: file_name {name!r} leaves the folder; give a "
-                                              f"path inside it (no leading '/', no '..')")  # fmt: skip
+        assert why[f"metadata.jsonl:{n}"] == (
+            f"metadata.jsonl:{n}: file_name {name!r} leaves the folder; give a path inside it (no leading '/', no '..')"
+        )
     assert why["metadata.jsonl:9"].startswith("metadata.jsonl:9: not a JSON object (")
-    with pytest.raises(DataError, match=r"no metadata row has a 'caption' column \(columns: file_name, text\); set "
-                                        r"caption_field \(--caption-field\) to the caption column"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"no metadata row has a 'caption' column \(columns: file_name, text\); set "
+        r"caption_field \(--caption-field\) to the caption column",
+    ):
         read_all("imagefolder", folder, ReadOptions(SIZE, SIZE, caption_field="caption"))
 
     (tmp_path / "docs.jsonl").write_text('{"texts": 5, "images": 5}\n{"texts": ["hi"], "images": [null]}\n')
     docs, skipped = read_all("jsonl", tmp_path / "docs.jsonl")
     assert [d.segments for d in docs] == [["hi"]]
-    assert skipped == [("docs.jsonl:1", "docs.jsonl:1: 'texts' and 'images' must be lists (with null where the "
-                                        "other holds the segment), got int and int")]  # fmt: skip
+    assert skipped == [
+        (
+            "docs.jsonl:1",
+            "docs.jsonl:1: 'texts' and 'images' must be lists (with null where the "
+            "other holds the segment), got int and int",
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- split and resume
 @pytest.mark.parametrize("layout", ["img2dataset", "imagefolder", "jsonl"])
 def test_ranks_workers_cover_each_document_once_and_resume_exactly(layout, i2d, folder, jsonl):
-    path, n_docs, n_bad = {"img2dataset": (i2d[0], 13, 3), "imagefolder": (folder, 3, 4), "jsonl": (jsonl, 3, 5)}[layout]
+    path, n_docs, n_bad = {"img2dataset": (i2d[0], 13, 3), "imagefolder": (folder, 3, 4), "jsonl": (jsonl, 3, 5)}[
+        layout
+    ]
 
     def stream(rank: int, epochs: int):
         return open_layout(layout, str(path), OPTS, Split(rank, 2, 2), seed=7, shuffle_buffer=4, epochs=epochs)
@@ -315,9 +356,12 @@ def test_training_config_reads_each_layout(i2d, folder, jsonl):
 def test_an_endless_stream_of_only_bad_records_is_an_error(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"texts": [], "images": []}\n{"segments": [{"type": "video"}]}\n')
     stream = open_layout("jsonl", str(tmp_path / "bad.jsonl"), OPTS, Split(num_workers=2))
-    with pytest.raises(DataError, match=r"no readable document in \d+ consecutive passes over 2 record\(s\) "
-                                        r"\(bad.jsonl:1, bad.jsonl:2\): \d+ unreadable sample\(s\), the first: "
-                                        r"bad.jsonl:\d: .*\. Fix the data"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"no readable document in \d+ consecutive passes over 2 record\(s\) "
+        r"\(bad.jsonl:1, bad.jsonl:2\): \d+ unreadable sample\(s\), the first: "
+        r"bad.jsonl:\d: .*\. Fix the data",
+    ):
         next(stream.items(0))
 
 

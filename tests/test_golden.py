@@ -57,8 +57,7 @@ def digest(x: torch.Tensor | np.ndarray | list) -> str:
     """SHA-256 (first 32 hex digits) of the bytes of a tensor, an array, or a list of them one after another."""
     parts = x if isinstance(x, list) else [x]
     data = b"".join(
-        np.ascontiguousarray(p.detach().numpy() if isinstance(p, torch.Tensor) else p).tobytes()
-        for p in parts
+        np.ascontiguousarray(p.detach().numpy() if isinstance(p, torch.Tensor) else p).tobytes() for p in parts
     )
     return hashlib.sha256(data).hexdigest()[:32]
 
@@ -67,9 +66,7 @@ def digest(x: torch.Tensor | np.ndarray | list) -> str:
 def same_kernels():
     here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
     if here != RECORDED_ON and not os.environ.get("MMGEN_GOLDEN_PRINT"):
-        pytest.skip(
-            f"golden digests were recorded with torch {RECORDED_ON[0]} on {RECORDED_ON[1]}; this is {here}"
-        )
+        pytest.skip(f"golden digests were recorded with torch {RECORDED_ON[0]} on {RECORDED_ON[1]}; this is {here}")
 
 
 def check(name: str, x) -> None:
@@ -154,9 +151,7 @@ def test_a_prompt_image_and_text_after_the_image(tiny_assets, tmp_path):
     _randomize(model)
     pipe = MMGenPipeline(model, text, image)
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    out = pipe(
-        [["a red circle", pixels, "the same in blue"]], steps=2, image_first=True, max_new_tokens=4, seed=3
-    )
+    out = pipe([["a red circle", pixels, "the same in blue"]], steps=2, image_first=True, max_new_tokens=4, seed=3)
     check("prompt_image", [*out[0].images, np.frombuffer(out[0].text.encode(), dtype=np.uint8)])
 
 

@@ -42,9 +42,16 @@ def small_config(vocab: int, seq_len: int, **model) -> MMGenConfig:
     """A GPU-shaped small model on CUDA (heads of 64), the tiny one on the CPU."""
     m = ModelConfig(depth=2, aspect_ratio=128 if CUDA else 32, head_dim=64 if CUDA else 16, **model)
     return MMGenConfig.from_model_config(
-        m, vocab_size=vocab, latent_channels=4, image_size=16, downsample=4, seq_len=seq_len, sigma_d=0.5,
-        image_objective="imm", special_ids=SPECIAL_IDS,
-    )  # fmt: skip
+        m,
+        vocab_size=vocab,
+        latent_channels=4,
+        image_size=16,
+        downsample=4,
+        seq_len=seq_len,
+        sigma_d=0.5,
+        image_objective="imm",
+        special_ids=SPECIAL_IDS,
+    )
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -79,15 +86,32 @@ def test_flex_equals_sdpa_bf16_packed(dev, text_tokenizer):
 def test_compiled_blocks_equal_eager(dev, batch):
     """The `train.compile` path (inductor on CUDA; graph capture with aot_eager on the CPU dry run) gives the
     eager forward and gradients, with no graph break."""
-    compiled_equals_eager(small_config(320, 160), batch, dev, {} if CUDA else {"backend": "aot_eager"},
-                          out_tol=(1e-3, 1e-4), grad_tol=(1e-2, 1e-4))  # fmt: skip
+    compiled_equals_eager(
+        small_config(320, 160),
+        batch,
+        dev,
+        {} if CUDA else {"backend": "aot_eager"},
+        out_tol=(1e-3, 1e-4),
+        grad_tol=(1e-2, 1e-4),
+    )
 
 
 def test_cached_sampling_step_equals_recompute(dev, tiny_assets):
     """One sampler step (conditional + unconditional noisy copies, CFG) over the prefix KV cache (prefill with
     the model's attention, flex on CUDA) equals one uncached forward over prefix + <boi> + noisy copies."""
-    text, image, model = tiny_model(tiny_assets, depth=2, width=128, head_dim=32, mlp_hidden=256, latent_channels=4,
-                                    patch_size=2, image_grid=(2, 2), image_size=16, downsample=4, max_seq_len=320)  # fmt: skip
+    text, image, model = tiny_model(
+        tiny_assets,
+        depth=2,
+        width=128,
+        head_dim=32,
+        mlp_hidden=256,
+        latent_channels=4,
+        patch_size=2,
+        image_grid=(2, 2),
+        image_size=16,
+        downsample=4,
+        max_seq_len=320,
+    )
     _randomize(model.eval(), seed=2)
     s = InterleavedSampler(model.to(dev), text, image.to(dev))
     seen = []
@@ -99,8 +123,10 @@ def test_cached_sampling_step_equals_recompute(dev, tiny_assets):
         rows = torch.ones(1, dtype=torch.bool)
         s._feed_tokens(torch.tensor([SPECIAL_IDS["boi"]]), rows, pos, cache)
         pos = [pos[0] + 1]
-        both = s._cat(s._image_cols(rows, pos, n_img, KIND_NOISY, uncond=False),
-                      s._image_cols(rows, pos, n_img, KIND_NOISY, uncond=True))  # fmt: skip
+        both = s._cat(
+            s._image_cols(rows, pos, n_img, KIND_NOISY, uncond=False),
+            s._image_cols(rows, pos, n_img, KIND_NOISY, uncond=True),
+        )
         n = both["ids"].shape[1]
         g = torch.Generator().manual_seed(0)
         both["values"] = torch.randn(1, n, model.config.patch_dim, generator=g).to(dev)
@@ -108,7 +134,10 @@ def test_cached_sampling_step_equals_recompute(dev, tiny_assets):
         with cache.scratch():
             cached = s._forward(both, cache).image
         for c in seen[:2]:  # prefill and <boi> columns: clean times
-            c["t"], c["s"] = torch.zeros_like(c["uncond"], dtype=torch.float), torch.zeros_like(c["uncond"], dtype=torch.float)
+            c["t"], c["s"] = (
+                torch.zeros_like(c["uncond"], dtype=torch.float),
+                torch.zeros_like(c["uncond"], dtype=torch.float),
+            )
         full = s._cat(s._cat(seen[0], seen[1]), both)
         recomputed = s._forward(full, None).image[:, -n:]
     torch.testing.assert_close(cached, recomputed, rtol=1e-3, atol=1e-4)
@@ -123,8 +152,14 @@ def test_training_step_finite(dev, tiny_assets, tmp_path):
 
     AcceleratorState._reset_state(True)
     try:
-        cfg = tiny_run(tiny_assets, tmp_path / "run", "data.seq_len=256", "train.precision=bf16",
-                       f"train.compile={'true' if CUDA else 'false'}", "train.steps=4")  # fmt: skip
+        cfg = tiny_run(
+            tiny_assets,
+            tmp_path / "run",
+            "data.seq_len=256",
+            "train.precision=bf16",
+            f"train.compile={'true' if CUDA else 'false'}",
+            "train.steps=4",
+        )
         tr = Trainer(cfg)
         assert tr.engine.device.type == dev.type
         assert tr.engine.unwrapped.attention_backend() == ("flex" if CUDA else "sdpa")

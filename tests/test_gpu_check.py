@@ -17,8 +17,14 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=str(REPO / ".venv" / "bin" / "python"))
     if not (REPO / ".venv" / "bin" / "python").exists():
         env.pop("PYTHON")
-    res = subprocess.run([str(REPO / "scripts" / "gpu_check.sh"), "--cpu", "--out", str(out), "--run-dir",
-                          str(tmp_path / "run")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [str(REPO / "scripts" / "gpu_check.sh"), "--cpu", "--out", str(out), "--run-dir", str(tmp_path / "run")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = json.loads(out.read_text())
     steps = rep["steps"]

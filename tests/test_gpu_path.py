@@ -112,8 +112,14 @@ def test_one_mask_per_batch():
     B, L = 2, 24
     kind = torch.zeros(B, L, dtype=torch.long)
     doc = torch.arange(L).div(8, rounding_mode="floor").expand(B, L).clone()
-    x = {"input_ids": torch.randint(6, 300, (B, L)), "kind": kind, "doc": doc, "image": torch.full((B, L), -1),
-         "pos": torch.arange(L).expand(3, B, L), "uncond": torch.zeros(B, L, dtype=torch.bool)}  # fmt: skip
+    x = {
+        "input_ids": torch.randint(6, 300, (B, L)),
+        "kind": kind,
+        "doc": doc,
+        "image": torch.full((B, L), -1),
+        "pos": torch.arange(L).expand(3, B, L),
+        "uncond": torch.zeros(B, L, dtype=torch.bool),
+    }
     with torch.no_grad():
         model(**x)
         first = model._masks.mask
@@ -151,8 +157,18 @@ def test_imm_forwards_share_one_mask(batch):
 def test_sampler_prefill_with_flex_equals_sdpa(tiny_assets):
     """The sampler's prefill runs FlexAttention when the model asks for it (padded to whole tiles), decode
     steps run SDPA over the cache; the generation equals the all-SDPA one."""
-    kw = dict(depth=2, width=64, head_dim=16, mlp_hidden=128, latent_channels=4, patch_size=2, image_grid=(2, 2),
-              image_size=16, downsample=4, max_seq_len=320)  # fmt: skip
+    kw = dict(
+        depth=2,
+        width=64,
+        head_dim=16,
+        mlp_hidden=128,
+        latent_channels=4,
+        patch_size=2,
+        image_grid=(2, 2),
+        image_size=16,
+        downsample=4,
+        max_seq_len=320,
+    )
     rows = {}
     for backend in ("sdpa", "flex"):
         text, image, model = tiny_model(tiny_assets, attention=backend, **kw)
@@ -193,8 +209,12 @@ def test_bf16_autocast_matches_fp32_with_fp32_master_weights(tiny_assets, tmp_pa
             res[precision] = tr.train_step(tr._micro_batches(iter(tr.data)))
             assert tr.engine.acc.mixed_precision == ("bf16" if precision == "bf16" else "no")
             assert all(p.dtype == torch.float32 for p in tr.engine.unwrapped.parameters())
-            assert all(v.dtype == torch.float32 for s in tr.engine.optimizer.state.values() for v in s.values()
-                       if torch.is_tensor(v) and v.is_floating_point() and v.ndim > 0)  # fmt: skip
+            assert all(
+                v.dtype == torch.float32
+                for s in tr.engine.optimizer.state.values()
+                for v in s.values()
+                if torch.is_tensor(v) and v.is_floating_point() and v.ndim > 0
+            )
     finally:
         AcceleratorState._reset_state(True)  # later tests build their own fp32 Accelerator
     fp32, bf16 = res["fp32"], res["bf16"]
@@ -273,8 +293,9 @@ def test_compiled_blocks_no_graph_breaks_or_recompiles(text_tokenizer, attention
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
-def compiled_equals_eager(cfg, batch, dev: torch.device, compile_kwargs: dict, out_tol: tuple[float, float],
-                          grad_tol: tuple[float, float]) -> None:  # fmt: skip
+def compiled_equals_eager(
+    cfg, batch, dev: torch.device, compile_kwargs: dict, out_tol: tuple[float, float], grad_tol: tuple[float, float]
+) -> None:
     """The `train.compile` path: a model whose blocks are compiled with `compile_kwargs` gives the eager model's
     forward and gradients on `batch` (same weights), within (rtol, atol) `out_tol` and `grad_tol`, with no
     graph break. Shared by the CPU inductor test below and the GPU test (tests/test_gpu.py)."""

@@ -18,10 +18,28 @@ from mmgen.tokenizer.train import train_image_tokenizer
 
 
 def tiny(kind: str = "kl", **kw) -> ImageTokenizerRecipe:
-    base = dict(name=f"tiny_{kind}", kind=kind, downsample=4, width=8, channel_mult=[1, 2, 2], latent_channels=3,
-                codebook_size=32, code_dim=4, dead_code_steps=5, levels=[5, 4, 3], sources=["shapes"],
-                crop_size=16, batch_size=8, steps=4, lr=3e-3, warmup_steps=2, log_every=2, ckpt_every=2,
-                val_images=4, stats_batches=2)  # fmt: skip
+    base = dict(
+        name=f"tiny_{kind}",
+        kind=kind,
+        downsample=4,
+        width=8,
+        channel_mult=[1, 2, 2],
+        latent_channels=3,
+        codebook_size=32,
+        code_dim=4,
+        dead_code_steps=5,
+        levels=[5, 4, 3],
+        sources=["shapes"],
+        crop_size=16,
+        batch_size=8,
+        steps=4,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=2,
+        ckpt_every=2,
+        val_images=4,
+        stats_batches=2,
+    )
     return ImageTokenizerRecipe(**{**base, **kw})
 
 
@@ -35,7 +53,9 @@ def smooth_images(n: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
 
 
 def pools(n_train: int = 64, crop: int = 16) -> tuple[list[Pool], list[Pool]]:
-    return [Pool.of("synthetic", smooth_images(n_train), crop, 4)], [Pool.of("synthetic", smooth_images(8, seed=1), crop, 4)]
+    return [Pool.of("synthetic", smooth_images(n_train), crop, 4)], [
+        Pool.of("synthetic", smooth_images(8, seed=1), crop, 4)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ bottlenecks
@@ -149,8 +169,15 @@ def test_save_load_round_trip_reconstructs_identically(kind, tmp_path):
 
 def test_state_dict_keys_are_pinned():
     keys = set(ImageTokenizer(tiny("vq")).state_dict())
-    assert {"latent_mean", "latent_std", "bottleneck.ema_sum", "bottleneck.last_used", "bottleneck.step",
-            "encoder.conv_in.weight", "decoder.conv_out.weight"} <= keys  # fmt: skip
+    assert {
+        "latent_mean",
+        "latent_std",
+        "bottleneck.ema_sum",
+        "bottleneck.last_used",
+        "bottleneck.step",
+        "encoder.conv_in.weight",
+        "decoder.conv_out.weight",
+    } <= keys
     assert {k.split(".")[0] for k in keys} == {"encoder", "decoder", "bottleneck", "latent_mean", "latent_std"}
 
 
@@ -265,8 +292,20 @@ def test_train_script_on_the_shapes_recipe(tmp_path, capsys):
     import sys
 
     out = tmp_path / "shapes"
-    cmd = [sys.executable, "scripts/train_tokenizer.py", "image", "--recipe", "tokenizers/image/shapes_kl.yaml",
-           "--out", str(out), "steps=2", "images_per_source=16", "val_images=4", "stats_batches=1", "width=4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "scripts/train_tokenizer.py",
+        "image",
+        "--recipe",
+        "tokenizers/image/shapes_kl.yaml",
+        "--out",
+        str(out),
+        "steps=2",
+        "images_per_source=16",
+        "val_images=4",
+        "stats_batches=1",
+        "width=4",
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "validation PSNR: shapes" in res.stdout

@@ -36,6 +36,7 @@ def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> tor
     G, M, D = y_t.shape
     out = []
     for g in range(G):
+
         def k(a, b, g=g):
             d = max(math.sqrt(sum((float(a[i]) - float(b[i])) ** 2 for i in range(D))), 1e-8)
             return math.exp(-float(w[g]) * d / D)
@@ -132,14 +133,17 @@ def _x_t(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def flow_map_net(s0: float):
     """G of the exact flow map: f = x_t - (t - s) sigma_d G."""
+
     def g(x_in, t, s):
         x_t = _x_t(x_in, t)
         return (x_t - exact_flow(x_t, t, s, s0)) / ((t - s)[:, None] * SIGMA_D)
+
     return g
 
 
 def velocity_net(s0: float):
     """G of the exact one-time model: sigma_d G = E[eps - x | x_t] for Gaussian data."""
+
     def g(x_in, t, s):
         x_t = _x_t(x_in, t)
         tt = t[:, None]
@@ -147,6 +151,7 @@ def velocity_net(s0: float):
         x_hat = MU + (1 - tt) * s0**2 * dev
         eps_hat = tt * SIGMA_D**2 * dev
         return (eps_hat - x_hat) / SIGMA_D
+
     return g
 
 
@@ -240,7 +245,6 @@ def test_imm_one_step_beats_flow_matching_10x():
     assert imm_ed < 0.03 and imm_ed * 10 < fm_ed, (imm_ed, fm_ed)
 
 
-
 def test_boundary_weighting_lambda_scales_each_boundary_group_by_lambda_t():
     """imm.boundary_weighting = lambda: a boundary group's flow-matching loss is weighted by lambda(t) (times
     imm.boundary_weight). With every group on the boundary, the loss equals the weighted mean of the group
@@ -262,8 +266,10 @@ def test_boundary_weighting_lambda_scales_each_boundary_group_by_lambda_t():
 
     every = dict(boundary_fraction=1.0, boundary_weight=0.5)
     with torch.no_grad():
-        losses = {k: imm_loss(g, x, ImmConfig(**every, boundary_weighting=k), torch.Generator().manual_seed(1))[0]
-                  for k in ("constant", "lambda")}  # fmt: skip
+        losses = {
+            k: imm_loss(g, x, ImmConfig(**every, boundary_weighting=k), torch.Generator().manual_seed(1))[0]
+            for k in ("constant", "lambda")
+        }
         gen = torch.Generator().manual_seed(1)  # the same draws, in imm_loss's order: times, then noise
         tg = sample_times(4, ImmConfig(), gen)[0]
         eps = torch.randn(x.shape, generator=gen) * 0.5

@@ -60,9 +60,17 @@ def test_bad_study_configs_are_rejected():
 
 # ---------------------------------------------------------------------------------------- tiny studies
 def test_continuous_study_tiny():
-    cfg = ContinuousStudyConfig(targets=["ring8"], steps=[1, 8], fit=FitConfig(steps=400, warmup=50), batch=256,
-                                imm=ImmConfig(warm_start_steps=200, boundary_fraction=0.25),
-                                eval_samples=1000, floor_repeats=3, bayes_points=2000, noise_seeds=2)  # fmt: skip
+    cfg = ContinuousStudyConfig(
+        targets=["ring8"],
+        steps=[1, 8],
+        fit=FitConfig(steps=400, warmup=50),
+        batch=256,
+        imm=ImmConfig(warm_start_steps=200, boundary_fraction=0.25),
+        eval_samples=1000,
+        floor_repeats=3,
+        bayes_points=2000,
+        noise_seeds=2,
+    )
     res, samples = run_continuous(cfg)
     r = res["targets"]["ring8"]
     ed = {k: {int(n): v["energy"] for n, v in m["per_steps"].items()} for k, m in r["models"].items()}
@@ -77,8 +85,13 @@ def test_continuous_study_tiny():
 
 
 def test_discrete_study_tiny():
-    cfg = DiscreteStudyConfig(tasks=["poker"], batch=128, samples=2000, grids=["cosine"],
-                              fit=FitConfig(steps=250, lr=3e-3, warmup=25, ema_decay=0.9))  # fmt: skip
+    cfg = DiscreteStudyConfig(
+        tasks=["poker"],
+        batch=128,
+        samples=2000,
+        grids=["cosine"],
+        fit=FitConfig(steps=250, lr=3e-3, warmup=25, ema_decay=0.9),
+    )
     task = run_discrete(cfg)["tasks"]["poker"]
     ar, md = task["ar"], task["md"]
     rows = {(r["unmask"], r["steps"]): r for r in md["rows"]}

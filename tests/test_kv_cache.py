@@ -39,13 +39,17 @@ def test_chunked_cached_forward_equals_full_forward(batch, pick, grow):
     with torch.no_grad():
         full = model(**x)
         B = x["input_ids"].shape[0]
-        cache = KVCache.for_model(model, batch=B, capacity=4) if grow else KVCache.for_model(model, batch=B, max_len=200)
+        cache = (
+            KVCache.for_model(model, batch=B, capacity=4) if grow else KVCache.for_model(model, batch=B, max_len=200)
+        )
         logits, images, a = [], [], 0
         for b in cuts:
             out = model(**_slice(x, a, b), cache=cache)
             if out.logits is not None:
                 logits.append(out.logits.view(-1, cfg.vocab_size))
-            images.append(out.image if out.image is not None else torch.zeros(x["input_ids"].shape[0], b - a, cfg.patch_dim))
+            images.append(
+                out.image if out.image is not None else torch.zeros(x["input_ids"].shape[0], b - a, cfg.patch_dim)
+            )
             a = b
     assert cache.length == 160 and cache.capacity >= 160
     text = batch["kind"] == KIND_TEXT

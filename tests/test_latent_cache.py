@@ -43,8 +43,19 @@ def other_tok(tiny_assets, tmp_path_factory) -> Path:
 
 
 def cache(i2d: Path, assets: Path, out: Path, *flags: str, tok: Path | None = None) -> dict:
-    return script("cache_latents").main(["--source", f"img2dataset:{i2d}", "--tokenizer", str(tok or assets / "image"),
-                                         "--image-size", "16", "--out", str(out), *flags])  # fmt: skip
+    return script("cache_latents").main(
+        [
+            "--source",
+            f"img2dataset:{i2d}",
+            "--tokenizer",
+            str(tok or assets / "image"),
+            "--image-size",
+            "16",
+            "--out",
+            str(out),
+            *flags,
+        ]
+    )
 
 
 def interrupted(items, after: int):
@@ -67,8 +78,9 @@ def test_cache_resumes_after_an_interruption(i2d, tiny_assets, tmp_path):
 
     tok = load_image_tokenizer(tiny_assets / "image")
     opts = ReadOptions(16, 16)  # what cache_latents.py reads with at --image-size 16
-    part = LatentCache(tmp_path / "part", tok, 16, source=f"img2dataset:{i2d}", shard_size=4, batch_size=3,
-                       options=asdict(opts))  # fmt: skip
+    part = LatentCache(
+        tmp_path / "part", tok, 16, source=f"img2dataset:{i2d}", shard_size=4, batch_size=3, options=asdict(opts)
+    )
     items, _, _ = read_items(f"img2dataset:{i2d}", opts)
 
     with pytest.raises(KeyboardInterrupt):
@@ -76,7 +88,9 @@ def test_cache_resumes_after_an_interruption(i2d, tiny_assets, tmp_path):
     state = json.loads((tmp_path / "part" / "cache_state.json").read_text())
     assert list(state["shards"].values()) == [4] and not (tmp_path / "part" / "index.json").exists()
     resumed = cache(i2d, tiny_assets, tmp_path / "part", "--shard-size", "4", "--batch-size", "3")
-    assert {k: resumed[k] for k in ("samples", "skipped", "shards")} == {k: whole[k] for k in ("samples", "skipped", "shards")}
+    assert {k: resumed[k] for k in ("samples", "skipped", "shards")} == {
+        k: whole[k] for k in ("samples", "skipped", "shards")
+    }
     a, b = latents_by_key(tmp_path / "whole"), latents_by_key(tmp_path / "part")
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(DataError, match=r"made with other settings \(differs in image_size, shape\): use another"):
@@ -84,10 +98,25 @@ def test_cache_resumes_after_an_interruption(i2d, tiny_assets, tmp_path):
 
 
 def run_config(assets: Path, out: Path, *overrides: str) -> RunConfig:
-    return load_config(RunConfig, None, [
-        f"text_tokenizer={assets / 'text'}", f"image_tokenizer={assets / 'image'}", "model.depth=2",
-        "data.image_size=16", "data.seq_len=96", "data.rows=2", "data.shuffle_buffer=1", f"train.output_dir={out}",
-        "train.steps=100", "train.log_every=1", "train.sample_every=0", "train.ckpt_every=0", *overrides])  # fmt: skip
+    return load_config(
+        RunConfig,
+        None,
+        [
+            f"text_tokenizer={assets / 'text'}",
+            f"image_tokenizer={assets / 'image'}",
+            "model.depth=2",
+            "data.image_size=16",
+            "data.seq_len=96",
+            "data.rows=2",
+            "data.shuffle_buffer=1",
+            f"train.output_dir={out}",
+            "train.steps=100",
+            "train.log_every=1",
+            "train.sample_every=0",
+            "train.ckpt_every=0",
+            *overrides,
+        ],
+    )
 
 
 def test_training_from_cached_latents_equals_encoding_on_the_fly(i2d, tiny_assets, tmp_path):
@@ -98,8 +127,10 @@ def test_training_from_cached_latents_equals_encoding_on_the_fly(i2d, tiny_asset
     assert write_img2dataset((it.doc for it in items), one, per_shard=100) == 14  # + the 12x40 image
     cache(one, tiny_assets, tmp_path / "cache", "--shard-size", "100")  # one shard each: both read in stored order
     losses = {}
-    for name, data in (("fly", ["data.source=img2dataset", f"data.path={one}"]),
-                       ("cached", ["data.source=shards", f"data.shards={tmp_path / 'cache'}", "data.latents=true"])):
+    for name, data in (
+        ("fly", ["data.source=img2dataset", f"data.path={one}"]),
+        ("cached", ["data.source=shards", f"data.shards={tmp_path / 'cache'}", "data.latents=true"]),
+    ):
         trainer = Trainer(run_config(tiny_assets, tmp_path / name, *data))
         torch.manual_seed(0)
         losses[name] = [trainer.train_step([next(it)])["loss"] for it in [iter(trainer.data)] for _ in range(2)]
@@ -111,32 +142,55 @@ def test_latents_of_another_tokenizer_or_none_are_refused(i2d, tiny_assets, othe
 
     cache(i2d, tiny_assets, tmp_path / "cache", "--limit", "4")
     sha = tokenizer_identity(load_image_tokenizer(other_tok))["sha256"][:12]
-    cfg = run_config(tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={tmp_path / 'cache'}",
-                     "data.latents=true", f"image_tokenizer={other_tok}")  # fmt: skip
-    with pytest.raises(DataError, match=rf"made by image tokenizer 'tiny' \(sha256 \w{{12}}\), this run uses 'tiny' "
-                                        rf"\(sha256 {sha}\): set image_tokenizer to the one that made them"):  # fmt: skip
+    cfg = run_config(
+        tiny_assets,
+        tmp_path / "r",
+        "data.source=shards",
+        f"data.shards={tmp_path / 'cache'}",
+        "data.latents=true",
+        f"image_tokenizer={other_tok}",
+    )
+    with pytest.raises(
+        DataError,
+        match=rf"made by image tokenizer 'tiny' \(sha256 \w{{12}}\), this run uses 'tiny' "
+        rf"\(sha256 {sha}\): set image_tokenizer to the one that made them",
+    ):
         load_tokenizers(cfg)
     script("prepare_data").main(["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "pixels")])
-    cfg = run_config(tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={tmp_path / 'pixels'}",
-                     "data.latents=true")  # fmt: skip
+    cfg = run_config(
+        tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={tmp_path / 'pixels'}", "data.latents=true"
+    )
     with pytest.raises(DataError, match="holds images, not cached latents"):
         load_tokenizers(cfg)
     from mmgen.train.loop import Trainer
 
     cfg = run_config(tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={tmp_path / 'cache'}")
-    with pytest.raises(DataError, match=r"hold cached latents \(scripts/cache_latents.py\), not images: set data.latents"):
+    with pytest.raises(
+        DataError, match=r"hold cached latents \(scripts/cache_latents.py\), not images: set data.latents"
+    ):
         next(iter(Trainer(cfg).data))
 
 
 def test_prepare_data_source_writes_images_or_latents_and_counts_bad_samples(i2d, tiny_assets, tmp_path):
     prepare = script("prepare_data")
-    index = prepare.main(["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "px"), "--shard-size", "5",
-                          "--min-image-size", "16"])  # fmt: skip
+    index = prepare.main(
+        ["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "px"), "--shard-size", "5", "--min-image-size", "16"]
+    )
     assert index["samples"] == 13 and index["skipped"] == 3 and len(index["shards"]) == 3
     docs = list(read_documents(tmp_path / "px"))
     assert len(docs) == 13 and all(d.images[0].fmt == "jpg" for d in docs)  # the files' bytes, not re-encoded
-    index = prepare.main(["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "lat"), "--latents",
-                          str(tiny_assets / "image"), "--image-size", "16"])  # fmt: skip
+    index = prepare.main(
+        [
+            "--source",
+            f"img2dataset:{i2d}",
+            "--out",
+            str(tmp_path / "lat"),
+            "--latents",
+            str(tiny_assets / "image"),
+            "--image-size",
+            "16",
+        ]
+    )
     assert index["samples"] == 13 and index["skipped"] == 3 and index["latents"]["shape"] == [4, 4, 4]
     assert sorted(latents_by_key(tmp_path / "lat")) == sorted(d.key for d in docs)
 
@@ -149,9 +203,15 @@ def test_restart_leaves_no_latents_of_the_old_tokenizer_for_training(i2d, tiny_a
     out, spare = tmp_path / "cache", tmp_path / "spare"
     cache(i2d, tiny_assets, out, "--shard-size", "4")  # tokenizer A: 4 shards
     cache(i2d, tiny_assets, spare, "--shard-size", "4")
-    sha_b = cache(i2d, tiny_assets, out, "--shard-size", "8", "--restart", tok=other_tok)["latents"]["tokenizer"]["sha256"]
-    assert sorted(f.name for f in out.iterdir()) == ["cache_state.json", "index.json", "latents-000000.tar",
-                                                     "latents-000001.tar"]  # fmt: skip
+    sha_b = cache(i2d, tiny_assets, out, "--shard-size", "8", "--restart", tok=other_tok)["latents"]["tokenizer"][
+        "sha256"
+    ]
+    assert sorted(f.name for f in out.iterdir()) == [
+        "cache_state.json",
+        "index.json",
+        "latents-000000.tar",
+        "latents-000001.tar",
+    ]
     assert {d.meta["image_tokenizer_sha256"] for d in read_documents(out)} == {sha_b}
 
     # an interrupted restart with A: B's index is gone at once, so nothing trains on the half-written cache
@@ -168,20 +228,25 @@ def test_restart_leaves_no_latents_of_the_old_tokenizer_for_training(i2d, tiny_a
 
     cache(i2d, tiny_assets, out, "--shard-size", "4")  # resumed and finished with A
     shutil.copy(spare / "latents-000003.tar", out / "latents-000009.tar")  # a tar the index does not list
-    with pytest.raises(DataError, match=r"1 tar\(s\) in .* are not listed in its index.json \(first: .*latents-000009"
-                                        r".tar\), so nothing says which tokenizer made them"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"1 tar\(s\) in .* are not listed in its index.json \(first: .*latents-000009"
+        r".tar\), so nothing says which tokenizer made them",
+    ):
         Trainer(cfg)
     (out / "latents-000009.tar").unlink()
     b_out = tmp_path / "b"
     cache(i2d, tiny_assets, b_out, "--shard-size", "4", tok=other_tok)
     shutil.copy(b_out / "latents-000001.tar", out / "latents-000001.tar")  # a listed shard overwritten by B's
-    with pytest.raises(DataError, match=r"holds latents of another image tokenizer \(sha256 \w{12}; expected "
-                                        r"\w{12}\): its shard is not the cache's"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"holds latents of another image tokenizer \(sha256 \w{12}; expected "
+        r"\w{12}\): its shard is not the cache's",
+    ):
         list(itertools.islice(Trainer(cfg).data, 8))
 
 
-def test_a_resumed_limited_cache_reads_as_many_documents_and_the_same_options(i2d, tiny_assets, tmp_path,
-                                                                             monkeypatch):  # fmt: skip
+def test_a_resumed_limited_cache_reads_as_many_documents_and_the_same_options(i2d, tiny_assets, tmp_path, monkeypatch):
     monkeypatch.setenv("MMGEN_DEBUG", "1")  # the scripts raise their errors instead of exiting
     whole = cache(i2d, tiny_assets, tmp_path / "whole", "--shard-size", "3", "--limit", "8")
     tok = load_image_tokenizer(tiny_assets / "image")
@@ -202,8 +267,7 @@ def test_a_corrupt_image_skips_its_document_when_caching(tiny_assets, tmp_path):
     """A named source hands over the files' bytes undecoded: the cache decodes them one document at a time."""
     good = [Document(f"ok{i}", ["a red one", Image(data=image_bytes("red"), fmt="jpg")]) for i in range(3)]
     bad = Document("broken", ["a broken one", Image(data=b"not a jpeg", fmt="jpg")])
-    cache = LatentCache(tmp_path / "lat", load_image_tokenizer(tiny_assets / "image"), 16, source="test",
-                        batch_size=2)  # fmt: skip
+    cache = LatentCache(tmp_path / "lat", load_image_tokenizer(tiny_assets / "image"), 16, source="test", batch_size=2)
     index = cache.run(Item(d, 0, 0, i) for i, d in enumerate([good[0], bad, *good[1:]]))
     assert index["samples"] == 3 and index["skipped"] == 1 and index["skipped_examples"][0][0] == "broken"
     assert "cannot decode image" in index["skipped_examples"][0][1]
@@ -213,8 +277,16 @@ def test_a_corrupt_image_skips_its_document_when_caching(tiny_assets, tmp_path):
 def test_prepare_data_latents_resume_or_restart(i2d, tiny_assets, tmp_path, monkeypatch):
     monkeypatch.setenv("MMGEN_DEBUG", "1")
     prepare = script("prepare_data")
-    argv = ["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "lat"), "--latents", str(tiny_assets / "image"),
-            "--image-size", "16"]  # fmt: skip
+    argv = [
+        "--source",
+        f"img2dataset:{i2d}",
+        "--out",
+        str(tmp_path / "lat"),
+        "--latents",
+        str(tiny_assets / "image"),
+        "--image-size",
+        "16",
+    ]
     prepare.main(argv)
     with pytest.raises(DataError, match=r"differs in options\): use another --out, or --restart to overwrite it"):
         prepare.main([*argv, "--limit", "5"])

@@ -109,7 +109,9 @@ def test_revealed_tokens_are_never_changed():
         assert (b == V).sum() <= (a == V).sum()
 
 
-@pytest.mark.parametrize("grid,unmask,steps", [("cosine", "random", 2), ("uniform", "random", 3), ("cosine", "count", 2)])
+@pytest.mark.parametrize(
+    "grid,unmask,steps", [("cosine", "random", 2), ("uniform", "random", 3), ("cosine", "count", 2)]
+)
 def test_exact_sampler_distribution_matches_sampling(grid, unmask, steps):
     """For an arbitrary (random) network on 3 tokens over 3 symbols, the exact probabilities of all 27 tuples
     sum to 1 and match the sampler's frequencies."""

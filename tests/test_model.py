@@ -15,9 +15,16 @@ from mmgen.tokenizer.text import SPECIAL_IDS
 def tiny_config(**kw) -> MMGenConfig:
     m = ModelConfig(depth=2, aspect_ratio=32, head_dim=16, **kw)
     return MMGenConfig.from_model_config(
-        m, vocab_size=320, latent_channels=4, image_size=16, downsample=4, seq_len=160, sigma_d=0.5,
-        image_objective="imm", special_ids=SPECIAL_IDS,
-    )  # fmt: skip
+        m,
+        vocab_size=320,
+        latent_channels=4,
+        image_size=16,
+        downsample=4,
+        seq_len=160,
+        sigma_d=0.5,
+        image_objective="imm",
+        special_ids=SPECIAL_IDS,
+    )
 
 
 def _inputs(b, cfg: MMGenConfig, seed: int = 0, uncond_every: int = 0):
@@ -29,9 +36,16 @@ def _inputs(b, cfg: MMGenConfig, seed: int = 0, uncond_every: int = 0):
     s = t * torch.rand(B, L, generator=g)
     uncond = img & (b["image"] % uncond_every == 0) if uncond_every else torch.zeros_like(img)
     return {
-        "input_ids": b["input_ids"], "kind": b["kind"], "doc": b["doc"], "image": b["image"], "pos": b["pos"],
-        "image_tokens": torch.randn(B, L, cfg.patch_dim, generator=g), "t": t, "s": s, "uncond": uncond,
-    }  # fmt: skip
+        "input_ids": b["input_ids"],
+        "kind": b["kind"],
+        "doc": b["doc"],
+        "image": b["image"],
+        "pos": b["pos"],
+        "image_tokens": torch.randn(B, L, cfg.patch_dim, generator=g),
+        "t": t,
+        "s": s,
+        "uncond": uncond,
+    }
 
 
 def _randomize(model: torch.nn.Module, seed: int = 1) -> None:
@@ -93,7 +107,9 @@ def test_mask_properties(batch):
 
 def test_unconditional_noisy_copy_sees_only_itself(batch):
     img = batch["kind"] != KIND_TEXT
-    both = set(batch["image"][batch["kind"] == KIND_NOISY].tolist()) & set(batch["image"][batch["kind"] == KIND_CLEAN].tolist())
+    both = set(batch["image"][batch["kind"] == KIND_NOISY].tolist()) & set(
+        batch["image"][batch["kind"] == KIND_CLEAN].tolist()
+    )
     target = max(both)  # an image with a noisy and a clean copy
     uncond = img & (batch["image"] == target)
     m = _mask(batch, uncond)
@@ -179,15 +195,44 @@ def test_save_load_round_trip(batch, tmp_path):
 
 
 PINNED_KEYS = sorted(
-    ["embed.weight", "image_in.weight", "image_in.bias", "image_pos", "lm_head.weight", "image_out.weight", "image_out.bias",
-     "text_norm.weight", "image_norm.weight", "image_final_mod.weight", "image_final_mod.bias",
-     "time.t_mlp.0.weight", "time.t_mlp.0.bias", "time.t_mlp.2.weight", "time.t_mlp.2.bias",
-     "time.s_mlp.0.weight", "time.s_mlp.0.bias", "time.s_mlp.2.weight", "time.s_mlp.2.bias",  # time_input s
-     "layers.0.image_mod.weight", "layers.0.image_mod.bias"]
-    + [f"layers.0.experts.{e}.{n}" for e in (0, 1) for n in
-       ("norm1.weight", "qkv.weight", "q_norm.weight", "k_norm.weight", "o.weight", "norm2.weight",
-        "mlp.w13.weight", "mlp.w2.weight")]
-)  # fmt: skip
+    [
+        "embed.weight",
+        "image_in.weight",
+        "image_in.bias",
+        "image_pos",
+        "lm_head.weight",
+        "image_out.weight",
+        "image_out.bias",
+        "text_norm.weight",
+        "image_norm.weight",
+        "image_final_mod.weight",
+        "image_final_mod.bias",
+        "time.t_mlp.0.weight",
+        "time.t_mlp.0.bias",
+        "time.t_mlp.2.weight",
+        "time.t_mlp.2.bias",
+        "time.s_mlp.0.weight",
+        "time.s_mlp.0.bias",
+        "time.s_mlp.2.weight",
+        "time.s_mlp.2.bias",  # time_input s
+        "layers.0.image_mod.weight",
+        "layers.0.image_mod.bias",
+    ]
+    + [
+        f"layers.0.experts.{e}.{n}"
+        for e in (0, 1)
+        for n in (
+            "norm1.weight",
+            "qkv.weight",
+            "q_norm.weight",
+            "k_norm.weight",
+            "o.weight",
+            "norm2.weight",
+            "mlp.w13.weight",
+            "mlp.w2.weight",
+        )
+    ]
+)
 
 
 def test_state_dict_keys_are_pinned():
@@ -201,8 +246,17 @@ def test_state_dict_keys_are_pinned():
 
 def test_model_config_errors():
     with pytest.raises(ValueError, match="divisible"):
-        MMGenConfig.from_model_config(ModelConfig(), vocab_size=10, latent_channels=4, image_size=30, downsample=4,
-                                      seq_len=64, sigma_d=0.5, image_objective="imm", special_ids=SPECIAL_IDS)  # fmt: skip
+        MMGenConfig.from_model_config(
+            ModelConfig(),
+            vocab_size=10,
+            latent_channels=4,
+            image_size=30,
+            downsample=4,
+            seq_len=64,
+            sigma_d=0.5,
+            image_objective="imm",
+            special_ids=SPECIAL_IDS,
+        )
     with pytest.raises(ValueError, match="pass image_tokens"):
         model = MMGenModel(tiny_config())
         z = torch.zeros(1, 4, dtype=torch.long)

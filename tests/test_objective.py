@@ -19,7 +19,9 @@ def test_group_sizes():
     assert imm_groups(11, 4) == [6, 5] and imm_groups(7, 4) == [7]  # the remainder joins the groups
     for n in range(1, 40):
         sizes = imm_groups(n, 4)
-        assert sum(sizes) == n and (n < 4 or min(sizes) >= 4) and max(sizes) <= max(4, n) and max(sizes) - min(sizes) <= 1
+        assert (
+            sum(sizes) == n and (n < 4 or min(sizes) >= 4) and max(sizes) <= max(4, n) and max(sizes) - min(sizes) <= 1
+        )
 
 
 def _setup(batch, **objective):
@@ -62,7 +64,13 @@ def test_boundary_groups_are_flow_matching(batch):
     # reference: the flow-matching objective with the same t and eps
     _, _, fm_fn, _ = _setup(batch, text_weight=0.0, image="fm")
     fm_noise = fm_fn.draw(batch, torch.Generator().manual_seed(9))
-    fm_noise.t, fm_noise.s, fm_noise.r, fm_noise.eps, fm_noise.uncond = noise.t, noise.t, noise.t, noise.eps, noise.uncond
+    fm_noise.t, fm_noise.s, fm_noise.r, fm_noise.eps, fm_noise.uncond = (
+        noise.t,
+        noise.t,
+        noise.t,
+        noise.eps,
+        noise.uncond,
+    )
     fm_loss, fm_st = fm_fn(model, batch, x0, fm_noise)
     assert st["image_units"] == 1
     assert st["image_loss"] == pytest.approx(fm_st["image_loss"], rel=1e-5)
@@ -155,8 +163,11 @@ def test_condition_keys_are_the_text_before_each_target(class_batch):
     captions = set()
     for key in keys:
         if key[0] != "image context":  # <s> caption <boi>, exactly as the tokenizer writes the caption
-            assert key[0] == ids.bos and key[-1] == ids.boi and list(key[1:-1]) == tok.encode(
-                tok.decode(list(key[1:-1])).strip(), add_special_tokens=False)
+            assert (
+                key[0] == ids.bos
+                and key[-1] == ids.boi
+                and list(key[1:-1]) == tok.encode(tok.decode(list(key[1:-1])).strip(), add_special_tokens=False)
+            )
             captions.add(tok.decode(list(key[1:-1])).strip())
     # "" is an image that opens its document: it sees only <s> <boi>
     assert captions == {"", "a red circle", "a blue square", "a green triangle"} and (ids.bos, ids.boi) in keys
@@ -215,5 +226,6 @@ def test_slot_order_reaches_every_target_input(class_batch):
     for f in ("t", "s", "r", "uncond", "eps"):
         setattr(ref, f, getattr(noise, f)[back])
     ref.boundary = [noise.boundary[j] for j in back.tolist()]
-    torch.testing.assert_close(by_prompt(model, batch, x0, noise)[0], by_position(model, batch, x0, ref)[0],
-                               rtol=1e-5, atol=1e-7)  # fmt: skip
+    torch.testing.assert_close(
+        by_prompt(model, batch, x0, noise)[0], by_position(model, batch, x0, ref)[0], rtol=1e-5, atol=1e-7
+    )

@@ -101,8 +101,11 @@ def test_long_text_splits_and_oversized_image_is_reported(text_tokenizer):
     assert sum(len(p) for p in pieces) == len(text_tokenizer(long_text.segments[0]).input_ids) + 1  # + </s>
     img_doc = ShapesGenerator(ShapesConfig(p_image_caption=0, p_interleaved=0)).document(0)
     assert small.encode(img_doc, max_len=20) == []  # 16 image tokens + 4 specials + caption > 20
-    out = list(Packer(text_tokenizer, PackSpec(20, 2, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
-               .batches(_items([img_doc] + [long_text] * 3)))  # fmt: skip
+    out = list(
+        Packer(text_tokenizer, PackSpec(20, 2, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi)).batches(
+            _items([img_doc] + [long_text] * 3)
+        )
+    )
     assert out and any(img_doc.key == k for k, _ in out[0]["skipped"])
 
 

@@ -27,8 +27,15 @@ def pipe() -> MMGenPipeline:
 
 def test_release_is_complete_and_small():
     files = {p.relative_to(RELEASE).as_posix() for p in RELEASE.rglob("*") if p.is_file()}
-    assert {"config.json", "model.safetensors", "run_config.yaml", "README.md", "sampling.json", "tokenizer.json",
-            "image_tokenizer/model.safetensors"} <= files  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "run_config.yaml",
+        "README.md",
+        "sampling.json",
+        "tokenizer.json",
+        "image_tokenizer/model.safetensors",
+    } <= files
     assert sum(p.stat().st_size for p in RELEASE.rglob("*") if p.is_file()) <= 20 * 2**20
     assert len(training_holdout(RELEASE)) >= 1  # the card's "unseen" rows need held-out pairs
 

@@ -20,8 +20,19 @@ from mmgen.tokenizer.text import SPECIAL_IDS
 
 @pytest.fixture(scope="module")
 def pipe(tiny_assets, tmp_path_factory):
-    text, image, model = tiny_model(tiny_assets, depth=2, width=64, head_dim=16, mlp_hidden=128, latent_channels=4,
-                                    patch_size=2, image_grid=(2, 2), image_size=16, downsample=4, max_seq_len=160)  # fmt: skip
+    text, image, model = tiny_model(
+        tiny_assets,
+        depth=2,
+        width=64,
+        head_dim=16,
+        mlp_hidden=128,
+        latent_channels=4,
+        patch_size=2,
+        image_grid=(2, 2),
+        image_size=16,
+        downsample=4,
+        max_seq_len=160,
+    )
     model.eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial weights everywhere, so every path matters
@@ -32,14 +43,25 @@ def pipe(tiny_assets, tmp_path_factory):
 
 def _full_forward(model, cols, image_values, t, s, uncond):
     B, L = cols["ids"].shape
-    return model(input_ids=cols["ids"], kind=cols["kind"], doc=cols["doc"], image=cols["image"], pos=cols["pos"],
-                 image_tokens=image_values, t=t, s=s, uncond=uncond)  # fmt: skip
+    return model(
+        input_ids=cols["ids"],
+        kind=cols["kind"],
+        doc=cols["doc"],
+        image=cols["image"],
+        pos=cols["pos"],
+        image_tokens=image_values,
+        t=t,
+        s=s,
+        uncond=uncond,
+    )
 
 
 def _prompt_cols(pipe, segs):
     cols, _ = pipe.sampler.encode_prompt(segs)
-    return {k: torch.from_numpy(np.asarray(v))[None] if k != "pos" else torch.from_numpy(v)[:, None] for k, v in cols.items()} | {
-        "doc": torch.zeros(1, len(cols["ids"]), dtype=torch.long)}  # fmt: skip
+    return {
+        k: torch.from_numpy(np.asarray(v))[None] if k != "pos" else torch.from_numpy(v)[:, None]
+        for k, v in cols.items()
+    } | {"doc": torch.zeros(1, len(cols["ids"]), dtype=torch.long)}
 
 
 def test_cached_text_decoding_equals_uncached(pipe):
@@ -50,8 +72,13 @@ def test_cached_text_decoding_equals_uncached(pipe):
     ref = []
     for _ in range(12):
         L = len(ids)
-        c = {"ids": torch.tensor([ids]), "kind": torch.zeros(1, L, dtype=torch.long), "doc": torch.zeros(1, L, dtype=torch.long),
-             "image": torch.full((1, L), -1), "pos": torch.tensor(pos)[None, None].expand(3, 1, L)}  # fmt: skip
+        c = {
+            "ids": torch.tensor([ids]),
+            "kind": torch.zeros(1, L, dtype=torch.long),
+            "doc": torch.zeros(1, L, dtype=torch.long),
+            "image": torch.full((1, L), -1),
+            "pos": torch.tensor(pos)[None, None].expand(3, 1, L),
+        }
         with torch.no_grad():
             nxt = int(_full_forward(pipe.model, c, None, None, None, None).logits[-1].argmax())
         if nxt == SPECIAL_IDS["boi"]:
@@ -130,12 +157,26 @@ def test_batched_cfg_equals_two_forwards(pipe):
         image = torch.cat([torch.full((1, L0), -1)] + [torch.full((1, G), i) for i, _ in copies], 1)
         unc = torch.cat([torch.zeros(1, L0, dtype=torch.bool)] + [torch.full((1, G), u) for _, u in copies], 1)
         ids = torch.cat([cols["ids"], torch.full((1, len(copies) * G), c.pad_token_id)], 1)
-        pos = torch.cat([cols["pos"]] + [torch.stack([torch.full((G,), L0), L0 + torch.arange(G) // 2, L0 + torch.arange(G) % 2])[:, None]] * len(copies), -1)
+        pos = torch.cat(
+            [cols["pos"]]
+            + [torch.stack([torch.full((G,), L0), L0 + torch.arange(G) // 2, L0 + torch.arange(G) % 2])[:, None]]
+            * len(copies),
+            -1,
+        )
         vals = torch.cat([torch.zeros(1, L0, c.patch_dim)] + [x] * len(copies), 1)
         t = torch.cat([torch.zeros(1, L0), torch.full((1, len(copies) * G), 0.7)], 1)
         with torch.no_grad():
-            out = pipe.model(input_ids=ids, kind=kind, doc=torch.zeros(1, L, dtype=torch.long), image=image, pos=pos,
-                             image_tokens=vals, t=t, s=t * 0.5, uncond=unc).image[0, L0:]  # fmt: skip
+            out = pipe.model(
+                input_ids=ids,
+                kind=kind,
+                doc=torch.zeros(1, L, dtype=torch.long),
+                image=image,
+                pos=pos,
+                image_tokens=vals,
+                t=t,
+                s=t * 0.5,
+                uncond=unc,
+            ).image[0, L0:]
         return out.split(G)
 
     both = build([(0, False), (1 << 20, True)])
@@ -180,8 +221,12 @@ def test_prompt_images_enter_as_clean_context(pipe, tmp_path):
     img = np.zeros((40, 24, 3), dtype=np.uint8)  # another size: centre-cropped and resized
     img[10:20, 5:15] = (220, 40, 40)
     Image.fromarray(img).save(tmp_path / "in.png")
-    res = pipe([f"a small red square <image:{tmp_path / 'in.png'}> the same square in blue"], steps=1, image_first=True,
-               stop_after_image=True)[0]  # fmt: skip
+    res = pipe(
+        [f"a small red square <image:{tmp_path / 'in.png'}> the same square in blue"],
+        steps=1,
+        image_first=True,
+        stop_after_image=True,
+    )[0]
     assert len(res.prompt) == 3 and res.prompt[1].shape == (40, 24, 3) and len(res.images) == 1
     cols, imgs = pipe.sampler.encode_prompt(res.prompt)
     assert len(imgs) == 1 and (cols["kind"] == KIND_CLEAN).sum() == pipe.model.config.image_tokens
@@ -210,8 +255,9 @@ def test_tokenizer_mismatch_is_refused(pipe, tiny_assets):
     from mmgen.config import CorpusSpec, TextTokenizerRecipe
     from mmgen.tokenizer.text import train_text_tokenizer
 
-    other = train_text_tokenizer(TextTokenizerRecipe(name="o", vocab_size=300, corpora=[CorpusSpec("shapes", 500)]),
-                                 tiny_assets / "other_text")  # fmt: skip
+    other = train_text_tokenizer(
+        TextTokenizerRecipe(name="o", vocab_size=300, corpora=[CorpusSpec("shapes", 500)]), tiny_assets / "other_text"
+    )
     with pytest.raises(ValueError, match="tokenizers do not match.*300 tokens"):
         MMGenPipeline(pipe.model, other, pipe.image_tok)
 
@@ -250,11 +296,18 @@ def test_text_after_an_image_sees_its_clean_copy(pipe, monkeypatch):
     ref = []
     for _ in range(len(after)):
         L = len(ids)
-        full = {"ids": torch.tensor([ids]), "kind": torch.tensor([kind]), "doc": torch.zeros(1, L, dtype=torch.long),
-                "image": torch.tensor([image]), "pos": torch.tensor([t_pos, h_pos, w_pos])[:, None]}  # fmt: skip
+        full = {
+            "ids": torch.tensor([ids]),
+            "kind": torch.tensor([kind]),
+            "doc": torch.zeros(1, L, dtype=torch.long),
+            "image": torch.tensor([image]),
+            "pos": torch.tensor([t_pos, h_pos, w_pos])[:, None],
+        }
         with torch.no_grad():
             v = torch.cat([vals, torch.zeros(1, L - vals.shape[1], c.patch_dim)], 1)
-            nxt = int(_full_forward(pipe.model, full, v, torch.zeros(1, L), torch.zeros(1, L), None).logits[-1].argmax())
+            nxt = int(
+                _full_forward(pipe.model, full, v, torch.zeros(1, L), torch.zeros(1, L), None).logits[-1].argmax()
+            )
         ref.append(nxt)
         ids, kind, image = ids + [nxt], kind + [KIND_TEXT], image + [-1]
         for lst in (t_pos, h_pos, w_pos):

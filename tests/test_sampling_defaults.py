@@ -44,12 +44,15 @@ def test_defaults_apply_and_explicit_options_win(release):
         (release / "sampling.json").unlink()
 
 
-@pytest.mark.parametrize("content, match", [
-    ('{"stepz": 2}', "expected an object of sampling options"),
-    ('{"steps": 0}', "steps 0 is out of range"),
-    ("[4]", "expected an object of sampling options"),
-    ("{", "sampling.json"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"stepz": 2}', "expected an object of sampling options"),
+        ('{"steps": 0}', "steps 0 is out of range"),
+        ("[4]", "expected an object of sampling options"),
+        ("{", "sampling.json"),
+    ],
+)
 def test_a_bad_sampling_file_names_itself(release, content, match):
     (release / "sampling.json").write_text(content)
     try:

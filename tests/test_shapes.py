@@ -130,7 +130,9 @@ def test_holdout_pairs_never_reach_the_train_split_but_reach_the_test_split():
 
 def _digest(cfg: ShapesConfig, n: int = 300) -> str:
     g = ShapesGenerator(cfg)
-    docs = (" / ".join(s if isinstance(s, str) else s.meta["caption"] for s in g.document(i).segments) for i in range(n))
+    docs = (
+        " / ".join(s if isinstance(s, str) else s.meta["caption"] for s in g.document(i).segments) for i in range(n)
+    )
     return hashlib.sha256("|".join(docs).encode()).hexdigest()[:16]
 
 
@@ -141,11 +143,14 @@ def test_no_holdout_draws_what_it_always_drew():
     assert _digest(ShapesConfig(split="test", holdout=HOLDOUT)) == "5d81c3f44578de51"  # the test split draws all
 
 
-@pytest.mark.parametrize("holdout, match", [
-    (["red hexagon"], "is not '<colour> <shape>'"),
-    (["redcircle"], "is not '<colour> <shape>'"),
-    ([f"{c} circle" for c in ("red", "green", "blue", "yellow", "purple", "white")], "every colour of 'circle'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "holdout, match",
+    [
+        (["red hexagon"], "is not '<colour> <shape>'"),
+        (["redcircle"], "is not '<colour> <shape>'"),
+        ([f"{c} circle" for c in ("red", "green", "blue", "yellow", "purple", "white")], "every colour of 'circle'"),
+    ],
+)
 def test_bad_holdout_names_the_pair(holdout, match):
     with pytest.raises(ValueError, match=match):
         ShapesConfig(holdout=holdout)

@@ -32,7 +32,9 @@ def _same(a: Document, b: Document) -> bool:
 def test_round_trip(tmp_path):
     docs = list(ShapesGenerator(ShapesConfig()).documents(0, 30))
     docs.append(Document("text-only", ["just text, no image"], {"source": "test"}))
-    docs.append(Document("latents", ["cached", Image(latents=np.arange(24, dtype=np.float16).reshape(2, 3, 4), loss=False)]))
+    docs.append(
+        Document("latents", ["cached", Image(latents=np.arange(24, dtype=np.float16).reshape(2, 3, 4), loss=False)])
+    )
     index = write_shards(docs, tmp_path, prefix="rt", max_count=7)
     assert index["samples"] == 32 and len(index["shards"]) == 5
     back = list(read_documents(tmp_path))
@@ -112,6 +114,7 @@ def _corrupt_shard(path, good_docs):
     from mmgen.data.documents import to_sample
 
     with tarfile.open(path, "w") as tar:
+
         def add(name, data):
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -24,7 +24,8 @@ from mmgen.train.checkpoint import export_release
 
 
 @pytest.mark.parametrize(
-    "time_input, mlps", [("s", {"t_mlp", "s_mlp"}), ("stride", {"t_mlp", "d_mlp"}), ("both", {"t_mlp", "s_mlp", "d_mlp"})]
+    "time_input, mlps",
+    [("s", {"t_mlp", "s_mlp"}), ("stride", {"t_mlp", "d_mlp"}), ("both", {"t_mlp", "s_mlp", "d_mlp"})],
 )
 def test_parameters_name_the_input_they_read(time_input, mlps):
     emb = TimeEmbedding(16, freq_dim=8, time_input=time_input)
@@ -94,7 +95,10 @@ def test_identity_flow_map_jumps_in_one_step_nearly_as_well_as_in_four():
     torch.manual_seed(0)
     target, g = get_target("ring8"), torch.Generator().manual_seed(0)
     cfg = ImmConfig()
-    net, _ = fit(TimeMLP(2, 64, 2, time_input="s"),
-                 lambda m, step: imm_loss(m, target(256, g), cfg, g, step)[0], FitConfig(steps=1500, warmup=100))  # fmt: skip
+    net, _ = fit(
+        TimeMLP(2, 64, 2, time_input="s"),
+        lambda m, step: imm_loss(m, target(256, g), cfg, g, step)[0],
+        FitConfig(steps=1500, warmup=100),
+    )
     one, four = _energy_at(net, 1, target), _energy_at(net, 4, target)
     assert one <= 2.0 * four, (one, four)

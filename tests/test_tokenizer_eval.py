@@ -85,8 +85,19 @@ def test_eval_script_writes_json_markdown_and_figure(tmp_path, capsys):
     for kind in ("kl", "fsq"):
         ImageTokenizer(tiny(kind)).eval().save_pretrained(tmp_path / kind)
     out = tmp_path / "out"
-    _script("eval_tokenizer").main([str(tmp_path / "kl"), str(tmp_path / "fsq"), "--images", str(imgs),
-                                    "--out", str(out), "--no-fd", "--figure", "im1.png"])  # fmt: skip
+    _script("eval_tokenizer").main(
+        [
+            str(tmp_path / "kl"),
+            str(tmp_path / "fsq"),
+            "--images",
+            str(imgs),
+            "--out",
+            str(out),
+            "--no-fd",
+            "--figure",
+            "im1.png",
+        ]
+    )
     data = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in data["rows"]}
     assert set(rows) == {"kl", "fsq"} and rows["kl"]["images"] == 2

@@ -136,12 +136,27 @@ def test_eval_references_script_end_to_end(tmp_path):
     _write_pngs(tmp_path / "test", smooth(2, 32, 48, seed=1))
     mod = _script("eval_references")
     out = tmp_path / "refs" / "references"
-    res = mod.main(["--rows", "f8-pca4,f8-pca16,f8-kmeans4", "--fit-folder", str(tmp_path / "fit"),
-                    "--images", str(tmp_path / "test"), "--out", str(out), "--kmeans-iters", "3",
-                    "--save", str(tmp_path / "saved")])  # fmt: skip
+    res = mod.main(
+        [
+            "--rows",
+            "f8-pca4,f8-pca16,f8-kmeans4",
+            "--fit-folder",
+            str(tmp_path / "fit"),
+            "--images",
+            str(tmp_path / "test"),
+            "--out",
+            str(out),
+            "--kmeans-iters",
+            "3",
+            "--save",
+            str(tmp_path / "saved"),
+        ]
+    )
     data = json.loads(out.with_suffix(".json").read_text())
     rows = data["sets"][str(tmp_path / "test")]["rows"]
-    assert [r["name"] for r in rows] == ["f8-pca4", "f8-pca16", "f8-kmeans4"] and res["sets"].keys() == data["sets"].keys()
+    assert [r["name"] for r in rows] == ["f8-pca4", "f8-pca16", "f8-kmeans4"] and res["sets"].keys() == data[
+        "sets"
+    ].keys()
     assert [r["bits_out"] for r in rows] == [64, 256, 2] and all(r["images"] == 2 and r["reference"] for r in rows)
     assert rows[1]["psnr"] > rows[0]["psnr"] > rows[2]["psnr"]
     assert rows[2]["code_codebook_size"] == 4 and rows[2]["fit"]["patches"] == 4 * 5 * 6

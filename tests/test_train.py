@@ -16,13 +16,24 @@ from mmgen.train.checkpoint import find_checkpoint
 
 def tiny_run(assets: Path, out: Path, *overrides: str) -> RunConfig:
     base = [
-        f"text_tokenizer={assets / 'text'}", f"image_tokenizer={assets / 'image'}",
-        "model.depth=2", "model.aspect_ratio=32", "model.head_dim=32",
-        "data.image_size=16", "data.seq_len=96", "data.rows=2",
-        f"train.output_dir={out}", "train.steps=6", "train.log_every=1", "train.sample_every=0",
-        "train.ckpt_every=0", "train.warmup_steps=2", "train.grad_clip=0.0",
-        "sample.prompts=[a large red circle]", "sample.steps=2",
-    ]  # fmt: skip
+        f"text_tokenizer={assets / 'text'}",
+        f"image_tokenizer={assets / 'image'}",
+        "model.depth=2",
+        "model.aspect_ratio=32",
+        "model.head_dim=32",
+        "data.image_size=16",
+        "data.seq_len=96",
+        "data.rows=2",
+        f"train.output_dir={out}",
+        "train.steps=6",
+        "train.log_every=1",
+        "train.sample_every=0",
+        "train.ckpt_every=0",
+        "train.warmup_steps=2",
+        "train.grad_clip=0.0",
+        "sample.prompts=[a large red circle]",
+        "sample.steps=2",
+    ]
     return load_config(RunConfig, None, base + list(overrides))
 
 
@@ -83,7 +94,9 @@ def test_resuming_with_another_config_names_the_changes(tiny_assets, tmp_path):
     assert longer.step == 3
     assert longer.config_changes == ["objective.imm.particles: 4 -> 2", "train.steps: 6 -> 8"]
     kept = tmp_path / "r" / "config-until-step-0000003.yaml"
-    assert kept.is_file() and "steps: 6" in kept.read_text() and "steps: 8" in (tmp_path / "r" / "config.yaml").read_text()
+    assert (
+        kept.is_file() and "steps: 6" in kept.read_text() and "steps: 8" in (tmp_path / "r" / "config.yaml").read_text()
+    )
 
 
 def test_a_run_from_before_an_architecture_option_resumes_with_its_legacy_value(tiny_assets, tmp_path):

@@ -47,9 +47,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where it is lossless."""
 
     def fail(extra: str = "") -> ConfigError:
-        return ConfigError(
-            f"{source}: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}{extra}"
-        )
+        return ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}{extra}")
 
     origin = get_origin(tp)
     if tp is Any:
@@ -196,8 +194,10 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML config such as "
-                          f"configs/train/shapes_tiny.yaml") from e  # fmt: skip
+        raise ConfigError(
+            f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML config such as "
+            f"configs/train/shapes_tiny.yaml"
+        ) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if data is None:

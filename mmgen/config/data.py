@@ -29,9 +29,14 @@ class ShapesConfig:
     holdout: list[str] = field(default_factory=list)
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "image_size": Range(16, 1024), "p_two_objects": UNIT, "background": Range(0, 255), "p_caption_image": UNIT,
-        "p_image_caption": UNIT, "p_interleaved": UNIT, "seed": AT_LEAST_0,
-    }  # fmt: skip
+        "image_size": Range(16, 1024),
+        "p_two_objects": UNIT,
+        "background": Range(0, 255),
+        "p_caption_image": UNIT,
+        "p_image_caption": UNIT,
+        "p_interleaved": UNIT,
+        "seed": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 16, f"image_size must be >= 16, got {self.image_size}")
@@ -41,13 +46,17 @@ class ShapesConfig:
         _check(total > 0, "the layout probabilities must not all be 0")
         for pair in self.holdout:
             color, _, shape = pair.partition(" ")
-            _check(color in self.colors and shape in self.shapes,
-                   f"holdout pair {pair!r} is not '<colour> <shape>' with colour in {self.colors} and shape in "
-                   f"{self.shapes}")  # fmt: skip
+            _check(
+                color in self.colors and shape in self.shapes,
+                f"holdout pair {pair!r} is not '<colour> <shape>' with colour in {self.colors} and shape in "
+                f"{self.shapes}",
+            )
         _check(len(self.holdout_pairs) < len(self.colors) * len(self.shapes), "holdout must leave a pair to draw")
         for shape in self.shapes:
-            _check(any((c, shape) not in self.holdout_pairs for c in self.colors),
-                   f"holdout removes every colour of {shape!r}; keep at least one")  # fmt: skip
+            _check(
+                any((c, shape) not in self.holdout_pairs for c in self.colors),
+                f"holdout removes every colour of {shape!r}; keep at least one",
+            )
 
     @property
     def holdout_pairs(self) -> set[tuple[str, str]]:
@@ -76,13 +85,22 @@ class DataConfig:
     seed: int = 0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "image_size": Range(8, 1024), "seq_len": Range(8, MAX_SEQ_LEN), "rows": Range(1, 4096),
-        "num_workers": Range(0, 256), "shuffle_buffer": AT_LEAST_0, "seed": AT_LEAST_0, "min_image_size": AT_LEAST_0,
-    }  # fmt: skip
+        "image_size": Range(8, 1024),
+        "seq_len": Range(8, MAX_SEQ_LEN),
+        "rows": Range(1, 4096),
+        "num_workers": Range(0, 256),
+        "shuffle_buffer": AT_LEAST_0,
+        "seed": AT_LEAST_0,
+        "min_image_size": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         _check(self.source != "shards" or bool(self.shards), "source 'shards' needs data.shards=<dir or glob>")
-        _check(self.source in ("shapes", "shards") or bool(self.path),
-               f"source '{self.source}' needs data.path=<where the data is> (see data/README.md)")  # fmt: skip
-        _check(not self.latents or self.source == "shards",
-               "data.latents=true reads shards written by scripts/cache_latents.py: set data.source=shards")  # fmt: skip
+        _check(
+            self.source in ("shapes", "shards") or bool(self.path),
+            f"source '{self.source}' needs data.path=<where the data is> (see data/README.md)",
+        )
+        _check(
+            not self.latents or self.source == "shards",
+            "data.latents=true reads shards written by scripts/cache_latents.py: set data.source=shards",
+        )

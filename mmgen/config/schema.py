@@ -49,9 +49,10 @@ class TextTokenizerRecipe:
     max_sentence_length: int = 4096
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "vocab_size": Range(64, 1 << 20), "character_coverage": Range(0, 1, lo_open=True),
+        "vocab_size": Range(64, 1 << 20),
+        "character_coverage": Range(0, 1, lo_open=True),
         "max_sentence_length": AT_LEAST_1,
-    }  # fmt: skip
+    }
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 64, f"vocab_size must be >= 64, got {self.vocab_size}")
@@ -90,11 +91,19 @@ class ModelConfig:
     attention: Literal["auto", "sdpa", "flex"] = "auto"
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "depth": Range(1, 256), "aspect_ratio": Range(1, 1024), "width": Range(0, 65536), "head_dim": Range(8, 1024),
-        "mlp_ratio": Range(0, 64, lo_open=True), "patch_size": Range(1, 64), "rope_theta": POSITIVE,
-        "time_freq_dim": Range(2, 65536), "init_std": Range(0, 1, lo_open=True), "max_seq_len": Range(0, MAX_SEQ_LEN),
-        "vocab_size": Range(0, 1 << 24), "latent_channels": Range(0, 1024),
-    }  # fmt: skip
+        "depth": Range(1, 256),
+        "aspect_ratio": Range(1, 1024),
+        "width": Range(0, 65536),
+        "head_dim": Range(8, 1024),
+        "mlp_ratio": Range(0, 64, lo_open=True),
+        "patch_size": Range(1, 64),
+        "rope_theta": POSITIVE,
+        "time_freq_dim": Range(2, 65536),
+        "init_std": Range(0, 1, lo_open=True),
+        "max_seq_len": Range(0, MAX_SEQ_LEN),
+        "vocab_size": Range(0, 1 << 24),
+        "latent_channels": Range(0, 1024),
+    }
 
     def __post_init__(self) -> None:
         _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
@@ -133,11 +142,19 @@ class ImmConfig:
     warm_start_steps: int = 0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "particles": Range(1, 1024), "k": Range(0, 64), "a": Range(0, 16), "t_max": UNIT_OPEN, "t_min": UNIT_OPEN,
-        "min_gap": Range(0, 1, hi_open=True), "sigma_d": POSITIVE, "kernel_weight_max": POSITIVE,
-        "cond_dropout": UNIT_OPEN, "boundary_fraction": UNIT, "boundary_weight": AT_LEAST_0,
+        "particles": Range(1, 1024),
+        "k": Range(0, 64),
+        "a": Range(0, 16),
+        "t_max": UNIT_OPEN,
+        "t_min": UNIT_OPEN,
+        "min_gap": Range(0, 1, hi_open=True),
+        "sigma_d": POSITIVE,
+        "kernel_weight_max": POSITIVE,
+        "cond_dropout": UNIT_OPEN,
+        "boundary_fraction": UNIT,
+        "boundary_weight": AT_LEAST_0,
         "warm_start_steps": AT_LEAST_0,
-    }  # fmt: skip
+    }
 
     def __post_init__(self) -> None:
         _check(self.particles >= 1, "particles must be >= 1")
@@ -200,11 +217,22 @@ class TrainConfig:
 
     # grad_clip, sample_every, ckpt_every: 0 = off (a negative ckpt_every would checkpoint every step)
     RANGES: ClassVar[dict[str, Range]] = {
-        "steps": AT_LEAST_1, "grad_accum": Range(1, 4096), "lr": LEARNING_RATE, "min_lr_ratio": UNIT,
-        "warmup_steps": AT_LEAST_0, "betas": UNIT_OPEN, "weight_decay": Range(0, 10), "grad_clip": AT_LEAST_0,
-        "ema_decay": UNIT_OPEN, "log_every": AT_LEAST_1, "sample_every": AT_LEAST_0, "ckpt_every": AT_LEAST_0,
-        "keep_checkpoints": AT_LEAST_0, "max_nonfinite": AT_LEAST_1, "seed": AT_LEAST_0,
-    }  # fmt: skip
+        "steps": AT_LEAST_1,
+        "grad_accum": Range(1, 4096),
+        "lr": LEARNING_RATE,
+        "min_lr_ratio": UNIT,
+        "warmup_steps": AT_LEAST_0,
+        "betas": UNIT_OPEN,
+        "weight_decay": Range(0, 10),
+        "grad_clip": AT_LEAST_0,
+        "ema_decay": UNIT_OPEN,
+        "log_every": AT_LEAST_1,
+        "sample_every": AT_LEAST_0,
+        "ckpt_every": AT_LEAST_0,
+        "keep_checkpoints": AT_LEAST_0,
+        "max_nonfinite": AT_LEAST_1,
+        "seed": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1 and self.grad_accum >= 1, "steps and grad_accum must be >= 1")
@@ -234,9 +262,14 @@ class SampleConfig:
     top_p: float = 1.0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "steps": Range(1, MAX_SAMPLER_STEPS), "guidance": Range(0, 20), "seed": AT_LEAST_0,
-        "max_new_tokens": AT_LEAST_0, "temperature": Range(0, 100), "top_k": AT_LEAST_0, "top_p": Range(0, 1, lo_open=True),
-    }  # fmt: skip
+        "steps": Range(1, MAX_SAMPLER_STEPS),
+        "guidance": Range(0, 20),
+        "seed": AT_LEAST_0,
+        "max_new_tokens": AT_LEAST_0,
+        "temperature": Range(0, 100),
+        "top_k": AT_LEAST_0,
+        "top_p": Range(0, 1, lo_open=True),
+    }
 
 
 @dataclass
@@ -303,15 +336,34 @@ class ImageTokenizerRecipe:
     stats_batches: int = 16  # training batches whose latents give the per-channel mean / std
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "width": Range(4, 4096), "blocks": Range(0, 64), "latent_channels": Range(1, 1024), "kl_weight": AT_LEAST_0,
-        "codebook_size": Range(2, 1 << 20), "code_dim": Range(1, 1024), "ema_decay": UNIT_OPEN,
-        "dead_code_steps": AT_LEAST_1, "commitment_weight": AT_LEAST_0, "levels": Range(2, 1 << 16),
-        "l1_weight": AT_LEAST_0, "l2_weight": AT_LEAST_0, "source_weights": AT_LEAST_0, "images_per_source": AT_LEAST_0,
-        "crop_size": Range(2, 4096), "batch_size": Range(1, 65536), "steps": AT_LEAST_1, "lr": LEARNING_RATE,
-        "warmup_steps": AT_LEAST_0, "min_lr_ratio": UNIT, "weight_decay": Range(0, 10), "grad_clip": AT_LEAST_0,
-        "seed": AT_LEAST_0, "log_every": AT_LEAST_1, "ckpt_every": AT_LEAST_1, "val_images": AT_LEAST_0,
+        "width": Range(4, 4096),
+        "blocks": Range(0, 64),
+        "latent_channels": Range(1, 1024),
+        "kl_weight": AT_LEAST_0,
+        "codebook_size": Range(2, 1 << 20),
+        "code_dim": Range(1, 1024),
+        "ema_decay": UNIT_OPEN,
+        "dead_code_steps": AT_LEAST_1,
+        "commitment_weight": AT_LEAST_0,
+        "levels": Range(2, 1 << 16),
+        "l1_weight": AT_LEAST_0,
+        "l2_weight": AT_LEAST_0,
+        "source_weights": AT_LEAST_0,
+        "images_per_source": AT_LEAST_0,
+        "crop_size": Range(2, 4096),
+        "batch_size": Range(1, 65536),
+        "steps": AT_LEAST_1,
+        "lr": LEARNING_RATE,
+        "warmup_steps": AT_LEAST_0,
+        "min_lr_ratio": UNIT,
+        "weight_decay": Range(0, 10),
+        "grad_clip": AT_LEAST_0,
+        "seed": AT_LEAST_0,
+        "log_every": AT_LEAST_1,
+        "ckpt_every": AT_LEAST_1,
+        "val_images": AT_LEAST_0,
         "stats_batches": AT_LEAST_1,
-    }  # fmt: skip
+    }
 
     def __post_init__(self) -> None:
         _check(self.downsample in (2, 4, 8, 16, 32), f"downsample must be a power of 2 in 2..32, got {self.downsample}")
@@ -324,10 +376,16 @@ class ImageTokenizerRecipe:
         _check(self.latent_channels >= 1 and self.code_dim >= 1, "latent_channels and code_dim must be >= 1")
         _check(self.codebook_size >= 2, f"codebook_size must be >= 2, got {self.codebook_size}")
         _check(0.0 <= self.ema_decay < 1.0, "ema_decay must lie in [0, 1)")
-        _check(len(self.levels) >= 1 and all(v >= 2 for v in self.levels), f"levels must be >= 2 each, got {self.levels}")
+        _check(
+            len(self.levels) >= 1 and all(v >= 2 for v in self.levels), f"levels must be >= 2 each, got {self.levels}"
+        )
         _check(len(self.sources) >= 1, "sources must name at least one of flickr8k, cifar10, shapes")
-        _check(not self.source_weights or len(self.source_weights) == len(self.sources),
-               "source_weights needs one weight per source (or [] for equal)")  # fmt: skip
-        _check(self.crop_size % self.downsample == 0,
-               f"crop_size {self.crop_size} must be a multiple of downsample {self.downsample}")  # fmt: skip
+        _check(
+            not self.source_weights or len(self.source_weights) == len(self.sources),
+            "source_weights needs one weight per source (or [] for equal)",
+        )
+        _check(
+            self.crop_size % self.downsample == 0,
+            f"crop_size {self.crop_size} must be a multiple of downsample {self.downsample}",
+        )
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")

@@ -119,8 +119,10 @@ def check_structure(spec: Any, key: str) -> list[dict[str, Any]]:
     `{"image": int >= 0, "meta": {...}?, "loss": bool?}`; anything else is a SampleError naming it."""
 
     def bad(what: str) -> SampleError:
-        return SampleError(f'sample {key!r}: {what} (a document is {{"segments": [{{"text": "..."}}, {{"image": 0}}, '
-                           f'...], "meta": {{...}}}})')  # fmt: skip
+        return SampleError(
+            f'sample {key!r}: {what} (a document is {{"segments": [{{"text": "..."}}, {{"image": 0}}, '
+            f'...], "meta": {{...}}}})'
+        )
 
     segments = spec.get("segments") if isinstance(spec, dict) else None
     if not isinstance(segments, list) or not segments:

@@ -39,8 +39,9 @@ class ReadOptions:
     caption_layout: str = "caption_image"  # caption_image, image_caption or both (chosen per document by key)
 
     @classmethod
-    def of(cls, image_size: int, min_image_size: int = 0, caption_field: str = "",
-           caption_layout: str = "caption_image") -> ReadOptions:  # fmt: skip
+    def of(
+        cls, image_size: int, min_image_size: int = 0, caption_field: str = "", caption_layout: str = "caption_image"
+    ) -> ReadOptions:
         """The options of a config or command line, where min_image_size 0 means the image size (else any)."""
         return cls(image_size, min_image_size or image_size or 1, caption_field, caption_layout)
 
@@ -87,12 +88,29 @@ class RecordStream(DealtStream):
     what = "record(s)"
     fix = "Fix the data (data/README.md lists what each layout needs)"
 
-    def __init__(self, records: Sequence[Any], decode: Callable[[Any], Document], split: Split, *, seed: int = 0,
-                 shuffle: bool = True, epochs: int | None = None, name: Callable[[Any], str] = str,
-                 what: str = "records"):  # fmt: skip
+    def __init__(
+        self,
+        records: Sequence[Any],
+        decode: Callable[[Any], Document],
+        split: Split,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        epochs: int | None = None,
+        name: Callable[[Any], str] = str,
+        what: str = "records",
+    ):
         self.records, self.name = records, name
-        super().__init__(list(range(len(records))), split, seed=seed, shuffle=shuffle, epochs=epochs,
-                         decode=decode, noun=what, more="add data or use fewer DataLoader workers")  # fmt: skip
+        super().__init__(
+            list(range(len(records))),
+            split,
+            seed=seed,
+            shuffle=shuffle,
+            epochs=epochs,
+            decode=decode,
+            noun=what,
+            more="add data or use fewer DataLoader workers",
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -107,15 +125,25 @@ class RecordStream(DealtStream):
         return self.name(self.records[unit])
 
 
-def open_layout(layout: str, path: str, opts: ReadOptions, split: Split | None = None, *, seed: int = 0,
-                shuffle: bool = True, shuffle_buffer: int = 256, epochs: int | None = None):  # fmt: skip
+def open_layout(
+    layout: str,
+    path: str,
+    opts: ReadOptions,
+    split: Split | None = None,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    shuffle_buffer: int = 256,
+    epochs: int | None = None,
+):
     """The stream of one external layout (`LAYOUTS`) at `path`."""
     split = split or Split()
     if layout == "img2dataset":
         from mmgen.data.img2dataset import img2dataset_stream
 
-        return img2dataset_stream(path, opts, split, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-                                  epochs=epochs)  # fmt: skip
+        return img2dataset_stream(
+            path, opts, split, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer, epochs=epochs
+        )
     if layout == "imagefolder":
         from mmgen.data.imagefolder import imagefolder_stream
 
@@ -156,10 +184,17 @@ def read_items(spec: str, opts: ReadOptions, start: int = 0, split: str = "train
 
 def add_read_args(ap) -> None:
     """The command-line options of the external layouts (prepare_data.py, cache_latents.py)."""
-    ap.add_argument("--caption-field", default="", help="img2dataset: a .json field instead of {key}.txt; "
-                    "imagefolder: the metadata column (default text)")  # fmt: skip
-    ap.add_argument("--min-image-size", type=int, default=0,
-                    help="skip images whose shorter side is below this (0: the --image-size, else any size)")
+    ap.add_argument(
+        "--caption-field",
+        default="",
+        help="img2dataset: a .json field instead of {key}.txt; imagefolder: the metadata column (default text)",
+    )
+    ap.add_argument(
+        "--min-image-size",
+        type=int,
+        default=0,
+        help="skip images whose shorter side is below this (0: the --image-size, else any size)",
+    )
 
 
 def read_options(args, image_size: int) -> ReadOptions:

@@ -55,8 +55,10 @@ def _rows(meta: Path) -> list[tuple[int, dict | str]]:
         with open(meta, newline="", encoding="utf-8") as f:
             return list(enumerate(csv.DictReader(f), start=2))  # line 1 is the header
     except (ValueError, csv.Error) as e:
-        raise DataError(f"{meta}: unreadable metadata ({e}); a UTF-8 CSV with a header row naming 'file_name' "
-                        f"and the caption column") from e  # fmt: skip
+        raise DataError(
+            f"{meta}: unreadable metadata ({e}); a UTF-8 CSV with a header row naming 'file_name' "
+            f"and the caption column"
+        ) from e
 
 
 def _row_file(row: dict, here: Path, root: Path) -> tuple[str, str]:
@@ -74,8 +76,10 @@ def scan(root: str | Path, caption_field: str = "") -> list[Record]:
     metadata rows that cannot name an image (bad samples)."""
     root, column = Path(root), caption_field or "text"
     if not root.is_dir():
-        raise DataError(f"data.path: {root} is not a folder (an imagefolder layout is a folder of images with "
-                        f"metadata.jsonl or metadata.csv)")  # fmt: skip
+        raise DataError(
+            f"data.path: {root} is not a folder (an imagefolder layout is a folder of images with "
+            f"metadata.jsonl or metadata.csv)"
+        )
     captions: dict[str, str] = {}
     images: list[str] = []
     bad: list[Record] = []
@@ -96,11 +100,15 @@ def scan(root: str | Path, caption_field: str = "") -> list[Record]:
                 captions[rel] = str(row.get(column) or "")
         images += [os.path.relpath(here / f, root) for f in files if Path(f).suffix.lower() in EXTS]
     if n_meta == 0:
-        raise DataError(f"{root}: no metadata.jsonl or metadata.csv; write one with a row per image: "
-                        f'{{"file_name": "001.jpg", "{column}": "a caption"}}')  # fmt: skip
+        raise DataError(
+            f"{root}: no metadata.jsonl or metadata.csv; write one with a row per image: "
+            f'{{"file_name": "001.jpg", "{column}": "a caption"}}'
+        )
     if captions and column not in columns:  # every caption would be empty: fail before decoding anything
-        raise DataError(f"{root}: no metadata row has a {column!r} column (columns: {', '.join(sorted(columns))}); "
-                        f"set caption_field (--caption-field) to the caption column")  # fmt: skip
+        raise DataError(
+            f"{root}: no metadata row has a {column!r} column (columns: {', '.join(sorted(columns))}); "
+            f"set caption_field (--caption-field) to the caption column"
+        )
     records: list[Record] = [(rel, captions.get(rel), "") for rel in sorted(images)]
     present = set(images)
     records += [(rel, cap, "") for rel, cap in sorted(captions.items()) if rel not in present]  # file missing
@@ -130,7 +138,16 @@ class FolderRecord:
         return caption_document(safe_key(str(Path(rel).with_suffix(""))), caption, image, self.opts, "imagefolder")
 
 
-def imagefolder_stream(path: str, opts: ReadOptions, split: Split, *, seed: int = 0, shuffle: bool = True,
-                       epochs: int | None = None) -> RecordStream:  # fmt: skip
-    return RecordStream(scan(path, opts.caption_field), FolderRecord(path, opts), split, seed=seed, shuffle=shuffle,
-                        epochs=epochs, name=itemgetter(0), what=f"images in {path}")  # fmt: skip
+def imagefolder_stream(
+    path: str, opts: ReadOptions, split: Split, *, seed: int = 0, shuffle: bool = True, epochs: int | None = None
+) -> RecordStream:
+    return RecordStream(
+        scan(path, opts.caption_field),
+        FolderRecord(path, opts),
+        split,
+        seed=seed,
+        shuffle=shuffle,
+        epochs=epochs,
+        name=itemgetter(0),
+        what=f"images in {path}",
+    )

@@ -35,14 +35,18 @@ def list_urls(spec: str) -> list[str]:
             return urls  # remote shards: webdataset opens them (http(s) through curl, pipe: a command)
         missing = [u for u in urls if not Path(u).is_file()]
         if missing:
-            raise DataError(f"{len(missing)} of the {len(urls)} shards of {spec!r} do not exist (first: "
-                            f"{missing[0]}): fix the brace range or point data.path at the folder")  # fmt: skip
+            raise DataError(
+                f"{len(missing)} of the {len(urls)} shards of {spec!r} do not exist (first: "
+                f"{missing[0]}): fix the brace range or point data.path at the folder"
+            )
         return urls
     try:
         return list_shards(spec)
     except FileNotFoundError as e:
-        raise DataError(f"no img2dataset shards (.tar) at {spec!r}: give the output folder of img2dataset, a glob "
-                        f"or a brace pattern like 'DIR/{{00000..00009}}.tar'") from e  # fmt: skip
+        raise DataError(
+            f"no img2dataset shards (.tar) at {spec!r}: give the output folder of img2dataset, a glob "
+            f"or a brace pattern like 'DIR/{{00000..00009}}.tar'"
+        ) from e
 
 
 class Img2DatasetSample:
@@ -69,19 +73,36 @@ class Img2DatasetSample:
         key = sample.get("__key__", "?")
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
-            raise SampleError(f"sample {key!r} has no image ({', '.join(IMAGE_EXTS)}); parts: "
-                              f"{sorted(k for k in sample if not k.startswith('_'))}")  # fmt: skip
+            raise SampleError(
+                f"sample {key!r} has no image ({', '.join(IMAGE_EXTS)}); parts: "
+                f"{sorted(k for k in sample if not k.startswith('_'))}"
+            )
         caption = clean_caption(self.caption(sample, key), f"sample {key!r}")  # before the costly decode
         image = load_image(sample[ext], ext, self.opts, where=f"sample {key!r}")
         return caption_document(safe_key(key), caption, image, self.opts, "img2dataset")
 
 
-def img2dataset_stream(spec: str, opts: ReadOptions, split: Split, *, seed: int = 0, shuffle: bool = True,
-                       shuffle_buffer: int = 256, epochs: int | None = None) -> ShardStream:  # fmt: skip
+def img2dataset_stream(
+    spec: str,
+    opts: ReadOptions,
+    split: Split,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    shuffle_buffer: int = 256,
+    epochs: int | None = None,
+) -> ShardStream:
     urls = list_urls(spec)
     try:
-        return ShardStream(urls, split, seed=seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-                           epochs=epochs, decode=Img2DatasetSample(opts))  # fmt: skip
+        return ShardStream(
+            urls,
+            split,
+            seed=seed,
+            shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer,
+            epochs=epochs,
+            decode=Img2DatasetSample(opts),
+        )
     except ValueError as e:  # too few shards for the ranks x workers
         raise DataError(f"{spec}: {e}") from e
 

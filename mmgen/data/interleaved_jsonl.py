@@ -52,11 +52,15 @@ def _segments(doc: dict[str, Any], where: str) -> list[tuple[str, str]]:
     if "texts" in doc or "images" in doc:
         texts, images = doc.get("texts") or [], doc.get("images") or []
         if not isinstance(texts, list) or not isinstance(images, list):
-            raise SampleError(f"{where}: 'texts' and 'images' must be lists (with null where the other holds the "
-                              f"segment), got {type(texts).__name__} and {type(images).__name__}")  # fmt: skip
+            raise SampleError(
+                f"{where}: 'texts' and 'images' must be lists (with null where the other holds the "
+                f"segment), got {type(texts).__name__} and {type(images).__name__}"
+            )
         if len(texts) != len(images):
-            raise SampleError(f"{where}: 'texts' has {len(texts)} entries and 'images' {len(images)}; "
-                              f"they must be of equal length, with null where the other holds the segment")  # fmt: skip
+            raise SampleError(
+                f"{where}: 'texts' has {len(texts)} entries and 'images' {len(images)}; "
+                f"they must be of equal length, with null where the other holds the segment"
+            )
         out = []
         for t, im in zip(texts, images):
             if t is not None and im is not None:
@@ -71,8 +75,10 @@ def _segments(doc: dict[str, Any], where: str) -> list[tuple[str, str]]:
         for seg in doc["segments"]:
             kind = seg.get("type") if isinstance(seg, dict) else None
             if kind not in ("text", "image") or not isinstance(seg.get(kind), str):
-                raise SampleError(f"{where}: segment {seg!r} is not {{'type': 'text', 'text': ...}} or "
-                                  f"{{'type': 'image', 'image': PATH}}")  # fmt: skip
+                raise SampleError(
+                    f"{where}: segment {seg!r} is not {{'type': 'text', 'text': ...}} or "
+                    f"{{'type': 'image', 'image': PATH}}"
+                )
             out.append((kind, seg[kind]))
         return out
     raise SampleError(f"{where}: neither 'texts' + 'images' lists nor a 'segments' list")
@@ -111,8 +117,9 @@ class JsonlRecord:
             file = path.parent / value
             if not file.is_file():
                 raise SampleError(f"{where}: image {value} not found (paths are relative to {path.name})")
-            image = load_image(file.read_bytes(), file.suffix[1:].lower(), self.opts, {"file": value},
-                               where=f"{where}: image {value}")  # fmt: skip
+            image = load_image(
+                file.read_bytes(), file.suffix[1:].lower(), self.opts, {"file": value}, where=f"{where}: image {value}"
+            )
             segments.append(image)
         if not segments:
             raise SampleError(f"{where}: empty document (no text and no image)")
@@ -120,9 +127,18 @@ class JsonlRecord:
         return Document(key, segments, {"source": "jsonl"})
 
 
-def jsonl_stream(spec: str, opts: ReadOptions, split: Split, *, seed: int = 0, shuffle: bool = True,
-                 epochs: int | None = None) -> RecordStream:  # fmt: skip
+def jsonl_stream(
+    spec: str, opts: ReadOptions, split: Split, *, seed: int = 0, shuffle: bool = True, epochs: int | None = None
+) -> RecordStream:
     files = jsonl_files(spec)
     decode = JsonlRecord(files, opts)
-    return RecordStream(index_lines(files), decode, split, seed=seed, shuffle=shuffle, epochs=epochs,
-                        name=decode.name, what=f"documents in {spec}")  # fmt: skip
+    return RecordStream(
+        index_lines(files),
+        decode,
+        split,
+        seed=seed,
+        shuffle=shuffle,
+        epochs=epochs,
+        name=decode.name,
+        what=f"documents in {spec}",
+    )

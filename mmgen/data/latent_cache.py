@@ -45,8 +45,13 @@ def tokenizer_identity(tok) -> dict[str, Any]:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(json.dumps(to_dict(tok.recipe), sort_keys=True).encode())
-    return {"name": tok.recipe.name, "kind": tok.kind, "sha256": h.hexdigest(), "downsample": tok.downsample,
-            "latent_channels": tok.latent_channels}  # fmt: skip
+    return {
+        "name": tok.recipe.name,
+        "kind": tok.kind,
+        "sha256": h.hexdigest(),
+        "downsample": tok.downsample,
+        "latent_channels": tok.latent_channels,
+    }
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
@@ -61,29 +66,54 @@ class LatentCache:
     `options` are the reader's settings (caption field, minimum image size, ...): a resumed cache must read
     its source exactly as the run that started it, so they are part of the settings compared on resume."""
 
-    def __init__(self, out: str | Path, tok, image_size: int, *, source: str, prefix: str = "latents",
-                 shard_size: int = 1000, batch_size: int = 64, dtype: str = "float32", restart: bool = False,
-                 options: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        out: str | Path,
+        tok,
+        image_size: int,
+        *,
+        source: str,
+        prefix: str = "latents",
+        shard_size: int = 1000,
+        batch_size: int = 64,
+        dtype: str = "float32",
+        restart: bool = False,
+        options: dict[str, Any] | None = None,
+    ):
         if image_size % tok.downsample:
-            raise DataError(f"image size {image_size} is not a multiple of the tokenizer's downsampling "
-                            f"{tok.downsample}")  # fmt: skip
+            raise DataError(
+                f"image size {image_size} is not a multiple of the tokenizer's downsampling {tok.downsample}"
+            )
         self.out, self.tok, self.image_size = Path(out), tok.eval(), image_size
         self.prefix, self.shard_size, self.batch_size, self.dtype = prefix, shard_size, batch_size, np.dtype(dtype)
         g = image_size // tok.downsample
-        self.meta = {"tokenizer": tokenizer_identity(tok), "image_size": image_size,
-                     "shape": [tok.latent_channels, g, g], "dtype": self.dtype.name, "source": source,
-                     "options": options or {}}  # fmt: skip
+        self.meta = {
+            "tokenizer": tokenizer_identity(tok),
+            "image_size": image_size,
+            "shape": [tok.latent_channels, g, g],
+            "dtype": self.dtype.name,
+            "source": source,
+            "options": options or {},
+        }
         # read: documents taken from the source up to next_index (written or skipped at encoding)
-        self.state = {"next_index": 0, "read": 0, "shards": {}, "skipped": 0, "skipped_examples": [],
-                      "latents": self.meta}  # fmt: skip
+        self.state = {
+            "next_index": 0,
+            "read": 0,
+            "shards": {},
+            "skipped": 0,
+            "skipped_examples": [],
+            "latents": self.meta,
+        }
         self.fresh = True  # no cache to resume: run() first removes what an earlier cache left in `out`
         path = self.out / STATE_FILE
         if path.is_file() and not restart:
             old = json.loads(path.read_text())
             if old.get("latents") != self.meta:
                 diff = sorted(k for k in self.meta if old.get("latents", {}).get(k) != self.meta[k])
-                raise DataError(f"{self.out} holds a cache made with other settings (differs in {', '.join(diff)}):"
-                                f" use another --out, or --restart to overwrite it")  # fmt: skip
+                raise DataError(
+                    f"{self.out} holds a cache made with other settings (differs in {', '.join(diff)}):"
+                    f" use another --out, or --restart to overwrite it"
+                )
             self.state, self.fresh = old, False
         elif (self.out / INDEX_FILE).is_file() and not restart and not path.is_file():
             raise DataError(f"{self.out} already holds shards (index.json): use another --out, or --restart")
@@ -106,8 +136,13 @@ class LatentCache:
             if (f := self.out / name).is_file():
                 with contextlib.suppress(ValueError):
                     named.update(json.loads(f.read_text()).get("shards", {}))
-        for f in [self.out / INDEX_FILE, self.out / STATE_FILE, *(self.out / n for n in named),
-                  *self.out.glob(f"{self.prefix}-*.tar"), *self.out.glob(f"{self.prefix}-*.tar.tmp")]:  # fmt: skip
+        for f in [
+            self.out / INDEX_FILE,
+            self.out / STATE_FILE,
+            *(self.out / n for n in named),
+            *self.out.glob(f"{self.prefix}-*.tar"),
+            *self.out.glob(f"{self.prefix}-*.tar.tmp"),
+        ]:
             f.unlink(missing_ok=True)
 
     @torch.no_grad()
@@ -117,10 +152,18 @@ class LatentCache:
         px = [p for _, pixels in docs for p in pixels]
         z: list[np.ndarray] = []
         for a in range(0, len(px), self.batch_size):
-            z += list(self.tok.encode(torch.from_numpy(np.stack(px[a : a + self.batch_size]))).numpy().astype(self.dtype))
+            z += list(
+                self.tok.encode(torch.from_numpy(np.stack(px[a : a + self.batch_size]))).numpy().astype(self.dtype)
+            )
         lat, sha = iter(z), self.meta["tokenizer"]["sha256"]
-        return [Document(d.key, [s if isinstance(s, str) else Image(latents=next(lat), meta=s.meta, loss=s.loss)
-                                 for s in d.segments], d.meta | {LATENTS_KEY: sha}) for d, _ in docs]  # fmt: skip
+        return [
+            Document(
+                d.key,
+                [s if isinstance(s, str) else Image(latents=next(lat), meta=s.meta, loss=s.loss) for s in d.segments],
+                d.meta | {LATENTS_KEY: sha},
+            )
+            for d, _ in docs
+        ]
 
     def _save(self, next_index: int, read: int) -> None:
         self.state["next_index"], self.state["read"] = next_index, read
@@ -168,9 +211,15 @@ class LatentCache:
         if pending:
             self._write_shard(pending)
         self._save(next_index, read)
-        index = {"prefix": self.prefix, "samples": sum(self.state["shards"].values()), "shards": self.state["shards"],
-                 "skipped": self.state["skipped"], "skipped_examples": self.state["skipped_examples"],
-                 "complete": True, "latents": self.meta}  # fmt: skip
+        index = {
+            "prefix": self.prefix,
+            "samples": sum(self.state["shards"].values()),
+            "shards": self.state["shards"],
+            "skipped": self.state["skipped"],
+            "skipped_examples": self.state["skipped_examples"],
+            "complete": True,
+            "latents": self.meta,
+        }
         _atomic_json(self.out / INDEX_FILE, index)
         return index
 
@@ -183,8 +232,9 @@ def latent_index(spec: str) -> tuple[Path, dict[str, Any]]:
     path = folder / INDEX_FILE
     fix = "write it with `python scripts/cache_latents.py --source ... --tokenizer <the run's image_tokenizer>`"
     if not path.is_file():
-        raise DataError(f"data.latents: no {INDEX_FILE} in {folder}, so nothing says which tokenizer made its "
-                        f"latents; {fix}")  # fmt: skip
+        raise DataError(
+            f"data.latents: no {INDEX_FILE} in {folder}, so nothing says which tokenizer made its latents; {fix}"
+        )
     index = json.loads(path.read_text())
     if not index.get("latents"):
         raise DataError(f"data.latents: {folder} holds images, not cached latents; {fix} (or set data.latents=false)")
@@ -199,13 +249,17 @@ def cached_shards(spec: str) -> tuple[list[str], str]:
     folder, index = latent_index(spec)
     listed = {str(folder / name) for name in index["shards"]}
     if gone := sorted(f for f in listed if not Path(f).is_file()):
-        raise DataError(f"data.latents: {len(gone)} shard(s) listed in {folder / INDEX_FILE} are missing (first: "
-                        f"{gone[0]}); re-cache with scripts/cache_latents.py --restart")  # fmt: skip
+        raise DataError(
+            f"data.latents: {len(gone)} shard(s) listed in {folder / INDEX_FILE} are missing (first: "
+            f"{gone[0]}); re-cache with scripts/cache_latents.py --restart"
+        )
     found = list_shards(spec)
     if other := [f for f in found if f not in listed]:
-        raise DataError(f"data.latents: {len(other)} tar(s) in {folder} are not listed in its {INDEX_FILE} (first: "
-                        f"{other[0]}), so nothing says which tokenizer made them: remove them, or cache into an "
-                        f"empty folder")  # fmt: skip
+        raise DataError(
+            f"data.latents: {len(other)} tar(s) in {folder} are not listed in its {INDEX_FILE} (first: "
+            f"{other[0]}), so nothing says which tokenizer made them: remove them, or cache into an "
+            f"empty folder"
+        )
     return found, index["latents"]["tokenizer"]["sha256"]
 
 
@@ -220,9 +274,11 @@ def check_latents(shards: str, tok, image_size: int) -> dict[str, Any]:
             f"{theirs['sha256'][:12]}), this run uses '{mine['name']}' (sha256 {mine['sha256'][:12]}): set "
             f"image_tokenizer to the one that made them, or re-cache with `scripts/cache_latents.py --tokenizer "
             f"<this run's image_tokenizer>`"
-        )  # fmt: skip
+        )
     if meta["image_size"] != image_size:
-        raise DataError(f"data.latents: the latents in {folder} encode {meta['image_size']}-pixel images, this "
-                        f"run has data.image_size={image_size}: match it or re-cache with --image-size "
-                        f"{image_size}")  # fmt: skip
+        raise DataError(
+            f"data.latents: the latents in {folder} encode {meta['image_size']}-pixel images, this "
+            f"run has data.image_size={image_size}: match it or re-cache with --image-size "
+            f"{image_size}"
+        )
     return index

@@ -80,8 +80,10 @@ class DataCursor:
             pos = {int(k): (int(v[0]), int(v[1])) for k, v in state["positions"].items()}
             counts = int(state["turn"]), int(state["batches"]), int(state["skipped"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            raise CheckpointError(f"the checkpoint's data cursor is malformed ({type(e).__name__}: {e}): resume from "
-                                  f"another checkpoint (--resume <folder>) or start afresh with --resume none") from e  # fmt: skip
+            raise CheckpointError(
+                f"the checkpoint's data cursor is malformed ({type(e).__name__}: {e}): resume from "
+                f"another checkpoint (--resume <folder>) or start afresh with --resume none"
+            ) from e
         if saved != num_workers:
             raise CheckpointError(
                 f"the checkpoint's data cursor was written with {saved} DataLoader workers, "
@@ -144,10 +146,12 @@ def make_loader(dataset: PackedDataset, num_workers: int) -> Loader:
     n = num_workers
     if max(1, n) != dataset.cursor.num_workers:
         raise ValueError(f"the dataset is split for {dataset.cursor.num_workers} workers, not {n}")
-    return Loader(DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=n,
-        prefetch_factor=4 if n > 0 else None,
-        persistent_workers=False,
-    ))  # fmt: skip
+    return Loader(
+        DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=n,
+            prefetch_factor=4 if n > 0 else None,
+            persistent_workers=False,
+        )
+    )

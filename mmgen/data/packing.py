@@ -45,8 +45,17 @@ from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.data.shards import Item
 from mmgen.errors import DataError
 
-__all__ = ["IGNORE", "KIND_CLEAN", "KIND_NOISY", "KIND_TEXT", "LATENTS_KEY", "EncodedDoc", "PackSpec", "Packer",
-           "to_model_pixels"]  # fmt: skip
+__all__ = [
+    "IGNORE",
+    "KIND_CLEAN",
+    "KIND_NOISY",
+    "KIND_TEXT",
+    "LATENTS_KEY",
+    "EncodedDoc",
+    "PackSpec",
+    "Packer",
+    "to_model_pixels",
+]
 LATENTS_KEY = "image_tokenizer_sha256"  # a cached document's meta: the tokenizer that made its latents
 
 
@@ -119,10 +128,15 @@ class Packer:
         not fit are dropped; a document whose first image does not fit returns []."""
         if self.latents_of and doc.images and doc.meta.get(LATENTS_KEY) != self.latents_of:
             made = doc.meta.get(LATENTS_KEY)
-            whose = (f"of another image tokenizer (sha256 {made[:12]}" if made else
-                     "that do not name their tokenizer (an older cache")  # fmt: skip
-            raise DataError(f"document {doc.key!r} holds latents {whose}; expected {self.latents_of[:12]}): its "
-                            f"shard is not the cache's; re-cache with scripts/cache_latents.py --restart")  # fmt: skip
+            whose = (
+                f"of another image tokenizer (sha256 {made[:12]}"
+                if made
+                else "that do not name their tokenizer (an older cache"
+            )
+            raise DataError(
+                f"document {doc.key!r} holds latents {whose}; expected {self.latents_of[:12]}): its "
+                f"shard is not the cache's; re-cache with scripts/cache_latents.py --restart"
+            )
         sp = self.spec
         max_len = max_len or sp.seq_len
         gh, gw = sp.grid
@@ -222,8 +236,18 @@ class Packer:
                 labels[-1] = IGNORE  # its target lies in the next piece
             n = b - a
             pos = np.broadcast_to(np.arange(n), (3, n)).copy()
-            out.append(EncodedDoc(enc.ids[a:b], labels, enc.kind[a:b], enc.image[a:b], enc.patch[a:b], pos, [],
-                                  f"{enc.key}#{a // max_len}"))  # fmt: skip
+            out.append(
+                EncodedDoc(
+                    enc.ids[a:b],
+                    labels,
+                    enc.kind[a:b],
+                    enc.image[a:b],
+                    enc.patch[a:b],
+                    pos,
+                    [],
+                    f"{enc.key}#{a // max_len}",
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ micro-batches
@@ -258,11 +282,17 @@ class Packer:
                 n_doc += 1
                 at += n
         batch: dict[str, Any] = {
-            "input_ids": ids, "labels": labels, "kind": kind, "doc": doc, "image": image, "patch": patch,
-            "pos": pos, "keys": keys,
+            "input_ids": ids,
+            "labels": labels,
+            "kind": kind,
+            "doc": doc,
+            "image": image,
+            "patch": patch,
+            "pos": pos,
+            "keys": keys,
             "image_loss": torch.tensor([im.loss for im in images], dtype=torch.bool),
             "image_meta": [im.meta for im in images],
-        }  # fmt: skip
+        }
         batch["images"] = self._image_tensor(images)
         return batch
 
@@ -272,11 +302,15 @@ class Packer:
             return torch.zeros((0, 3, sp.image_size, sp.image_size), dtype=torch.uint8)
         if self.use_latents:
             if any(im.latents is None for im in images):
-                raise DataError("data.latents=true but a document has images without cached latents: write the "
-                                "shards with scripts/cache_latents.py")  # fmt: skip
+                raise DataError(
+                    "data.latents=true but a document has images without cached latents: write the "
+                    "shards with scripts/cache_latents.py"
+                )
             return torch.from_numpy(np.stack([im.latents for im in images])).float()
         if any(im.latents is not None and im.data is None and im.pixels is None for im in images):
-            raise DataError("the shards hold cached latents (scripts/cache_latents.py), not images: set data.latents=true")
+            raise DataError(
+                "the shards hold cached latents (scripts/cache_latents.py), not images: set data.latents=true"
+            )
         return torch.from_numpy(np.stack([to_model_pixels(im, sp.image_size) for im in images]))
 
     def _place(self, rows: list[list[EncodedDoc]], used: int, pieces: list[EncodedDoc]) -> int | None:

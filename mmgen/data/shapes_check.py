@@ -89,8 +89,12 @@ def _classify(comp: np.ndarray, blob: Blob, shapes: tuple[str, ...]) -> None:
     blob.size = min(SIZE_RADIUS, key=lambda k: abs(SIZE_RADIUS[k] - r))
 
 
-def find_objects(image: np.ndarray, colors: tuple[str, ...] = DEFAULT_COLORS, shapes: tuple[str, ...] = SHAPES,
-                 background: tuple[int, int, int] = (0, 0, 0)) -> list[Blob]:  # fmt: skip
+def find_objects(
+    image: np.ndarray,
+    colors: tuple[str, ...] = DEFAULT_COLORS,
+    shapes: tuple[str, ...] = SHAPES,
+    background: tuple[int, int, int] = (0, 0, 0),
+) -> list[Blob]:
     """Blobs of palette colours in an (S, S, 3) uint8 image, largest first."""
     img = image.astype(np.float32)
     S = img.shape[0]
@@ -117,7 +121,9 @@ def check(image: np.ndarray, caption: str, colors: tuple[str, ...] = DEFAULT_COL
     """Judge one image against its shapes caption (colors: the palette of the data set)."""
     want = parse_caption(caption)
     if want is None:
-        raise ValueError(f"not a shapes caption: {caption!r} (expected e.g. 'a small red circle above a large blue square')")
+        raise ValueError(
+            f"not a shapes caption: {caption!r} (expected e.g. 'a small red circle above a large blue square')"
+        )
     found = find_objects(image, colors)
     objs = want["objects"]
     scores = {"count": len(found) == len(objs)}
@@ -135,13 +141,18 @@ def check(image: np.ndarray, caption: str, colors: tuple[str, ...] = DEFAULT_COL
     scores["size"] = all(m is not None and m.size == o["size"] for m, o in zip(matched, objs))
     if want["relation"] is not None:
         ok = all(m is not None for m in matched)
-        scores["relation"] = ok and relation_of({"center": matched[0].center}, {"center": matched[1].center}) == want["relation"]
+        scores["relation"] = (
+            ok and relation_of({"center": matched[0].center}, {"center": matched[1].center}) == want["relation"]
+        )
     return Verdict(all(scores.values()), scores, found)
 
 
 def accuracy(verdicts: list[Verdict]) -> dict[str, Any]:
     """Fraction fully correct, and per attribute (relation over the two-object prompts only)."""
-    out: dict[str, Any] = {"n": len(verdicts), "correct": float(np.mean([v.correct for v in verdicts])) if verdicts else 0.0}
+    out: dict[str, Any] = {
+        "n": len(verdicts),
+        "correct": float(np.mean([v.correct for v in verdicts])) if verdicts else 0.0,
+    }
     for key in ("count", "color", "shape", "size", "relation"):
         vals = [v.scores[key] for v in verdicts if key in v.scores]
         if vals:

@@ -37,8 +37,9 @@ INDEX_FILE = "index.json"
 
 
 # --------------------------------------------------------------------------------------------- writing
-def write_shards(docs: Iterable[Document], out_dir: str | Path, prefix: str = "shard",
-                 max_count: int = 1000, max_size: float = 256e6) -> dict:  # fmt: skip
+def write_shards(
+    docs: Iterable[Document], out_dir: str | Path, prefix: str = "shard", max_count: int = 1000, max_size: float = 256e6
+) -> dict:
     """Write documents to `out_dir/{prefix}-000000.tar`, ... and an index.json with per-shard counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +109,18 @@ class DealtStream(ABC):
     what = "unit(s)"  # in messages: "shard(s)", "record(s)"
     fix = "fix the data"  # the end of the error when a stream can read nothing
 
-    def __init__(self, units: list, split: Split, *, seed: int, shuffle: bool, epochs: int | None,
-                 decode: Callable[[Any], Document], noun: str, more: str):  # fmt: skip
+    def __init__(
+        self,
+        units: list,
+        split: Split,
+        *,
+        seed: int,
+        shuffle: bool,
+        epochs: int | None,
+        decode: Callable[[Any], Document],
+        noun: str,
+        more: str,
+    ):
         """`noun` names the units in the error when there are fewer than streams ("shards", "images in DIR"),
         `more` says how to get more."""
         self.units, self.split, self.seed, self.shuffle, self.epochs = units, split, seed, shuffle, epochs
@@ -117,8 +128,10 @@ class DealtStream(ABC):
         self.skip_report = SkipReport()  # logs the first few skipped samples, then one line per thousand
         self.unreported: list[tuple[str, str]] = []
         if len(units) < split.world_size * split.num_workers:
-            raise DataError(f"{len(units)} {noun} cannot feed {split.world_size} ranks x {split.num_workers} "
-                            f"workers (each needs at least one): {more}")  # fmt: skip
+            raise DataError(
+                f"{len(units)} {noun} cannot feed {split.world_size} ranks x {split.num_workers} "
+                f"workers (each needs at least one): {more}"
+            )
 
     def order(self, epoch: int) -> list:
         units = list(self.units)
@@ -183,13 +196,28 @@ class ShardStream(DealtStream):
     what = "shard(s)"
     fix = "Check them (`tar tvf SHARD`), or write the shards again with scripts/prepare_data.py"
 
-    def __init__(self, shards: str | Path | list[str], split: Split, *, seed: int = 0, shuffle: bool = True,
-                 shuffle_buffer: int = 256, epochs: int | None = None,
-                 decode: Callable[[dict], Document] = from_sample):  # fmt: skip
+    def __init__(
+        self,
+        shards: str | Path | list[str],
+        split: Split,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        epochs: int | None = None,
+        decode: Callable[[dict], Document] = from_sample,
+    ):
         # decode: sample dict -> Document (other tar layouts: img2dataset.py)
-        super().__init__(list_shards(shards), split, seed=seed, shuffle=shuffle, epochs=epochs, decode=decode,
-                         noun="shards", more="write more, smaller shards (prepare_data.py --shard-size) or use "
-                         "fewer DataLoader workers")  # fmt: skip
+        super().__init__(
+            list_shards(shards),
+            split,
+            seed=seed,
+            shuffle=shuffle,
+            epochs=epochs,
+            decode=decode,
+            noun="shards",
+            more="write more, smaller shards (prepare_data.py --shard-size) or use fewer DataLoader workers",
+        )
         self.shards = self.units
         self.shuffle_buffer = shuffle_buffer
 
@@ -235,8 +263,11 @@ class EmptyPasses:
         """The error naming (`name`) the units gone over (`what`: "shard(s)", "record(s)"), ending with `fix`."""
         shards = sorted(self.shards)
         names = ", ".join(map(name, shards[:4])) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
-        found = (f"{self.skipped} unreadable sample(s), the first: {self.first[0]}: {self.first[1]}"
-                 if self.first else "they hold no samples")  # fmt: skip
+        found = (
+            f"{self.skipped} unreadable sample(s), the first: {self.first[0]}: {self.first[1]}"
+            if self.first
+            else "they hold no samples"
+        )
         passes = "a whole pass" if self.passes == 1 else f"{self.passes} consecutive passes"
         return DataError(f"no readable document in {passes} over {len(shards)} {what} ({names}): {found}. {fix}")
 

@@ -22,8 +22,10 @@ class SkipReport:
         if self.count < self.first:
             return f"skipping unreadable sample {key}: {reason}"
         if self.count == self.first:
-            return (f"skipping unreadable sample {key}: {reason} (from now on one line per {self.every} skipped "
-                    f"samples; metrics.jsonl counts them as data_skipped)")  # fmt: skip
+            return (
+                f"skipping unreadable sample {key}: {reason} (from now on one line per {self.every} skipped "
+                f"samples; metrics.jsonl counts them as data_skipped)"
+            )
         if (self.count - self.first) % self.every == 0:
             return f"{self.count} unreadable samples skipped so far (the latest: {key}: {reason})"
         return None

@@ -28,8 +28,17 @@ from mmgen.data.documents import Document, Image, encode_png
 from mmgen.errors import DataError, DataNotFound
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 SOURCES = ("shapes", "cifar10", "flickr8k", "mnist", "text")
 
 
@@ -66,8 +75,9 @@ def _order(layout: str, i: int) -> bool:
     return layout == "image_caption" or (layout == "both" and i % 2 == 1)
 
 
-def cifar10(split: str = "train", layout: str = "caption_image", limit: int = 0, root: Path | None = None
-            ) -> Iterator[Document]:  # fmt: skip
+def cifar10(
+    split: str = "train", layout: str = "caption_image", limit: int = 0, root: Path | None = None
+) -> Iterator[Document]:
     """CIFAR-10 from the JPEG zip: 'a photo of a {class}' and the image."""
     if split not in ("train", "test"):
         raise DataError(f"CIFAR-10 split must be train or test, got {split!r}")
@@ -89,8 +99,14 @@ def flickr8k_captions(root: Path | None = None) -> dict[str, list[str]]:
     return caps
 
 
-def flickr8k(split: str = "train", layout: str = "caption_image", captions_per_image: int = 5,
-             test_fraction: float = 0.1, limit: int = 0, root: Path | None = None) -> Iterator[Document]:  # fmt: skip
+def flickr8k(
+    split: str = "train",
+    layout: str = "caption_image",
+    captions_per_image: int = 5,
+    test_fraction: float = 0.1,
+    limit: int = 0,
+    root: Path | None = None,
+) -> Iterator[Document]:
     """The Flickr8k subset: one document per (image, caption); the last `test_fraction` of images is `test`."""
     path = require("flickr8k_subset/flickr8k_1000_images.zip", root)
     caps = flickr8k_captions(root)
@@ -119,8 +135,13 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def mnist(split: str = "train", layout: str = "caption_image", test_fraction: float = 0.1, limit: int = 0,
-          root: Path | None = None) -> Iterator[Document]:  # fmt: skip
+def mnist(
+    split: str = "train",
+    layout: str = "caption_image",
+    test_fraction: float = 0.1,
+    limit: int = 0,
+    root: Path | None = None,
+) -> Iterator[Document]:
     """MNIST test idx files (the only split staged), divided into train / test by index."""
     images = _read_idx(require("mnist/t10k-images-idx3-ubyte.gz", root))
     labels = _read_idx(require("mnist/t10k-labels-idx1-ubyte.gz", root))
@@ -148,8 +169,9 @@ def text_files(spec: str = "tinyshakespeare", root: Path | None = None) -> list[
     raise DataError(f"unknown text corpus {spec!r}: use tinyshakespeare, gutenberg, gutenberg/<book> or a .txt path")
 
 
-def text(spec: str = "tinyshakespeare", chunk_chars: int = 1000, limit: int = 0, root: Path | None = None
-         ) -> Iterator[Document]:  # fmt: skip
+def text(
+    spec: str = "tinyshakespeare", chunk_chars: int = 1000, limit: int = 0, root: Path | None = None
+) -> Iterator[Document]:
     """Plain text split at blank lines into documents of about `chunk_chars` characters."""
     count = 0
     for path in text_files(spec, root):
@@ -187,14 +209,21 @@ def image_files(spec: str = "kodak", root: Path | None = None) -> Iterator[tuple
                     if name.lower().endswith(exts):
                         yield name, zf.read(name)
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a corrupt archive or member
-            raise DataError(f"{path} is not a readable zip file ({e}); give a directory or an intact .zip "
-                            f"of images") from e  # fmt: skip
+            raise DataError(
+                f"{path} is not a readable zip file ({e}); give a directory or an intact .zip of images"
+            ) from e
     else:
         yield path.name, path.read_bytes()
 
 
-def open_source(name: str, split: str = "train", limit: int = 0, layout: str = "caption_image",
-                root: Path | None = None, shapes_cfg=None) -> Iterator[Document]:  # fmt: skip
+def open_source(
+    name: str,
+    split: str = "train",
+    limit: int = 0,
+    layout: str = "caption_image",
+    root: Path | None = None,
+    shapes_cfg=None,
+) -> Iterator[Document]:
     """Documents of a named source: shapes, cifar10, flickr8k, mnist, text[:corpus]."""
     if name == "shapes":
         from mmgen.config import ShapesConfig

@@ -43,8 +43,9 @@ def prompt_set(n: int, image_size: int, holdout: list[str], unseen: bool) -> tup
     return prompts, images
 
 
-def judge(pipe, prompts: list[str], steps: int, guidance: float, batch: int = 50,
-          seed: int = 0) -> tuple[dict[str, Any], list[np.ndarray], float]:  # fmt: skip
+def judge(
+    pipe, prompts: list[str], steps: int, guidance: float, batch: int = 50, seed: int = 0
+) -> tuple[dict[str, Any], list[np.ndarray], float]:
     """(accuracy, images, seconds): one image per prompt at `steps` network evaluations, judged."""
     t0 = time.perf_counter()
     images = pipe.text_to_image(prompts, batch=batch, seed=seed, steps=steps, guidance=guidance)

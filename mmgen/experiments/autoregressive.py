@@ -30,7 +30,9 @@ def ar_log_prob(net: TokenNet, x: torch.Tensor, bos_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ar_sample(net: TokenNet, n: int, length: int, bos_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def ar_sample(
+    net: TokenNet, n: int, length: int, bos_id: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Ancestral sampling, one token per network call ([n, length]); tuples are short, so no KV cache."""
     x = torch.zeros(n, length, dtype=torch.long)
     for i in range(length):

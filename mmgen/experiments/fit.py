@@ -27,9 +27,14 @@ class FitConfig:
     log_every: int = 0  # 0 = silent
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "steps": AT_LEAST_1, "lr": LEARNING_RATE, "warmup": AT_LEAST_0, "min_lr_ratio": UNIT, "grad_clip": AT_LEAST_0,
-        "ema_decay": UNIT_OPEN, "log_every": AT_LEAST_0,
-    }  # fmt: skip
+        "steps": AT_LEAST_1,
+        "lr": LEARNING_RATE,
+        "warmup": AT_LEAST_0,
+        "min_lr_ratio": UNIT,
+        "grad_clip": AT_LEAST_0,
+        "ema_decay": UNIT_OPEN,
+        "log_every": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:
@@ -45,8 +50,9 @@ def lr_at(step: int, cfg: FitConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def fit(model: nn.Module, loss_fn: Callable[[nn.Module, int], torch.Tensor], cfg: FitConfig,
-        name: str = "") -> tuple[nn.Module, dict[str, float]]:  # fmt: skip
+def fit(
+    model: nn.Module, loss_fn: Callable[[nn.Module, int], torch.Tensor], cfg: FitConfig, name: str = ""
+) -> tuple[nn.Module, dict[str, float]]:
     """Minimise loss_fn(model, step) for cfg.steps steps. Returns (EMA model in eval mode, stats)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -69,5 +75,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, int], torch.Tensor], cfg
         value = float(loss.detach())
         running = 0.98 * running + 0.02 * value if step else value
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
-            print(f"  {name} step {step + 1}/{cfg.steps} loss {running:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(
+                f"  {name} step {step + 1}/{cfg.steps} loss {running:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True
+            )
     return ema.eval(), {"final_loss": running, "train_seconds": time.perf_counter() - t0}

@@ -37,8 +37,9 @@ def _subset_pairs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(s_list), torch.tensor(d_list)
 
 
-def sampler_probs(cond: CondProbs, targets: torch.Tensor, mask_id: int, steps: int, grid: Grid = "cosine",
-                  unmask: Unmask = "random") -> torch.Tensor:  # fmt: skip
+def sampler_probs(
+    cond: CondProbs, targets: torch.Tensor, mask_id: int, steps: int, grid: Grid = "cosine", unmask: Unmask = "random"
+) -> torch.Tensor:
     """targets [K, N] -> [K] float64: the probability that `sample(..., steps, grid, unmask)` outputs each."""
     K, N = targets.shape
     if N > 12:

@@ -30,7 +30,9 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = 256,
     """Sliced Wasserstein-2: sqrt(mean over random unit directions u of W2^2(u.x, u.y)); in 1-D W2 pairs the
     sorted projections (x and y are resampled to a common quantile grid when their sizes differ)."""
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"sliced_wasserstein needs two [n, d] sets of equal d, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"sliced_wasserstein needs two [n, d] sets of equal d, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(x.shape[1], projections, generator=g, dtype=torch.float64)
     u = u / u.norm(dim=0, keepdim=True)

@@ -9,8 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"fm": "flow matching (one time), Euler", "imm": "IMM flow map (two times), pushforward",
-          "imm_restart": "IMM flow map, restart sampler", "bayes": "exact one-time model (no training), Euler/DDIM"}
+LABELS = {
+    "fm": "flow matching (one time), Euler",
+    "imm": "IMM flow map (two times), pushforward",
+    "imm_restart": "IMM flow map, restart sampler",
+    "bayes": "exact one-time model (no training), Euler/DDIM",
+}
 STYLE = {"fm": "o-", "imm": "o-", "imm_restart": "^:", "bayes": "s--"}
 
 
@@ -52,8 +56,14 @@ def plot_continuous(results: dict, samples: dict, out: Path) -> list[Path]:
             fl = res["floor"][metric]
             ax.axhspan(max(fl["mean"] - fl["std"], fl["mean"] / 3), fl["mean"] + fl["std"], color="0.8")
             ax.axhline(fl["mean"], color="0.4", lw=1, label="target vs target (noise floor)")
-            ax.set(xscale="log", yscale="log", xticks=steps, xticklabels=[str(n) for n in steps],
-                   xlabel="sampling steps N", title=name)  # fmt: skip
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xticks=steps,
+                xticklabels=[str(n) for n in steps],
+                xlabel="sampling steps N",
+                title=name,
+            )
             ax.minorticks_off()
             ax.set_ylabel("energy distance" if metric == "energy" else "sliced Wasserstein-2")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -86,8 +96,14 @@ def plot_discrete(results: dict, out: Path) -> list[Path]:
             ax.plot(x, [r["valid_exact"] for r in rows], "o", color=f"C{c}", label=f"{name} (N={N})")
             ax.plot(x, [max(r["valid_sampled"], 1e-7) for r in rows], "x", color=f"C{c}", ms=5)
             ax.axhline(task["ar"]["valid_exact"], color=f"C{c}", ls=":", lw=1)
-        ax.set(xscale="log", yscale="log", ylim=(1e-7, 1.5), xlabel="tokens per step N / L", ylabel="P(valid)",
-               title=f"masked diffusion, {grid} grid, {unmask} unmasking")  # fmt: skip
+        ax.set(
+            xscale="log",
+            yscale="log",
+            ylim=(1e-7, 1.5),
+            xlabel="tokens per step N / L",
+            ylabel="P(valid)",
+            title=f"masked diffusion, {grid} grid, {unmask} unmasking",
+        )
         ax.minorticks_off()
         ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
     axes[0, 0].legend(fontsize=7, title="o model (exact), x sampled,\n- ideal denoiser, : AR", title_fontsize=7)
@@ -99,21 +115,26 @@ def plot_discrete(results: dict, out: Path) -> list[Path]:
     if "poker" in tasks:
         task = tasks["poker"]
         grid = results["config"]["grids"][0]
-        bars = [("AR", task["ar"]["valid_exact"]),
-                ("MD L=1", _rows(task, grid, results["config"]["unmask"][0])[0]["valid_exact"]),
-                ("product of\nmarginals", task["md"]["product_of_marginals"]["valid"])]  # fmt: skip
+        bars = [
+            ("AR", task["ar"]["valid_exact"]),
+            ("MD L=1", _rows(task, grid, results["config"]["unmask"][0])[0]["valid_exact"]),
+            ("product of\nmarginals", task["md"]["product_of_marginals"]["valid"]),
+        ]
         for unmask in results["config"]["unmask"]:
             bars.append((f"MD L=2\n{unmask}", _rows(task, grid, unmask)[1]["valid_exact"]))
         fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 1, 3.4))
         ax.bar(range(len(bars)), [b[1] for b in bars], color=[f"C{i}" for i in range(len(bars))])
         for i, (_, v) in enumerate(bars):
             ax.text(i, v + 0.02, f"{100 * v:.1f}%", ha="center", fontsize=8)
-        ax.set(xticks=range(len(bars)), ylim=(0, 1.12), ylabel="P(valid hand), exact from logits",
-               title=f"two-word poker hands ({grid} grid)")  # fmt: skip
+        ax.set(
+            xticks=range(len(bars)),
+            ylim=(0, 1.12),
+            ylabel="P(valid hand), exact from logits",
+            title=f"two-word poker hands ({grid} grid)",
+        )
         ax.set_xticklabels([b[0] for b in bars], fontsize=8)
         fig.tight_layout()
         paths.append(out / "discrete_poker.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
-

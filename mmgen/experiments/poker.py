@@ -41,9 +41,15 @@ class DiscreteStudyConfig:
     seed: int = 0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "values": Range(2, 64), "width": Range(1, 4096), "depth": Range(1, 64), "heads": Range(1, 64),
-        "batch": Range(1, 1 << 16), "samples": AT_LEAST_1, "max_steps": AT_LEAST_0, "seed": AT_LEAST_0,
-    }  # fmt: skip
+        "values": Range(2, 64),
+        "width": Range(1, 4096),
+        "depth": Range(1, 64),
+        "heads": Range(1, 64),
+        "batch": Range(1, 1 << 16),
+        "samples": AT_LEAST_1,
+        "max_steps": AT_LEAST_0,
+        "seed": AT_LEAST_0,
+    }
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -76,22 +82,42 @@ def run_task(name: str, cfg: DiscreteStudyConfig) -> dict:
     V, N = len(data.vocab), data.length
     mask_id, bos_id = V, V + 1
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    out: dict = {"data": {"name": name, "length": N, "vocab": data.vocab, "valid_tuples": data.decode(data.support),
-                          "entropy": float(-(data.probs * data.probs.log()).sum())}}  # fmt: skip
+    out: dict = {
+        "data": {
+            "name": name,
+            "length": N,
+            "vocab": data.vocab,
+            "valid_tuples": data.decode(data.support),
+            "entropy": float(-(data.probs * data.probs.log()).sum()),
+        }
+    }
 
-    ar, ar_stats = fit(_net(cfg, data, causal=True), lambda m, _: ar_loss(m, data.sample(cfg.batch, g), bos_id),
-                       cfg.fit, f"{name} AR")  # fmt: skip
+    ar, ar_stats = fit(
+        _net(cfg, data, causal=True), lambda m, _: ar_loss(m, data.sample(cfg.batch, g), bos_id), cfg.fit, f"{name} AR"
+    )
     x = ar_sample(ar, cfg.samples, N, bos_id, g)
-    out["ar"] = {**ar_stats, **_exact_stats(data, ar_log_prob(ar, data.support, bos_id).exp(), "exact"),
-                 **_sampled_stats(data, x), "examples": data.decode(x[:8])}  # fmt: skip
+    out["ar"] = {
+        **ar_stats,
+        **_exact_stats(data, ar_log_prob(ar, data.support, bos_id).exp(), "exact"),
+        **_sampled_stats(data, x),
+        "examples": data.decode(x[:8]),
+    }
 
     md_cfg = MaskedDiffusionConfig(mask_id=mask_id)
-    md, md_stats = fit(_net(cfg, data, causal=False), lambda m, _: md_loss(m, data.sample(cfg.batch, g), md_cfg, g)[0],
-                       cfg.fit, f"{name} MD")  # fmt: skip
+    md, md_stats = fit(
+        _net(cfg, data, causal=False),
+        lambda m, _: md_loss(m, data.sample(cfg.batch, g), md_cfg, g)[0],
+        cfg.fit,
+        f"{name} MD",
+    )
     with torch.no_grad():
         marg = torch.softmax(md(torch.full((1, N), mask_id)).double(), -1)[0]  # [N, V]: the model's q_n
-    out["md"] = {**md_stats, "product_of_marginals": data.product_of_marginals(),
-                 "model_marginals_tv": float(0.5 * (marg - data.marginals()).abs().sum(-1).max()), "rows": []}  # fmt: skip
+    out["md"] = {
+        **md_stats,
+        "product_of_marginals": data.product_of_marginals(),
+        "model_marginals_tv": float(0.5 * (marg - data.marginals()).abs().sum(-1).max()),
+        "rows": [],
+    }
 
     def model_probs(z: torch.Tensor) -> torch.Tensor:
         return torch.softmax(md(z).double(), dim=-1)
@@ -104,10 +130,17 @@ def run_task(name: str, cfg: DiscreteStudyConfig) -> dict:
             for L in range(1, (cfg.max_steps or N) + 1):
                 kw = {"mask_id": mask_id, "steps": L, "grid": grid, "unmask": unmask}
                 xs = sample(md, cfg.samples, N, generator=g, **kw)
-                out["md"]["rows"].append({"grid": grid, "unmask": unmask, "steps": L,
-                    **_exact_stats(data, sampler_probs(model_probs, data.support, **kw), "exact"),
-                    **_exact_stats(data, sampler_probs(ideal_probs, data.support, **kw), "ideal"),
-                    **_sampled_stats(data, xs), "examples": data.decode(xs[:8])})  # fmt: skip
+                out["md"]["rows"].append(
+                    {
+                        "grid": grid,
+                        "unmask": unmask,
+                        "steps": L,
+                        **_exact_stats(data, sampler_probs(model_probs, data.support, **kw), "exact"),
+                        **_exact_stats(data, sampler_probs(ideal_probs, data.support, **kw), "ideal"),
+                        **_sampled_stats(data, xs),
+                        "examples": data.decode(xs[:8]),
+                    }
+                )
     return out
 
 

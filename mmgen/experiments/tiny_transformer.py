@@ -36,8 +36,16 @@ class Block(nn.Module):
 class TinyTransformer(nn.Module):
     """ids [B, N] (N <= max_len) -> logits [B, N, vocab_out]."""
 
-    def __init__(self, vocab_in: int, vocab_out: int, max_len: int, width: int = 64, depth: int = 2,
-                 heads: int = 4, causal: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        vocab_in: int,
+        vocab_out: int,
+        max_len: int,
+        width: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        causal: bool = False,
+    ):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be a multiple of heads {heads}")

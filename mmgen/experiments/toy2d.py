@@ -51,10 +51,17 @@ class ContinuousStudyConfig:
     seed: int = 0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "steps": Range(1, MAX_SAMPLER_STEPS), "width": Range(1, 4096), "depth": Range(1, 64), "batch": Range(1, 1 << 16),
-        "eval_samples": Range(2, 1 << 20), "eval_sets": AT_LEAST_1, "floor_repeats": AT_LEAST_1,
-        "bayes_points": AT_LEAST_1, "seed": AT_LEAST_0, "noise_seeds": Range(1, 100),
-    }  # fmt: skip
+        "steps": Range(1, MAX_SAMPLER_STEPS),
+        "width": Range(1, 4096),
+        "depth": Range(1, 64),
+        "batch": Range(1, 1 << 16),
+        "eval_samples": Range(2, 1 << 20),
+        "eval_sets": AT_LEAST_1,
+        "floor_repeats": AT_LEAST_1,
+        "bayes_points": AT_LEAST_1,
+        "seed": AT_LEAST_0,
+        "noise_seeds": Range(1, 100),
+    }
 
     def __post_init__(self) -> None:
         for name in self.targets:
@@ -90,8 +97,10 @@ class BayesOneTime:
 
 def _scores(x: torch.Tensor, fresh: list[torch.Tensor], target: str) -> dict[str, float]:
     """Metrics of x averaged over independent fresh target sets (less noise from the target side)."""
-    out = {"energy": sum(energy_distance(x, y) for y in fresh) / len(fresh),
-           "sliced_w2": sum(sliced_wasserstein(x, y) for y in fresh) / len(fresh)}  # fmt: skip
+    out = {
+        "energy": sum(energy_distance(x, y) for y in fresh) / len(fresh),
+        "sliced_w2": sum(sliced_wasserstein(x, y) for y in fresh) / len(fresh),
+    }
     if target == "checkerboard":
         out["on_support"] = float(on_checkerboard(x).double().mean())
     return out
@@ -104,8 +113,12 @@ def _mean_std(v: list[float]) -> dict[str, float]:
 
 # model -> (network, sampler, start time): one-time models integrate from t = 1 (pure noise); the flow map
 # jumps from T = imm.t_max, pushing forward along the grid or (restart) jumping to 0 and re-noising each step
-SAMPLERS = {"fm": ("fm", "euler"), "imm": ("imm", "pushforward"), "imm_restart": ("imm", "restart"),
-            "bayes": ("bayes", "euler")}  # fmt: skip
+SAMPLERS = {
+    "fm": ("fm", "euler"),
+    "imm": ("imm", "pushforward"),
+    "imm_restart": ("imm", "restart"),
+    "bayes": ("bayes", "euler"),
+}
 
 
 def run_target(name: str, cfg: ContinuousStudyConfig) -> tuple[dict, dict[str, dict[int, torch.Tensor]]]:
@@ -115,7 +128,9 @@ def run_target(name: str, cfg: ContinuousStudyConfig) -> tuple[dict, dict[str, d
     sigma_d = cfg.imm.sigma_d
     gf = torch.Generator().manual_seed(cfg.seed + 1000)
     fresh = [target(cfg.eval_samples, gf) for _ in range(cfg.eval_sets)]
-    floor = [_scores(target(cfg.eval_samples, gf), [target(cfg.eval_samples, gf)], name) for _ in range(cfg.floor_repeats)]
+    floor = [
+        _scores(target(cfg.eval_samples, gf), [target(cfg.eval_samples, gf)], name) for _ in range(cfg.floor_repeats)
+    ]
     res: dict = {"floor": {k: _mean_std([f[k] for f in floor]) for k in floor[0]}, "models": {}}
 
     nets = {}
@@ -123,18 +138,23 @@ def run_target(name: str, cfg: ContinuousStudyConfig) -> tuple[dict, dict[str, d
         torch.manual_seed(cfg.seed)  # the same initial weights for both
         net = TimeMLP(2, cfg.width, cfg.depth, time_input=cfg.time_input)
         if kind == "imm":
+
             def loss_fn(m, step):
                 return imm_loss(m, target(cfg.batch, g), cfg.imm, g, step)[0]
         else:
+
             def loss_fn(m, _):
                 return fm_loss(m, target(cfg.batch, g), cfg.fm, g)[0]
+
         nets[kind], stats = fit(net, loss_fn, cfg.fit, f"{name} {kind}")
         res["models"][kind] = {**stats, "params": sum(p.numel() for p in net.parameters())}
     nets["bayes"] = BayesOneTime(target(cfg.bayes_points, g), sigma_d)
 
     t_max = {"fm": cfg.fm.t_max, "imm": cfg.imm.t_max, "bayes": 1.0}
-    noises = [sigma_d * torch.randn(cfg.eval_samples, 2, generator=torch.Generator().manual_seed(cfg.seed + 3000 + j))
-              for j in range(cfg.noise_seeds)]  # fmt: skip
+    noises = [
+        sigma_d * torch.randn(cfg.eval_samples, 2, generator=torch.Generator().manual_seed(cfg.seed + 3000 + j))
+        for j in range(cfg.noise_seeds)
+    ]
     samples: dict[str, dict[int, torch.Tensor]] = {k: {} for k in SAMPLERS}
     for kind, (net_name, method) in SAMPLERS.items():
         entry = res["models"].setdefault(kind, {})

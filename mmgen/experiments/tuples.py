@@ -73,7 +73,9 @@ def poker() -> TupleData:
             if w not in words:
                 words.append(w)
     support = torch.tensor([[words.index(w) for w in hand.split()] for hand in POKER_HANDS])
-    return TupleData("poker", words, support, torch.full((len(POKER_HANDS),), 1.0 / len(POKER_HANDS), dtype=torch.float64))
+    return TupleData(
+        "poker", words, support, torch.full((len(POKER_HANDS),), 1.0 / len(POKER_HANDS), dtype=torch.float64)
+    )
 
 
 def permutation_tuples(length: int, values: int, seed: int = 0) -> TupleData:

@@ -86,8 +86,9 @@ def block_mask(plan: MaskPlan, q_len: int, block_size: int = FLEX_BLOCK):
 
     B, Lk = plan.doc.shape
     dev = plan.doc.device
-    return create_block_mask(mask_mod, B, None, q_len, Lk, device=dev, BLOCK_SIZE=block_size,
-                             _compile=dev.type == "cuda")  # fmt: skip
+    return create_block_mask(
+        mask_mod, B, None, q_len, Lk, device=dev, BLOCK_SIZE=block_size, _compile=dev.type == "cuda"
+    )
 
 
 _compiled_flex = None
@@ -138,8 +139,15 @@ class MaskMemo:
         self.mask: AttentionMask | None = None
         self._key: tuple | None = None  # (columns, their versions, their shapes, q_len, backend)
 
-    def get(self, doc: torch.Tensor, kind: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor | None,
-            q_len: int, backend: Backend) -> AttentionMask:  # fmt: skip
+    def get(
+        self,
+        doc: torch.Tensor,
+        kind: torch.Tensor,
+        image: torch.Tensor,
+        uncond: torch.Tensor | None,
+        q_len: int,
+        backend: Backend,
+    ) -> AttentionMask:
         """The mask over columns [B, L] (`uncond` None: every image copy is conditional)."""
         cols = (doc, kind, image, uncond)
         present = [c for c in cols if c is not None]

@@ -73,10 +73,28 @@ class MMGenConfig(PretrainedConfig):
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min {self.t_min} and t_max {self.t_max}")
 
-    ARCHITECTURE = ("vocab_size", "depth", "width", "head_dim", "mlp_hidden", "experts", "qk_norm", "image_adaln",
-                    "latent_channels", "patch_size", "image_grid", "image_size", "downsample", "sigma_d",
-                    "image_objective", "rope_theta", "time_freq_dim", "time_input", "image_pos_embed",
-                    "max_seq_len")  # fmt: skip
+    ARCHITECTURE = (
+        "vocab_size",
+        "depth",
+        "width",
+        "head_dim",
+        "mlp_hidden",
+        "experts",
+        "qk_norm",
+        "image_adaln",
+        "latent_channels",
+        "patch_size",
+        "image_grid",
+        "image_size",
+        "downsample",
+        "sigma_d",
+        "image_objective",
+        "rope_theta",
+        "time_freq_dim",
+        "time_input",
+        "image_pos_embed",
+        "max_seq_len",
+    )
 
     def architecture(self) -> dict:
         """What must match for weights to be interchangeable (a checkpoint of another model differs here)."""
@@ -95,10 +113,21 @@ class MMGenConfig(PretrainedConfig):
         return self.image_grid[0] * self.image_grid[1]
 
     @classmethod
-    def from_model_config(cls, m: ModelConfig, *, vocab_size: int, latent_channels: int, image_size: int,
-                          downsample: int, seq_len: int, sigma_d: float, image_objective: str,
-                          special_ids: dict[str, int], t_min: float | None = None,
-                          t_max: float | None = None) -> MMGenConfig:  # fmt: skip
+    def from_model_config(
+        cls,
+        m: ModelConfig,
+        *,
+        vocab_size: int,
+        latent_channels: int,
+        image_size: int,
+        downsample: int,
+        seq_len: int,
+        sigma_d: float,
+        image_objective: str,
+        special_ids: dict[str, int],
+        t_min: float | None = None,
+        t_max: float | None = None,
+    ) -> MMGenConfig:
         """Resolve the user-facing dial (`ModelConfig`, zeros = derive) against the data and tokenizers; the
         time range is the objective's (`mmgen.flowmap.time_range`; None = the objective's default)."""
         width = m.width or m.depth * m.aspect_ratio

@@ -24,9 +24,17 @@ class ContextOverflow(PromptError):
 
 
 class KVCache:
-    def __init__(self, depth: int, batch: int, n_heads: int, head_dim: int, max_len: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 capacity: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        depth: int,
+        batch: int,
+        n_heads: int,
+        head_dim: int,
+        max_len: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        capacity: int | None = None,
+    ):
         capacity = capacity or max_len
         if not capacity:
             raise ValueError("KVCache needs a capacity or a max_len")

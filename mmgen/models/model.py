@@ -153,7 +153,9 @@ class MMGenModel(PreTrainedModel):
 
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(layer, h, route, rope, mask, temb, layer_kv[i], use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(
+                    layer, h, route, rope, mask, temb, layer_kv[i], use_reentrant=False
+                )
             else:
                 h = layer(h, route, rope, mask, temb, layer_kv[i])
 

@@ -49,7 +49,9 @@ class Routing:
             only_image = n_txt == 0
             mode = "image" if only_image else ("mixed" if n_img else "none")
             expert = 1 if (mot and only_image) else 0
-            text_rows = slice(0, N) if n_img == 0 else (slice(0, 0) if only_image else flat.logical_not().nonzero().squeeze(1))
+            text_rows = (
+                slice(0, N) if n_img == 0 else (slice(0, 0) if only_image else flat.logical_not().nonzero().squeeze(1))
+            )
             image_rows = slice(0, N) if only_image else (slice(0, 0) if n_img == 0 else flat.nonzero().squeeze(1))
             return cls(None, None, text_rows, image_rows, [(slice(0, N), expert, mode)], n_txt, n_img, B, L)
         perm = torch.argsort(flat.to(torch.int8), stable=True)  # text (0) first, order kept inside a group
@@ -117,9 +119,15 @@ class MoTBlock(nn.Module):
                 out[mode] = full.chunk(6, dim=-1)
         return out
 
-    def forward(self, h: torch.Tensor, route: Routing, rope: tuple[torch.Tensor, torch.Tensor],
-                mask: AttentionMask, temb: torch.Tensor | None,
-                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        h: torch.Tensor,
+        route: Routing,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: AttentionMask,
+        temb: torch.Tensor | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """h [N, D] in stream order; rope cos/sin [B, L, Dh/2]; temb [N_image, D] per image row (already
         SiLU'd); kv: cache buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
         N, D = h.shape

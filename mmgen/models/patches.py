@@ -36,8 +36,9 @@ def per_token(values: torch.Tensor, image: torch.Tensor, where: torch.Tensor) ->
     return out
 
 
-def from_dense(dense: torch.Tensor, image: torch.Tensor, patch: torch.Tensor, where: torch.Tensor,
-               n_images: int, n_tokens: int) -> torch.Tensor:  # fmt: skip
+def from_dense(
+    dense: torch.Tensor, image: torch.Tensor, patch: torch.Tensor, where: torch.Tensor, n_images: int, n_tokens: int
+) -> torch.Tensor:
     """Inverse of `to_dense` for images that appear at `where`: [B, L, P] -> [n_images, G, P] (zeros for
     images that do not appear)."""
     out = dense.new_zeros(n_images, n_tokens, dense.shape[-1])

@@ -14,8 +14,9 @@ from mmgen.config import FlowMatchingConfig
 from mmgen.flowmap import Net, interpolate, network_input, velocity_target
 
 
-def sample_t(n: int, cfg: FlowMatchingConfig, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
+def sample_t(
+    n: int, cfg: FlowMatchingConfig, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     if cfg.time_sampling == "logit_normal":  # SD3's choice: more weight on the middle of the path
         u = torch.sigmoid(torch.randn(n, generator=generator))
     else:
@@ -23,8 +24,9 @@ def sample_t(n: int, cfg: FlowMatchingConfig, generator: torch.Generator | None 
     return (cfg.t_min + (cfg.t_max - cfg.t_min) * u).to(device)
 
 
-def fm_loss(net: Net, x: torch.Tensor, cfg: FlowMatchingConfig, generator: torch.Generator | None = None
-            ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def fm_loss(
+    net: Net, x: torch.Tensor, cfg: FlowMatchingConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean squared error of G(c_in(t) x_t, t, t) against (eps - x) / sigma_d, on flat data x [B, ...]."""
     t = sample_t(x.shape[0], cfg, generator, x.device)
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * cfg.sigma_d

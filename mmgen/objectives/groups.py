@@ -77,8 +77,9 @@ def prompt_groups(keys: list[tuple], M: int) -> tuple[list[int], list[int]]:
     return order + rest, sizes + imm_groups(len(rest), M)
 
 
-def plan_groups(batch: dict[str, Any], cfg: ObjectiveConfig, dropped: torch.Tensor | None = None
-                ) -> tuple[list[int], list[int]]:  # fmt: skip
+def plan_groups(
+    batch: dict[str, Any], cfg: ObjectiveConfig, dropped: torch.Tensor | None = None
+) -> tuple[list[int], list[int]]:
     """(order, sizes) of a micro-batch: `order[j]` is the target (in `image_loss` order) of slot j; slots
     come group after group. Flow matching: every target alone, in order. `dropped` [n_targets] bool (group_by
     = prompt): targets whose condition is dropped, grouped together under `UNCOND`."""

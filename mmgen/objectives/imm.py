@@ -36,14 +36,15 @@ def eta_inv(e: torch.Tensor) -> torch.Tensor:
 
 def r_from_ts(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
     """r = max(s, min(t - gap, eta^-1(eta(t) - (eta(T) - eta(eps)) / 2^k))): a constant decrement in eta."""
-    step = (eta(torch.tensor(cfg.t_max, dtype=torch.float64)) - eta(torch.tensor(cfg.t_min, dtype=torch.float64)))
+    step = eta(torch.tensor(cfg.t_max, dtype=torch.float64)) - eta(torch.tensor(cfg.t_min, dtype=torch.float64))
     step = float(step) / 2**cfg.k
     r = eta_inv((eta(t.double()) - step).clamp_min(0.0)).to(t.dtype)
     return torch.maximum(s, torch.minimum(t - cfg.min_gap, r))
 
 
-def sample_times(n_groups: int, cfg: ImmConfig, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def sample_times(
+    n_groups: int, cfg: ImmConfig, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per group: t ~ U(eps, T), s ~ U(eps, t), r from the mapping. Returns (t, s, r), each [n_groups] fp32.
     t and s are kept `min_gap` apart (t from eps + gap, s below t - gap) so that s <= r <= t - gap always."""
     u = torch.rand(2, n_groups, generator=generator, dtype=torch.float64).to(device)
@@ -98,8 +99,9 @@ def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.T
     return weighting(t, cfg) * mmd
 
 
-def imm_loss(net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generator | None = None,
-             step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def imm_loss(
+    net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generator | None = None, step: int = 0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """IMM on flat data x [B, ...] with B = groups x M (consecutive rows form a group). Returns the mean over
     groups and a few statistics. theta- (the y_r branch) is the same network without gradient.
 

@@ -53,8 +53,9 @@ def sample_t(n: int, cfg: MaskedDiffusionConfig, generator: torch.Generator | No
     return (cfg.t_min + (1.0 - cfg.t_min) * u).float()
 
 
-def mask_tokens(x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def mask_tokens(
+    x: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, N], t [B] -> (z_t [B, N], masked [B, N] bool): each token masked independently w.p. 1 - alpha_t."""
     u = torch.rand(x.shape, generator=generator).to(x.device)
     masked = u < (1.0 - alpha(t.to(x.device)))[:, None]
@@ -65,12 +66,15 @@ def _check_logits(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> None:
     if logits.shape[:2] != z.shape or logits.dim() != 3:
         raise ValueError(f"the network must return logits [B, N, V] for z {tuple(z.shape)}, got {tuple(logits.shape)}")
     if mask_id < logits.shape[-1]:
-        raise ValueError(f"mask_id {mask_id} is a data token of the {logits.shape[-1]}-way output: [MASK] "
-                         f"must have an id >= V and no logit")  # fmt: skip
+        raise ValueError(
+            f"mask_id {mask_id} is a data token of the {logits.shape[-1]}-way output: [MASK] "
+            f"must have an id >= V and no logit"
+        )
 
 
-def md_loss(net: TokenNet, x: torch.Tensor, cfg: MaskedDiffusionConfig, generator: torch.Generator | None = None
-            ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def md_loss(
+    net: TokenNet, x: torch.Tensor, cfg: MaskedDiffusionConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """MD4 negative ELBO per sequence (nats), averaged over the batch x [B, N].
 
     loss = mean_b (1 / t_b) sum_{n masked} CE(logits[b, n], x[b, n]); for a perfect denoiser its expectation
@@ -118,9 +122,17 @@ def unmask_counts(length: int, times: torch.Tensor) -> list[int]:
 
 
 @torch.no_grad()
-def sample(net: TokenNet, n: int, length: int, steps: int, mask_id: int, grid: Grid = "cosine",
-           unmask: Unmask = "random", generator: torch.Generator | None = None,
-           device: torch.device | str = "cpu") -> torch.Tensor:  # fmt: skip
+def sample(
+    net: TokenNet,
+    n: int,
+    length: int,
+    steps: int,
+    mask_id: int,
+    grid: Grid = "cosine",
+    unmask: Unmask = "random",
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Draw n sequences [n, length] in `steps` network evaluations, starting from all-[MASK].
 
     unmask='random' is MD4's sampler (each position independently w.p. (t - s) / t); 'count' reveals a fixed

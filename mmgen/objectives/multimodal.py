@@ -72,8 +72,15 @@ class Noise:
     boundary: list[bool]  # per IMM group: trained at s = t with the flow-matching loss (imm.boundary_fraction)
 
 
-def draw_noise(cfg: ObjectiveConfig, order: list[int], sizes: list[int], latent_shape: tuple[int, ...],
-               generator: torch.Generator, step: int = 0, dropped: torch.Tensor | None = None) -> Noise:  # fmt: skip
+def draw_noise(
+    cfg: ObjectiveConfig,
+    order: list[int],
+    sizes: list[int],
+    latent_shape: tuple[int, ...],
+    generator: torch.Generator,
+    step: int = 0,
+    dropped: torch.Tensor | None = None,
+) -> Noise:
     """`dropped` [n_targets] (target order): condition dropout already decided (grouping by prompt needs it
     first); None draws it per image here."""
     imm_mode = cfg.image == "imm"
@@ -103,8 +110,16 @@ def draw_noise(cfg: ObjectiveConfig, order: list[int], sizes: list[int], latent_
     if not sizes:
         z = torch.zeros(0)
         return Noise(z.long(), z, z, z, z.bool(), torch.zeros((0, *latent_shape)), [], [])
-    return Noise(torch.tensor(order), torch.cat(t), torch.cat(s), torch.cat(r), torch.cat(unc), torch.cat(eps),
-                 sizes if imm_mode else [], boundary)  # fmt: skip
+    return Noise(
+        torch.tensor(order),
+        torch.cat(t),
+        torch.cat(s),
+        torch.cat(r),
+        torch.cat(unc),
+        torch.cat(eps),
+        sizes if imm_mode else [],
+        boundary,
+    )
 
 
 @dataclass
@@ -164,18 +179,25 @@ class MultimodalLoss:
         is_noisy, is_clean = kind == KIND_NOISY, kind == KIND_CLEAN
         dense = to_dense(prep.clean, image, patch, is_clean) + to_dense(noisy, image, patch, is_noisy)
         return {
-            "input_ids": batch["input_ids"], "kind": kind, "doc": batch["doc"], "image": image, "pos": batch["pos"],
-            "image_tokens": dense, "t": per_token(t, image, is_noisy), "s": per_token(prep.s, image, is_noisy),
+            "input_ids": batch["input_ids"],
+            "kind": kind,
+            "doc": batch["doc"],
+            "image": image,
+            "pos": batch["pos"],
+            "image_tokens": dense,
+            "t": per_token(t, image, is_noisy),
+            "s": per_token(prep.s, image, is_noisy),
             "uncond": prep.uncond,
-        }  # fmt: skip
+        }
 
     def _g(self, out_image: torch.Tensor, batch: dict[str, Any], prep: _Prepared) -> torch.Tensor:
         """The image head's G at the targets' noisy copies, as latents [n, C, h, w]."""
         g = from_dense(out_image, batch["image"], batch["patch"], batch["kind"] == KIND_NOISY, *prep.clean.shape[:2])
         return unpatchify(g, self.p, self.grid, self.latent_channels)[prep.targets]
 
-    def __call__(self, model, batch: dict[str, Any], x0: torch.Tensor, noise: Noise,
-                 norm: LossNorm | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    def __call__(
+        self, model, batch: dict[str, Any], x0: torch.Tensor, noise: Noise, norm: LossNorm | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """x0: clean latents of every image of the batch [N, C, h, w], normalised (std about sigma_d)."""
         cfg = self.cfg
         prep = self._prepare(batch, x0, noise)
@@ -187,12 +209,18 @@ class MultimodalLoss:
         n_t = prep.targets.numel()
         if n_t > 0:
             g = self._g(out.image, batch, prep)
-            per_image_fm = (g.float() - velocity_target(prep.x, prep.eps, self.sigma_d).float()).pow(2).flatten(1).mean(1)
-            img_sum = self._imm_sum(model, batch, prep, g, noise, per_image_fm) if cfg.image == "imm" else per_image_fm.sum()
+            per_image_fm = (
+                (g.float() - velocity_target(prep.x, prep.eps, self.sigma_d).float()).pow(2).flatten(1).mean(1)
+            )
+            img_sum = (
+                self._imm_sum(model, batch, prep, g, noise, per_image_fm) if cfg.image == "imm" else per_image_fm.sum()
+            )
 
         n_text_local, units_local = where_text.sum().item(), (len(noise.sizes) if cfg.image == "imm" else n_t)
         norm = norm or LossNorm(max(1, n_text_local), max(1, units_local))
-        loss = cfg.text_weight * text_sum / max(norm.text_tokens, 1) + cfg.image_weight * img_sum / max(norm.image_units, 1)
+        loss = cfg.text_weight * text_sum / max(norm.text_tokens, 1) + cfg.image_weight * img_sum / max(
+            norm.image_units, 1
+        )
         stats = {
             "text_loss": float(text_sum.detach()) / max(1, n_text_local),
             "image_loss": float(img_sum.detach()) / max(1, units_local),
@@ -201,8 +229,9 @@ class MultimodalLoss:
         }
         return loss, stats
 
-    def _imm_sum(self, model, batch: dict[str, Any], prep: _Prepared, g_t: torch.Tensor, noise: Noise,
-                 per_image_fm: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def _imm_sum(
+        self, model, batch: dict[str, Any], prep: _Prepared, g_t: torch.Tensor, noise: Noise, per_image_fm: torch.Tensor
+    ) -> torch.Tensor:
         """Sum over groups of lambda(t) MMD^2 (boundary groups: their weighted mean flow-matching loss)."""
         cfg, sd, dev = self.cfg.imm, self.sigma_d, g_t.device
         sizes, starts = noise.sizes, [sum(noise.sizes[:i]) for i in range(len(noise.sizes))]
@@ -231,6 +260,8 @@ class MultimodalLoss:
             first_t = torch.tensor(first, device=dev)
             idx = (first_t[:, None] + torch.arange(size, device=dev)).reshape(-1)
             G = len(first)
-            per = imm.group_loss(y_t[idx].reshape(G, size, -1), y_r[idx].reshape(G, size, -1), t_i[first_t], s_i[first_t], cfg)
+            per = imm.group_loss(
+                y_t[idx].reshape(G, size, -1), y_r[idx].reshape(G, size, -1), t_i[first_t], s_i[first_t], cfg
+            )
             total = total + per.sum()
         return total

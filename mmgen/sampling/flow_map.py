@@ -46,9 +46,14 @@ def _step(g: G, x: torch.Tensor, t: float, s: float, sigma_d: float, two_time: b
 
 
 @torch.no_grad()
-def sample(g: G, noise: torch.Tensor, times: torch.Tensor, sigma_d: float,
-           method: Literal["pushforward", "euler", "restart"] = "pushforward",
-           generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def sample(
+    g: G,
+    noise: torch.Tensor,
+    times: torch.Tensor,
+    sigma_d: float,
+    method: Literal["pushforward", "euler", "restart"] = "pushforward",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Integrate from x_{t_N} = noise (already scaled by sigma_d) down the time grid; returns x_{t_0}."""
     x = noise
     ts = times.tolist()

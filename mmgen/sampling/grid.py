@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def save_grid(images: list[np.ndarray], path: Path, ncol: int = 4, scale: int = 4,
-              labels: list[str] | None = None) -> Path:  # fmt: skip
+def save_grid(
+    images: list[np.ndarray], path: Path, ncol: int = 4, scale: int = 4, labels: list[str] | None = None
+) -> Path:
     """Images (H, W, 3) uint8 in rows of `ncol`, upscaled (nearest) by `scale`; one label per row."""
     h, w = images[0].shape[:2]
     nrow = -(-len(images) // ncol)

@@ -81,8 +81,20 @@ class InterleavedSampler:
         self.c = c
         self.sd = c.sigma_d
         self.G = c.image_tokens
-        self.packer = Packer(text_tok, PackSpec(c.max_seq_len, 1, c.image_size, tuple(c.image_grid), c.bos_token_id,
-                                                c.eos_token_id, c.pad_token_id, c.boi_token_id, c.eoi_token_id))  # fmt: skip
+        self.packer = Packer(
+            text_tok,
+            PackSpec(
+                c.max_seq_len,
+                1,
+                c.image_size,
+                tuple(c.image_grid),
+                c.bos_token_id,
+                c.eos_token_id,
+                c.pad_token_id,
+                c.boi_token_id,
+                c.eoi_token_id,
+            ),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -99,7 +111,13 @@ class InterleavedSampler:
             raise ContextOverflow(
                 f"the prompt takes {n} tokens, the model's context is {self.c.max_seq_len}: shorten the prompt"
             )
-        cols = {"ids": enc.ids[:n], "kind": enc.kind[:n], "image": enc.image[:n], "patch": enc.patch[:n], "pos": enc.pos[:, :n]}
+        cols = {
+            "ids": enc.ids[:n],
+            "kind": enc.kind[:n],
+            "image": enc.image[:n],
+            "patch": enc.patch[:n],
+            "pos": enc.pos[:, :n],
+        }
         return cols, enc.images
 
     @torch.no_grad()
@@ -118,12 +136,18 @@ class InterleavedSampler:
         dev = self.device
         zeros = torch.zeros(B, L, device=dev)
         return self.model(
-            input_ids=cols["ids"], kind=cols["kind"], doc=cols["doc"], image=cols["image"], pos=cols["pos"],
+            input_ids=cols["ids"],
+            kind=cols["kind"],
+            doc=cols["doc"],
+            image=cols["image"],
+            pos=cols["pos"],
             image_tokens=cols.get("values", torch.zeros(B, L, self.c.patch_dim, device=dev)),
-            t=cols.get("t", zeros), s=cols.get("s", zeros), uncond=cols.get("uncond"),
+            t=cols.get("t", zeros),
+            s=cols.get("s", zeros),
+            uncond=cols.get("uncond"),
             text_positions=logits_at if logits_at is not None else torch.zeros(B, L, dtype=torch.bool, device=dev),
             cache=cache,
-        )  # fmt: skip
+        )
 
     def _pad_cols(self, B: int, L: int) -> dict[str, torch.Tensor]:
         dev = self.device
@@ -204,8 +228,15 @@ class InterleavedSampler:
         return {k: torch.cat([a[k], b[k]], dim=-1 if k == "pos" else 1) for k in a}
 
     @torch.no_grad()
-    def draw_images(self, rows: torch.Tensor, pos: list[int], image_ids: list[int], cache: KVCache,
-                    opts: SamplingOptions, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    def draw_images(
+        self,
+        rows: torch.Tensor,
+        pos: list[int],
+        image_ids: list[int],
+        cache: KVCache,
+        opts: SamplingOptions,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
         """Sample one image for every row in `rows` (its <boi> is already in the cache) and append the clean
         copy. Returns the normalised latents x0 [B, C, h, w] (rows outside `rows` are zeros)."""
         c, G, p = self.c, self.G, self.c.patch_size

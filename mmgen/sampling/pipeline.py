@@ -45,10 +45,14 @@ def read_image(path: str | Path, where: str = "") -> np.ndarray:
 def check_text(text: str, where: str) -> str:
     """Prompt text must be printable: no bytes that were not UTF-8 (surrogates) and no control characters
     other than tab and newline (a binary file passed as a prompt)."""
-    bad = next((c for c in text if "\ud800" <= c <= "\udfff" or (ord(c) < 32 and c not in "\t\n\r") or c == "\x7f"), None)
+    bad = next(
+        (c for c in text if "\ud800" <= c <= "\udfff" or (ord(c) < 32 and c not in "\t\n\r") or c == "\x7f"), None
+    )
     if bad is not None:
-        raise PromptError(f"prompt text{where} is not plain text (character {bad!r} at position {text.index(bad)}); "
-                          f"give UTF-8 text, and images as <image:path>")  # fmt: skip
+        raise PromptError(
+            f"prompt text{where} is not plain text (character {bad!r} at position {text.index(bad)}); "
+            f"give UTF-8 text, and images as <image:path>"
+        )
     return text
 
 
@@ -84,8 +88,10 @@ def parse_prompt(prompt: Any, index: int = 0) -> list[str | np.ndarray]:
             elif isinstance(s, dict) and isinstance(s.get("image"), str):
                 segs.append(read_image(s["image"], where))
             else:
-                raise PromptError(f"prompt {index + 1}: a segment must be text, an image array, {{'text': str}} "
-                                  f"or {{'image': path str}}, got {s!r:.80}")  # fmt: skip
+                raise PromptError(
+                    f"prompt {index + 1}: a segment must be text, an image array, {{'text': str}} "
+                    f"or {{'image': path str}}, got {s!r:.80}"
+                )
         return segs
     raise PromptError(f"prompt {index + 1} must be a string or a list of segments, got {type(prompt).__name__}")
 
@@ -117,13 +123,17 @@ class Result:
                 else:
                     fn = f"{name}-{role}-{n}.png"
                     PILImage.fromarray(s).save(folder / fn)
-                    parts.append(f'<img class="{role}" src="{fn}" width="{4 * s.shape[1]}" style="image-rendering:pixelated">')
+                    parts.append(
+                        f'<img class="{role}" src="{fn}" width="{4 * s.shape[1]}" style="image-rendering:pixelated">'
+                    )
                     n += 1
         return "<p>" + " ".join(parts) + "</p>"
 
 
-_STYLE = ("<style>body{font-family:sans-serif;background:#222;color:#ddd} .prompt{color:#9cf} .generated{color:#fd8}"
-          " img{vertical-align:middle;margin:4px;border:2px solid #555} img.generated{border-color:#fd8}</style>")  # fmt: skip
+_STYLE = (
+    "<style>body{font-family:sans-serif;background:#222;color:#ddd} .prompt{color:#9cf} .generated{color:#fd8}"
+    " img{vertical-align:middle;margin:4px;border:2px solid #555} img.generated{border-color:#fd8}</style>"
+)
 
 
 def write_page(results: list[Result], folder: str | Path, name: str, title: str = "") -> Path:
@@ -153,11 +163,15 @@ class MMGenPipeline:
 
     def __call__(self, prompts: Any, **options: Any) -> list[Result]:
         """Continue each prompt. Options are `SamplingOptions` fields (steps, guidance, max_new_tokens, ...)."""
-        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and not isinstance(prompts[0], (str, list, tuple))):
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and not isinstance(prompts[0], (str, list, tuple))
+        ):
             prompts = [prompts]
         unknown = set(options) - set(SamplingOptions.__dataclass_fields__)
         if unknown:
-            raise PromptError(f"unknown option(s) {sorted(unknown)}; known: {sorted(SamplingOptions.__dataclass_fields__)}")
+            raise PromptError(
+                f"unknown option(s) {sorted(unknown)}; known: {sorted(SamplingOptions.__dataclass_fields__)}"
+            )
         opts = SamplingOptions(**{**self.defaults, **options})
         try:
             opts.validate()
@@ -172,8 +186,14 @@ class MMGenPipeline:
         index, so a prompt's image does not depend on the other prompts' count. Options as in `__call__`."""
         images: list[np.ndarray] = []
         for i in range(0, len(prompts), batch):
-            res = self(prompts[i : i + batch], image_first=True, stop_after_image=True, max_new_tokens=0,
-                       seed=seed + i, **options)  # fmt: skip
+            res = self(
+                prompts[i : i + batch],
+                image_first=True,
+                stop_after_image=True,
+                max_new_tokens=0,
+                seed=seed + i,
+                **options,
+            )
             images += [r.images[0] for r in res]
         return images
 
@@ -189,8 +209,13 @@ def check_match(config, text_tok, image_tok) -> None:
     if text_tok.convert_tokens_to_ids("<boi>") != config.boi_token_id:
         problems.append("<boi> id differs")
     if image_tok.latent_channels != config.latent_channels or image_tok.downsample != config.downsample:
-        problems.append(f"image tokenizer is f{image_tok.downsample} x {image_tok.latent_channels} channels, the model "
-                        f"expects f{config.downsample} x {config.latent_channels}")  # fmt: skip
+        problems.append(
+            f"image tokenizer is f{image_tok.downsample} x {image_tok.latent_channels} channels, the model "
+            f"expects f{config.downsample} x {config.latent_channels}"
+        )
     if problems:
-        raise TokenizerError("the tokenizers do not match this checkpoint: " + "; ".join(problems) +
-                         ". Use the tokenizers saved with the release folder.")  # fmt: skip
+        raise TokenizerError(
+            "the tokenizers do not match this checkpoint: "
+            + "; ".join(problems)
+            + ". Use the tokenizers saved with the release folder."
+        )

@@ -24,8 +24,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise PromptError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
-                              f"use --device cpu")  # fmt: skip
+            raise PromptError(
+                f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                f"use --device cpu"
+            )
         if dev.index is not None and dev.index >= n:
             raise PromptError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
@@ -42,8 +44,10 @@ def load_release(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     dev = resolve_device(device)
     if not (path / "config.json").is_file():
-        raise MissingInput(f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
-                           f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`")  # fmt: skip
+        raise MissingInput(
+            f"no mmgen release at {path} (expected config.json, model.safetensors, tokenizer "
+            f"files and image_tokenizer/); train one with `accelerate launch scripts/train.py`"
+        )
     read_json(path / "config.json", CheckpointError, FIX)
     try:
         config = MMGenConfig.from_pretrained(path)
@@ -68,8 +72,10 @@ def load_sampling_defaults(path: str | Path) -> dict:
     defaults = read_json(file, CheckpointError, FIX)
     known = set(SamplingOptions.__dataclass_fields__)
     if not isinstance(defaults, dict) or set(defaults) - known:
-        raise CheckpointError(f"{file}: expected an object of sampling options ({', '.join(sorted(known))}), got "
-                              f"{sorted(defaults) if isinstance(defaults, dict) else type(defaults).__name__}; {FIX}")  # fmt: skip
+        raise CheckpointError(
+            f"{file}: expected an object of sampling options ({', '.join(sorted(known))}), got "
+            f"{sorted(defaults) if isinstance(defaults, dict) else type(defaults).__name__}; {FIX}"
+        )
     try:
         if "guidance_interval" in defaults:
             defaults["guidance_interval"] = tuple(defaults["guidance_interval"])

@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """logits [B, V] -> token ids [B]. temperature 0 is greedy (argmax)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)

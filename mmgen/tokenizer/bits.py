@@ -70,32 +70,55 @@ class TokenBits:
         return math.prod(self.levels) if self.kind == "fsq" else 0
 
     def row(self) -> dict:
-        shape = f"{self.frames}x{self.downsample}x{self.downsample}" if self.frames > 1 else f"{self.downsample}x{self.downsample}"
+        shape = (
+            f"{self.frames}x{self.downsample}x{self.downsample}"
+            if self.frames > 1
+            else f"{self.downsample}x{self.downsample}"
+        )
         if self.kind == "continuous":
             what = f"{self.latent_channels} ch x {self.dtype_bits} bit"
         elif self.kind == "vq":
             what = f"K={self.codebook_size}" + (f" x {self.codebooks}" if self.codebooks > 1 else "")
         else:
             what = f"FSQ {list(self.levels)} ({self.codes} codes)"
-        return {"name": self.name, "token": shape, "bottleneck": what, "bits_in": self.bits_in,
-                "bits_out": round(self.bits_out, 3), "compression": round(self.compression, 2), "note": self.note}  # fmt: skip
+        return {
+            "name": self.name,
+            "token": shape,
+            "bottleneck": what,
+            "bits_in": self.bits_in,
+            "bits_out": round(self.bits_out, 3),
+            "compression": round(self.compression, 2),
+            "note": self.note,
+        }
 
 
 # The design's two numbers and published tokenizers (latent dtype taken as bfloat16 for continuous ones).
 PRESETS: dict[str, TokenBits] = {
     t.name: t
     for t in [
-        TokenBits("design-video-discrete", "vq", 8, frames=4, codebook_size=32768,
-                  note="DESIGN.md: 4x8x8 video token, 32768 codes"),
-        TokenBits("design-video-continuous", "continuous", 8, frames=4, latent_channels=8,
-                  note="DESIGN.md: 4x8x8 video token, 8 bfloat16 channels"),
+        TokenBits(
+            "design-video-discrete",
+            "vq",
+            8,
+            frames=4,
+            codebook_size=32768,
+            note="DESIGN.md: 4x8x8 video token, 32768 codes",
+        ),
+        TokenBits(
+            "design-video-continuous",
+            "continuous",
+            8,
+            frames=4,
+            latent_channels=8,
+            note="DESIGN.md: 4x8x8 video token, 8 bfloat16 channels",
+        ),
         TokenBits("sd-vae", "continuous", 8, latent_channels=4, note="Stable Diffusion VAE, f8 c4"),
         TokenBits("flux-vae", "continuous", 8, latent_channels=16, note="FLUX.1 VAE, f8 c16"),
         TokenBits("cosmos-ci-8x8", "continuous", 8, latent_channels=16, note="Cosmos-Tokenizer-CI8x8, 16 ch"),
         TokenBits("cosmos-di-8x8", "fsq", 8, levels=(8, 8, 8, 5, 5, 5), note="Cosmos-Tokenizer-DI8x8, FSQ 64000"),
         TokenBits("llamagen-vq16", "vq", 16, codebook_size=16384, note="LlamaGen VQ16, f16, 16384 codes"),
     ]
-}  # fmt: skip
+}
 
 
 def tokenizer_bits(tok, dtype_bits: int = 16, name: str = "") -> TokenBits:

@@ -22,8 +22,9 @@ LatentFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def reconstruct(tok: ImageTokenizer, image: np.ndarray, latent_fn: LatentFn | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def reconstruct(
+    tok: ImageTokenizer, image: np.ndarray, latent_fn: LatentFn | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(H, W, 3) uint8 -> (reconstruction [1, 3, H, W] in [0, 1] at 8-bit levels, latents [1, C, h, w])."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
@@ -46,9 +47,13 @@ class EvalResult:
     recon: dict[str, np.ndarray] = field(default_factory=dict)  # kept reconstructions (H, W, 3) uint8
 
     def summary(self) -> dict:
-        out = {"name": self.name, **self.bits.row(), "images": len(self.per_image),
-               "psnr": float(np.mean([r["psnr"] for r in self.per_image])),
-               "ssim": float(np.mean([r["ssim"] for r in self.per_image]))}  # fmt: skip
+        out = {
+            "name": self.name,
+            **self.bits.row(),
+            "images": len(self.per_image),
+            "psnr": float(np.mean([r["psnr"] for r in self.per_image])),
+            "ssim": float(np.mean([r["ssim"] for r in self.per_image])),
+        }
         if self.usage is not None:
             out.update({f"code_{k}": v for k, v in self.usage.items()})
             out["effective_compression"] = effective_compression(self.bits, self.usage["entropy_bits"])
@@ -60,10 +65,16 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(tok: ImageTokenizer, images: Iterable[tuple[str, np.ndarray]], bits: TokenBits,
-             feature_net=None, latent_fn: LatentFn | None = None, keep: Iterable[str] = (),
-             code_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, codebook_size: int = 0,
-             ) -> EvalResult:  # fmt: skip
+def evaluate(
+    tok: ImageTokenizer,
+    images: Iterable[tuple[str, np.ndarray]],
+    bits: TokenBits,
+    feature_net=None,
+    latent_fn: LatentFn | None = None,
+    keep: Iterable[str] = (),
+    code_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    codebook_size: int = 0,
+) -> EvalResult:
     """Metrics of `tok` on `images`; `keep` names the images whose reconstructions are returned.
 
     `tok` is a trained `ImageTokenizer` or anything with its `kind` / `downsample` / `encode` / `decode`
@@ -83,8 +94,13 @@ def evaluate(tok: ImageTokenizer, images: Iterable[tuple[str, np.ndarray]], bits
             x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
             rates.append(tok.rate_bits(pad_to_multiple(x, tok.downsample)).reshape(-1))
         target = to_unit(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None])
-        res.per_image.append({"image": name, "psnr": float(psnr_per_image(recon, target)[0]),
-                              "ssim": float(ssim_per_image(recon, target)[0])})  # fmt: skip
+        res.per_image.append(
+            {
+                "image": name,
+                "psnr": float(psnr_per_image(recon, target)[0]),
+                "ssim": float(ssim_per_image(recon, target)[0]),
+            }
+        )
         if code_fn is not None:
             g = code_fn(z)  # [1, G, h, w]
             ids.append(g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]))

@@ -23,8 +23,14 @@ TILE = 32
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
 
 
 class FeatureNet(nn.Module):
@@ -33,8 +39,9 @@ class FeatureNet(nn.Module):
     def __init__(self, width: int = 32, classes: int = 10):
         super().__init__()
         self.width = width
-        self.body = nn.Sequential(_block(3, width), nn.MaxPool2d(2), _block(width, 2 * width), nn.MaxPool2d(2),
-                                  _block(2 * width, 4 * width))  # fmt: skip
+        self.body = nn.Sequential(
+            _block(3, width), nn.MaxPool2d(2), _block(width, 2 * width), nn.MaxPool2d(2), _block(2 * width, 4 * width)
+        )
         self.head = nn.Linear(4 * width, classes)
         self.register_buffer("mean", torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1))
@@ -57,8 +64,15 @@ def _cifar(split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(labels)
 
 
-def train_feature_net(folder: str | Path = DEFAULT_FOLDER, epochs: int = 3, width: int = 16, batch: int = 128,
-                      limit: int = 0, seed: int = 0, progress: bool = True) -> FeatureNet:  # fmt: skip
+def train_feature_net(
+    folder: str | Path = DEFAULT_FOLDER,
+    epochs: int = 3,
+    width: int = 16,
+    batch: int = 128,
+    limit: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> FeatureNet:
     """Train on CIFAR-10 train (random flips and 4-px shifts), report test accuracy, save to `folder`."""
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -94,9 +108,14 @@ def train_feature_net(folder: str | Path = DEFAULT_FOLDER, epochs: int = 3, widt
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
-    info = {"width": width, "epochs": epochs, "train_images": len(x), "test_accuracy": round(acc, 4),
-            "train_seconds": round(time.perf_counter() - t0, 1),
-            "note": "in-project CIFAR-10 classifier; FD on its features is not comparable to rFID"}  # fmt: skip
+    info = {
+        "width": width,
+        "epochs": epochs,
+        "train_images": len(x),
+        "test_accuracy": round(acc, 4),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "note": "in-project CIFAR-10 classifier; FD on its features is not comparable to rFID",
+    }
     (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n")
     return net
 

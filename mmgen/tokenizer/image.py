@@ -35,8 +35,9 @@ class ImageTokenizer(nn.Module):
         self.downsample: int = recipe.downsample
         self.bottleneck = build_bottleneck(recipe)
         self.latent_channels: int = self.bottleneck.channels
-        trunk = dict(width=recipe.width, downsample=recipe.downsample, channel_mult=recipe.channel_mult,
-                     blocks=recipe.blocks)  # fmt: skip
+        trunk = dict(
+            width=recipe.width, downsample=recipe.downsample, channel_mult=recipe.channel_mult, blocks=recipe.blocks
+        )
         self.encoder = Encoder(self.bottleneck.in_channels, **trunk)
         self.decoder = Decoder(self.latent_channels, **trunk)
         self.register_buffer("latent_mean", torch.zeros(self.latent_channels))

@@ -133,7 +133,10 @@ def flickr8k_test(limit: int = 0, multiple: int = 16) -> Iterator[tuple[str, np.
         im = d.images[0].rgb()
         h, w = im.shape[0] // multiple * multiple, im.shape[1] // multiple * multiple
         top, left = (im.shape[0] - h) // 2, (im.shape[1] - w) // 2
-        yield f"flickr8k-{d.images[0].meta['image'].rsplit('.', 1)[0]}", np.ascontiguousarray(im[top : top + h, left : left + w])
+        yield (
+            f"flickr8k-{d.images[0].meta['image'].rsplit('.', 1)[0]}",
+            np.ascontiguousarray(im[top : top + h, left : left + w]),
+        )
 
 
 def pad_to_multiple(x: torch.Tensor, f: int) -> torch.Tensor:

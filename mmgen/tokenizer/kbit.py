@@ -19,7 +19,9 @@ class KBitQuantizer:
         self.bits = (levels.shape[1] - 1).bit_length()
 
     @classmethod
-    def fit(cls, z: torch.Tensor, bits: int, iters: int = 25, max_values: int = 200_000, seed: int = 0) -> KBitQuantizer:
+    def fit(
+        cls, z: torch.Tensor, bits: int, iters: int = 25, max_values: int = 200_000, seed: int = 0
+    ) -> KBitQuantizer:
         """Fit on latents z [N, C, h, w] (normalised or not: the quantiser follows their scale)."""
         if not 1 <= bits <= 12:
             raise ValueError(f"bits per channel must lie in 1..12, got {bits}")

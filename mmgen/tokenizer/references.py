@@ -108,9 +108,14 @@ class PCAReference(PatchReference):
     def __init__(self, downsample: int, mean: torch.Tensor, components: torch.Tensor, fit_info: dict | None = None):
         super().__init__(downsample, fit_info)
         if mean.shape != (self.dim,) or components.dim() != 2 or components.shape[1] != self.dim:
-            raise ValueError(f"f = {downsample}: need mean [{self.dim}] and components [c, {self.dim}], "
-                             f"got {list(mean.shape)} and {list(components.shape)}")  # fmt: skip
-        self.mean, self.components = mean.float().contiguous(), components.float().contiguous()  # orthonormal rows [c, D]
+            raise ValueError(
+                f"f = {downsample}: need mean [{self.dim}] and components [c, {self.dim}], "
+                f"got {list(mean.shape)} and {list(components.shape)}"
+            )
+        self.mean, self.components = (
+            mean.float().contiguous(),
+            components.float().contiguous(),
+        )  # orthonormal rows [c, D]
         self.latent_channels = components.shape[0]
 
     @classmethod
@@ -122,7 +127,9 @@ class PCAReference(PatchReference):
         """
         d = 3 * downsample * downsample
         if not 1 <= channels <= d:
-            raise ValueError(f"PCA channels must be in 1..{d} for {downsample}x{downsample} RGB patches, got {channels}")
+            raise ValueError(
+                f"PCA channels must be in 1..{d} for {downsample}x{downsample} RGB patches, got {channels}"
+            )
         s1, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
         for rows in training_patches(images, downsample):
             p = to_float(rows)
@@ -169,7 +176,9 @@ class PCAReference(PatchReference):
         return from_patches(p, self.downsample)
 
     def bits(self, name: str, dtype_bits: int = 16) -> TokenBits:
-        return TokenBits(name, "continuous", self.downsample, latent_channels=self.latent_channels, dtype_bits=dtype_bits)
+        return TokenBits(
+            name, "continuous", self.downsample, latent_channels=self.latent_channels, dtype_bits=dtype_bits
+        )
 
     def config(self) -> dict:
         return {**super().config(), "channels": self.latent_channels}
@@ -208,8 +217,17 @@ class KMeansReference(PatchReference):
         self.latent_channels = 1
 
     @classmethod
-    def fit(cls, images: Iterable[torch.Tensor], downsample: int, codebook_size: int, iters: int = 20,
-            tol: float = 1e-4, seed: int = 0, max_patches: int = 0, init: str = "random") -> KMeansReference:  # fmt: skip
+    def fit(
+        cls,
+        images: Iterable[torch.Tensor],
+        downsample: int,
+        codebook_size: int,
+        iters: int = 20,
+        tol: float = 1e-4,
+        seed: int = 0,
+        max_patches: int = 0,
+        init: str = "random",
+    ) -> KMeansReference:
         """Lloyd's algorithm on the grid patches of `images` (a seeded sample of `max_patches` of them; 0 = all).
 
         init "random": K distinct training patches drawn with the seed; "kmeans++": D^2 sampling (Arthur &
@@ -226,7 +244,11 @@ class KMeansReference(PatchReference):
         x = to_float(rows)
         if len(x) < codebook_size:
             raise ValueError(f"k-means with K = {codebook_size} needs at least K training patches, got {len(x)}")
-        c = _kmeanspp(x, codebook_size, g) if init == "kmeans++" else x[torch.randperm(len(x), generator=g)[:codebook_size]]
+        c = (
+            _kmeanspp(x, codebook_size, g)
+            if init == "kmeans++"
+            else x[torch.randperm(len(x), generator=g)[:codebook_size]]
+        )
         history: list[float] = []
         for _ in range(iters + 1):
             ids, d2 = nearest(x, c)
@@ -239,8 +261,14 @@ class KMeansReference(PatchReference):
             empty = (counts == 0).nonzero().flatten()
             if len(empty):  # re-seed at the worst-fitted patches
                 c[empty] = x[d2.topk(len(empty)).indices]
-        info = {"patches_available": total, "patches": len(x), "init": init, "seed": seed,
-                "iterations": len(history) - 1, "mse_history": history}  # fmt: skip
+        info = {
+            "patches_available": total,
+            "patches": len(x),
+            "init": init,
+            "seed": seed,
+            "iterations": len(history) - 1,
+            "mse_history": history,
+        }
         return cls(downsample, c, info)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -271,8 +299,11 @@ def _kmeanspp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     idx = [int(torch.randint(len(x), (1,), generator=g))]
     d2 = (x - x[idx[0]]).square().sum(1)
     for _ in range(k - 1):
-        j = int(torch.multinomial(d2.double() + 1e-30, 1, generator=g)) if float(d2.sum()) > 0 else int(
-            torch.randint(len(x), (1,), generator=g))  # fmt: skip
+        j = (
+            int(torch.multinomial(d2.double() + 1e-30, 1, generator=g))
+            if float(d2.sum()) > 0
+            else int(torch.randint(len(x), (1,), generator=g))
+        )
         idx.append(j)
         d2 = torch.minimum(d2, (x - x[j]).square().sum(1))
     return x[idx].clone()
@@ -282,7 +313,9 @@ def load_reference(folder: str | Path) -> PCAReference | KMeansReference:
     """A reference saved with `save`."""
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise MissingInput(f"{folder}: no {CONFIG_NAME} + {WEIGHTS_NAME}; fit it with scripts/eval_references.py --save")
+        raise MissingInput(
+            f"{folder}: no {CONFIG_NAME} + {WEIGHTS_NAME}; fit it with scripts/eval_references.py --save"
+        )
     cfg = json.loads((folder / CONFIG_NAME).read_text())
     if cfg.get("format") != FORMAT:
         raise MissingInput(f"{folder}/{CONFIG_NAME}: format {cfg.get('format')!r}, expected {FORMAT!r}")
@@ -290,4 +323,3 @@ def load_reference(folder: str | Path) -> PCAReference | KMeansReference:
     if cfg["kind"] == "pca":
         return PCAReference(cfg["downsample"], t["mean"], t["components"], cfg.get("fit"))
     return KMeansReference(cfg["downsample"], t["codebook"], cfg.get("fit"))
-

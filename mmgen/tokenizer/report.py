@@ -14,8 +14,10 @@ def markdown_table(rows: list[dict]) -> str:
     effective bits: entropy of code usage (discrete; summed over channels for k-bit latents), or the KL rate
     of the posterior for a full-precision continuous latent.
     """
-    head = ("| tokenizer | token | bottleneck | bits in | bits out | compression | PSNR (dB) | SSIM "
-            "| codes used | effective bits | perplexity | FD (in-project) |")  # fmt: skip
+    head = (
+        "| tokenizer | token | bottleneck | bits in | bits out | compression | PSNR (dB) | SSIM "
+        "| codes used | effective bits | perplexity | FD (in-project) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         groups = f"{r['code_groups']} x " if "code_groups" in r else ""
@@ -25,8 +27,10 @@ def markdown_table(rows: list[dict]) -> str:
             ent = f"{r['kl_rate_bits']:.1f} (KL rate)"
         ppl = f"{r['code_perplexity']:.0f}" if "code_perplexity" in r and "code_groups" not in r else "-"
         fd = f"{r['fd_in_project']:.2f}" if "fd_in_project" in r else "-"
-        lines.append(f"| {r['name']} | {r['token']} | {r['bottleneck']} | {r['bits_in']} | {r['bits_out']:g} "
-                     f"| {r['compression']:g} | {r['psnr']:.2f} | {r['ssim']:.4f} | {used} | {ent} | {ppl} | {fd} |")  # fmt: skip
+        lines.append(
+            f"| {r['name']} | {r['token']} | {r['bottleneck']} | {r['bits_in']} | {r['bits_out']:g} "
+            f"| {r['compression']:g} | {r['psnr']:.2f} | {r['ssim']:.4f} | {used} | {ent} | {ppl} | {fd} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -38,8 +42,13 @@ def _label(text: str, width: int, height: int = 18) -> np.ndarray:
     return np.asarray(im)
 
 
-def crops_figure(originals: dict[str, np.ndarray], recons: dict[str, dict[str, np.ndarray]], path: str | Path,
-                 crop: int = 128, gap: int = 4) -> Path:  # fmt: skip
+def crops_figure(
+    originals: dict[str, np.ndarray],
+    recons: dict[str, dict[str, np.ndarray]],
+    path: str | Path,
+    crop: int = 128,
+    gap: int = 4,
+) -> Path:
     """A grid at full resolution (no resampling): one row per image, columns original then each tokenizer.
 
     `recons[tokenizer][image]` are (H, W, 3) uint8. The crop is taken around each image's most detailed
@@ -108,8 +117,10 @@ def rate_distortion_figure(rows: list[dict], path: str | Path, title: str = "") 
                 ax.plot([r["bits_out"], eff], [r["psnr"]] * 2, lw=0.6, color=line.get_color())
                 ax.plot(eff, r["psnr"], marker=m, mfc="none", color=line.get_color())
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("bits per token (filled: capacity; hollow: code entropy, or KL rate of the posterior)\n"
-                  "continuous: latent quantised to k bits per channel without retraining; 16 bits = bfloat16")
+    ax.set_xlabel(
+        "bits per token (filled: capacity; hollow: code entropy, or KL rate of the posterior)\n"
+        "continuous: latent quantised to k bits per channel without retraining; 16 bits = bfloat16"
+    )
     ax.set_ylabel("PSNR (dB), mean over images")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

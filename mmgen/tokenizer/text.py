@@ -110,14 +110,18 @@ def load_text_tokenizer(path: str | Path, fix: str = ""):
     train = f"train it with `python scripts/train_tokenizer.py text --recipe {folder}.yaml`"
     for name in TEXT_TOKENIZER_FILES:
         if not (folder / name).is_file():
-            raise MissingInput(f"no text tokenizer at {folder} ({name} is missing); "
-                               + (fix or f"{train} (or pass a folder saved by save_pretrained)"))  # fmt: skip
+            raise MissingInput(
+                f"no text tokenizer at {folder} ({name} is missing); "
+                + (fix or f"{train} (or pass a folder saved by save_pretrained)")
+            )
         read_json(folder / name, TokenizerError, fix or f"copy the folder again or {train}")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # the tokenizers parser raises a bare Exception on a file it cannot use
-        raise TokenizerError(f"the text tokenizer at {folder} does not load ({type(e).__name__}: {e}); "
-                             + (fix or f"copy the folder again or {train}")) from e  # fmt: skip
+        raise TokenizerError(
+            f"the text tokenizer at {folder} does not load ({type(e).__name__}: {e}); "
+            + (fix or f"copy the folder again or {train}")
+        ) from e
     check_special_ids(tok, folder)
     return tok
 

@@ -30,12 +30,17 @@ from mmgen.tokenizer.metrics import psnr_per_image, to_unit
 RESUMABLE_CHANGES = {"steps", "log_every", "ckpt_every", "val_images", "stats_batches"}
 
 
-def tokenizer_loss(recipe: ImageTokenizerRecipe, x: torch.Tensor, recon: torch.Tensor, out: BottleneckOut
-                   ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def tokenizer_loss(
+    recipe: ImageTokenizerRecipe, x: torch.Tensor, recon: torch.Tensor, out: BottleneckOut
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + L2 on [-1, 1] pixels) plus the bottleneck's own weighted terms."""
     terms = {"l1": F.l1_loss(recon, x), "l2": F.mse_loss(recon, x)}
-    weights = {"l1": recipe.l1_weight, "l2": recipe.l2_weight, "kl": recipe.kl_weight,
-               "commitment": recipe.commitment_weight}  # fmt: skip
+    weights = {
+        "l1": recipe.l1_weight,
+        "l2": recipe.l2_weight,
+        "kl": recipe.kl_weight,
+        "commitment": recipe.commitment_weight,
+    }
     terms.update(out.losses)
     total = sum(weights[k] * v for k, v in terms.items())
     assert isinstance(total, torch.Tensor)
@@ -60,8 +65,7 @@ def save_checkpoint(folder: Path, model: ImageTokenizer, opt: torch.optim.Optimi
     """Training state after `step` steps; written to a temp file and renamed; older ones pruned to `keep`."""
     path = folder / "checkpoints" / f"step_{step:08d}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "recipe": to_dict(model.recipe)}  # fmt: skip
+    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "recipe": to_dict(model.recipe)}
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     for old in _checkpoints(folder)[:-keep]:
@@ -109,8 +113,9 @@ def validate(model: ImageTokenizer, val: dict[str, torch.Tensor]) -> dict[str, f
 
 
 @torch.no_grad()
-def latent_statistics(model: ImageTokenizer, sampler: CropSampler, first_step: int, batches: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def latent_statistics(
+    model: ImageTokenizer, sampler: CropSampler, first_step: int, batches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std [C] of deterministic latents over `batches` training batches."""
     s1 = s2 = None
     n = 0
@@ -126,9 +131,14 @@ def latent_statistics(model: ImageTokenizer, sampler: CropSampler, first_step: i
 
 
 # ------------------------------------------------------------------------------------------------ train
-def train_image_tokenizer(recipe: ImageTokenizerRecipe, out: str | Path, resume: str | None = "auto",
-                          pools: tuple[list[Pool], list[Pool]] | None = None, progress: bool = True,
-                          stop_at: int | None = None) -> ImageTokenizer:  # fmt: skip
+def train_image_tokenizer(
+    recipe: ImageTokenizerRecipe,
+    out: str | Path,
+    resume: str | None = "auto",
+    pools: tuple[list[Pool], list[Pool]] | None = None,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> ImageTokenizer:
     """Train (or resume) and save the tokenizer to `out`; returns it in eval mode.
 
     `pools` = (train, validation) pools, for tests; by default they are read from the recipe's sources.
@@ -154,8 +164,14 @@ def train_image_tokenizer(recipe: ImageTokenizerRecipe, out: str | Path, resume:
         start = load_checkpoint(ckpt, model, opt)
         print(f"resumed from {ckpt} at step {start}")
     log = open(out / "metrics.jsonl", "a" if start else "w")
-    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, disable=not progress,
-               desc=recipe.name, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        range(start, recipe.steps),
+        initial=start,
+        total=recipe.steps,
+        disable=not progress,
+        desc=recipe.name,
+        dynamic_ncols=True,
+    )
     t0, pixels = time.perf_counter(), 0
     for step in bar:
         if stop_at is not None and step >= stop_at:
@@ -181,14 +197,25 @@ def train_image_tokenizer(recipe: ImageTokenizerRecipe, out: str | Path, resume:
         done = step + 1
         if done % recipe.log_every == 0 or done == recipe.steps:
             rate = pixels / max(time.perf_counter() - t0, 1e-9)
-            row = {"step": done, "loss": float(loss.detach()), **terms, "lr": lr_at(recipe, step), "source": source,
-                   "mpix_per_s": rate / 1e6}  # fmt: skip
+            row = {
+                "step": done,
+                "loss": float(loss.detach()),
+                **terms,
+                "lr": lr_at(recipe, step),
+                "source": source,
+                "mpix_per_s": rate / 1e6,
+            }
             if done % recipe.ckpt_every == 0 or done == recipe.steps:
                 row.update(validate(model, val))
             log.write(json.dumps(row) + "\n")
             log.flush()
-            bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)
-                                         and k in ("loss", "l1", "kl", "commitment", "mpix_per_s")))  # fmt: skip
+            bar.set_postfix_str(
+                " ".join(
+                    f"{k}={v:.4g}"
+                    for k, v in row.items()
+                    if isinstance(v, float) and k in ("loss", "l1", "kl", "commitment", "mpix_per_s")
+                )
+            )
         if done % recipe.ckpt_every == 0 or done == recipe.steps:
             save_checkpoint(out, model, opt, done)
     bar.close()
@@ -202,19 +229,27 @@ def train_image_tokenizer(recipe: ImageTokenizerRecipe, out: str | Path, resume:
     model.save_pretrained(out)
     dump_config(recipe, out / "recipe.yaml")
     summary = {
-        "name": recipe.name, "kind": recipe.kind, "steps": recipe.steps, "resumed_from": start,
+        "name": recipe.name,
+        "kind": recipe.kind,
+        "steps": recipe.steps,
+        "resumed_from": start,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds_this_session": round(t_train, 1), "data_seconds": round(t_data, 1),
-        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+        "train_seconds_this_session": round(t_train, 1),
+        "data_seconds": round(t_data, 1),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
         f"{'cuda' if torch.cuda.is_available() else 'cpu only'}",
-        "latent_mean": mean.tolist(), "latent_std": std.tolist(), **validate(model, val),
-    }  # fmt: skip
+        "latent_mean": mean.tolist(),
+        "latent_std": std.tolist(),
+        **validate(model, val),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return model
 
 
-def main(recipe_path: str, overrides: list[str] | tuple[str, ...] = (), out: str | None = None,
-         resume: str | None = "auto") -> ImageTokenizer:  # fmt: skip
+def main(
+    recipe_path: str, overrides: list[str] | tuple[str, ...] = (), out: str | None = None, resume: str | None = "auto"
+) -> ImageTokenizer:
     """Entry point of `scripts/train_tokenizer.py image`."""
     from mmgen.tokenizer.text import resolve_artifact
 
@@ -224,7 +259,9 @@ def main(recipe_path: str, overrides: list[str] | tuple[str, ...] = (), out: str
     model = train_image_tokenizer(recipe, folder, resume=resume)
     summary = json.loads((folder / "summary.json").read_text())
     vals = ", ".join(f"{k.split('/')[-1]} {v:.2f} dB" for k, v in summary.items() if k.startswith("val_psnr"))
-    print(f"trained {recipe.kind} image tokenizer '{recipe.name}' (f={model.downsample}, "
-          f"{model.latent_channels} latent channels, {summary['parameters'] / 1e6:.2f}M parameters) in "
-          f"{time.perf_counter() - t0:.0f}s -> {folder}\n  validation PSNR: {vals}")  # fmt: skip
+    print(
+        f"trained {recipe.kind} image tokenizer '{recipe.name}' (f={model.downsample}, "
+        f"{model.latent_channels} latent channels, {summary['parameters'] / 1e6:.2f}M parameters) in "
+        f"{time.perf_counter() - t0:.0f}s -> {folder}\n  validation PSNR: {vals}"
+    )
     return model

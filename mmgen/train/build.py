@@ -35,8 +35,10 @@ def load_tokenizers(cfg: RunConfig):
     text = ensure_text_tokenizer(_tokenizer_path(cfg.text_tokenizer, "text_tokenizer"))
     image = ensure_image_tokenizer(_tokenizer_path(cfg.image_tokenizer, "image_tokenizer"))
     if image.kind != "kl":
-        raise ConfigError(f"image_tokenizer: the generative model needs a continuous (kl) tokenizer, "
-                          f"'{cfg.image_tokenizer}' is {image.kind}")  # fmt: skip
+        raise ConfigError(
+            f"image_tokenizer: the generative model needs a continuous (kl) tokenizer, "
+            f"'{cfg.image_tokenizer}' is {image.kind}"
+        )
     if cfg.data.latents:  # cached latents are only valid for the tokenizer that made them
         from mmgen.data.latent_cache import check_latents
 
@@ -48,19 +50,35 @@ def model_config(cfg: RunConfig, text_tok, image_tok) -> MMGenConfig:
     trained = image_config(cfg.objective)  # sigma_d and the time range the model will sample with
     try:
         return MMGenConfig.from_model_config(
-            cfg.model, vocab_size=len(text_tok), latent_channels=image_tok.latent_channels,
-            image_size=cfg.data.image_size, downsample=image_tok.downsample, seq_len=cfg.data.seq_len,
-            sigma_d=trained.sigma_d, image_objective=cfg.objective.image, special_ids=SPECIAL_IDS,
-            t_min=trained.t_min, t_max=trained.t_max,
-        )  # fmt: skip
+            cfg.model,
+            vocab_size=len(text_tok),
+            latent_channels=image_tok.latent_channels,
+            image_size=cfg.data.image_size,
+            downsample=image_tok.downsample,
+            seq_len=cfg.data.seq_len,
+            sigma_d=trained.sigma_d,
+            image_objective=cfg.objective.image,
+            special_ids=SPECIAL_IDS,
+            t_min=trained.t_min,
+            t_max=trained.t_max,
+        )
     except ValueError as e:
         raise ConfigError(f"model / data.image_size: {e}") from e
 
 
 def pack_spec(cfg: RunConfig, mc: MMGenConfig, text_tok) -> PackSpec:
     ids = SpecialIds.of(text_tok)
-    spec = PackSpec(cfg.data.seq_len, cfg.data.rows, cfg.data.image_size, tuple(mc.image_grid),
-                    ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi)  # fmt: skip
+    spec = PackSpec(
+        cfg.data.seq_len,
+        cfg.data.rows,
+        cfg.data.image_size,
+        tuple(mc.image_grid),
+        ids.bos,
+        ids.eos,
+        ids.pad,
+        ids.boi,
+        ids.eoi,
+    )
     need = spec.image_doc_len(noisy=True) + 8
     if cfg.data.seq_len < need:
         raise ConfigError(
@@ -106,8 +124,9 @@ class DataPipe:
         return iter(self.loader)
 
 
-def data_pipe(cfg: RunConfig, spec: PackSpec, text_tok, rank: int, world: int,
-              cursor_state: dict | None = None) -> DataPipe:  # fmt: skip
+def data_pipe(
+    cfg: RunConfig, spec: PackSpec, text_tok, rank: int, world: int, cursor_state: dict | None = None
+) -> DataPipe:
     n_logical = max(1, cfg.data.num_workers)
     split = Split(rank, world, n_logical)
     cursor = DataCursor.from_state(cursor_state, n_logical) if cursor_state else DataCursor(n_logical)

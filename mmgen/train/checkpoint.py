@@ -63,7 +63,9 @@ def step_dir(root: Path, step: int) -> Path:
 def complete_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if NAME.fullmatch(p.name) and p.is_dir() and (p / STATE_FILE).is_file())
+    return sorted(
+        p for p in root.glob("step-*") if NAME.fullmatch(p.name) and p.is_dir() and (p / STATE_FILE).is_file()
+    )
 
 
 def delete_checkpoint(folder: Path) -> None:
@@ -117,8 +119,10 @@ def choose_checkpoint(root: Path, resume: str) -> Resume:
         if problem:
             good = _scan(path.parent)[0]
             other = f" (the newest one that does is {good})" if good is not None else ""
-            raise CheckpointError(f"--resume {resume}: cannot resume from this folder: {problem}. Pass a checkpoint "
-                                  f"folder that verifies{other}, or --resume auto to take the newest one")  # fmt: skip
+            raise CheckpointError(
+                f"--resume {resume}: cannot resume from this folder: {problem}. Pass a checkpoint "
+                f"folder that verifies{other}, or --resume auto to take the newest one"
+            )
         return Resume(path, _unverified_note(path))
     path, passed = _scan(root)
     if path is None and passed:
@@ -133,7 +137,9 @@ def choose_checkpoint(root: Path, resume: str) -> Resume:
 
 
 def _unverified_note(path: Path) -> list[str]:
-    return [] if has_manifest(path) else [f"{path} has no manifest (written before manifests existed): loaded unverified"]
+    return (
+        [] if has_manifest(path) else [f"{path} has no manifest (written before manifests existed): loaded unverified"]
+    )
 
 
 def find_checkpoint(root: Path, resume: str) -> Path | None:
@@ -158,15 +164,23 @@ def choose_on_rank0(engine, root: Path, resume: str) -> Resume:
     if refusal is not None:
         raise refusal
     if code == -2:
-        raise CheckpointError(f"rank 0 refused to resume (its error says why and how to fix it); rank {engine.rank} "
-                              f"stops with it")  # fmt: skip
+        raise CheckpointError(
+            f"rank 0 refused to resume (its error says why and how to fix it); rank {engine.rank} stops with it"
+        )
     if engine.is_main or code == -1:
         return chosen
     return Resume(Path(resume) if resume not in ("auto", "none") else step_dir(root, code))
 
 
-def save_checkpoint(engine, root: Path, step: int, state: dict[str, Any], ema_state: dict[str, torch.Tensor],
-                    cursor: dict[str, Any], keep: int) -> Path:  # fmt: skip
+def save_checkpoint(
+    engine,
+    root: Path,
+    step: int,
+    state: dict[str, Any],
+    ema_state: dict[str, torch.Tensor],
+    cursor: dict[str, Any],
+    keep: int,
+) -> Path:
     """Called on every rank. `state` (rank 0's) goes to trainer_state.json; EMA and cursor are per rank."""
     final = step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -243,8 +257,15 @@ def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, torch
     return state, ema, cursor
 
 
-def export_release(folder: Path, model_cls, model_config, state_dict: dict[str, torch.Tensor], text_tok,
-                   image_tok, run_config_yaml: str | None = None) -> Path:  # fmt: skip
+def export_release(
+    folder: Path,
+    model_cls,
+    model_config,
+    state_dict: dict[str, torch.Tensor],
+    text_tok,
+    image_tok,
+    run_config_yaml: str | None = None,
+) -> Path:
     """Write release weights (save_pretrained, safetensors) with both tokenizers, atomically (rank 0 only)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -78,8 +78,15 @@ def refuse_universal_load(ds_config) -> None:
 
 
 class Engine:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_accum: int, grad_clip: float,
-                 precision: str = "auto"):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        grad_accum: int,
+        grad_clip: float,
+        precision: str = "auto",
+    ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
@@ -89,10 +96,16 @@ class Engine:
         handlers: list = [DistributedDataParallelKwargs(find_unused_parameters=True)]
         if on_cpu and _launched_with_deepspeed():
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        bf16 = precision == "bf16" or (
+            precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        )
         self.bf16 = bf16
-        self.acc = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if bf16 else "no",
-                               kwargs_handlers=handlers, cpu=on_cpu and not _launched_with_deepspeed())  # fmt: skip
+        self.acc = Accelerator(
+            gradient_accumulation_steps=grad_accum,
+            mixed_precision="bf16" if bf16 else "no",
+            kwargs_handlers=handlers,
+            cpu=on_cpu and not _launched_with_deepspeed(),
+        )
         if int(os.environ.get("WORLD_SIZE", "1")) != self.acc.num_processes:
             raise RuntimeError(
                 f"launched {os.environ['WORLD_SIZE']} processes but accelerate sees {self.acc.num_processes}: "
@@ -239,8 +252,12 @@ class Engine:
         except Exception as e:  # a missing or unreadable file: whatever torch.load raised
             problem = f"{type(e).__name__}: {e}"
         if problem:
-            print(f"warning: rank {self.rank}: the random-number state in {path} was not restored ({problem}); "
-                  f"training goes on (its draws are seeded per step)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"warning: rank {self.rank}: the random-number state in {path} was not restored ({problem}); "
+                f"training goes on (its draws are seeded per step)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def end(self) -> None:
         self.acc.end_training()

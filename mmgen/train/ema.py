@@ -52,12 +52,16 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         n = sum(1 for k in state if k.startswith("shadow."))
         if n != len(self.shadow):
-            raise CheckpointError(f"EMA state has {n} tensors, the model has {len(self.shadow)}: a checkpoint of another "
-                                  f"model (resume it with the model config it was written with, or --resume none)")  # fmt: skip
+            raise CheckpointError(
+                f"EMA state has {n} tensors, the model has {len(self.shadow)}: a checkpoint of another "
+                f"model (resume it with the model config it was written with, or --resume none)"
+            )
         for i, t in enumerate(self.shadow):
             src = state[f"shadow.{i}"]
             if src.shape != t.shape:
-                raise CheckpointError(f"EMA tensor {i} has shape {tuple(src.shape)}, expected {tuple(t.shape)}: a "
-                                      f"checkpoint of another model")  # fmt: skip
+                raise CheckpointError(
+                    f"EMA tensor {i} has shape {tuple(src.shape)}, expected {tuple(t.shape)}: a "
+                    f"checkpoint of another model"
+                )
             t.copy_(src)
         self.updates = int(state["updates"])

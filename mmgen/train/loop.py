@@ -55,8 +55,10 @@ def load_weights(model: MMGenModel, folder: str) -> None:
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if bad or set(state) - set(own):
-        raise ConfigError(f"train.init_from: '{folder}' holds another architecture (first mismatch: "
-                          f"{(bad or sorted(set(state) - set(own)))[0]}); match model.* to it")  # fmt: skip
+        raise ConfigError(
+            f"train.init_from: '{folder}' holds another architecture (first mismatch: "
+            f"{(bad or sorted(set(state) - set(own)))[0]}); match model.* to it"
+        )
     model.load_state_dict(state)
 
 
@@ -65,8 +67,10 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"train.output_dir={cfg.train.output_dir!r} is an existing file, not a folder; set "
-                              f"train.output_dir to a new folder or to the run folder to resume")  # fmt: skip
+            raise ConfigError(
+                f"train.output_dir={cfg.train.output_dir!r} is an existing file, not a folder; set "
+                f"train.output_dir to a new folder or to the run folder to resume"
+            )
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.text_tok, self.image_tok = build.load_tokenizers(cfg)
         self.mconf = build.model_config(cfg, self.text_tok, self.image_tok)
@@ -78,15 +82,23 @@ class Trainer:
             model.gradient_checkpointing = True
         if cfg.train.compile:
             model.compile_blocks()
-        self.engine = Engine(model, make_optimizer(model, cfg.train), grad_accum=cfg.train.grad_accum,
-                             grad_clip=cfg.train.grad_clip, precision=cfg.train.precision)  # fmt: skip
+        self.engine = Engine(
+            model,
+            make_optimizer(model, cfg.train),
+            grad_accum=cfg.train.grad_accum,
+            grad_clip=cfg.train.grad_clip,
+            precision=cfg.train.precision,
+        )
         e = self.engine
         if e.device.type == "cpu" and model.attention_backend(e.device) == "flex":
-            raise ConfigError("model.attention=flex: torch has no FlexAttention backward on a CPU; train with "
-                              "model.attention=auto (sdpa on a CPU, flex on CUDA) or sdpa")  # fmt: skip
+            raise ConfigError(
+                "model.attention=flex: torch has no FlexAttention backward on a CPU; train with "
+                "model.attention=auto (sdpa on a CPU, flex on CUDA) or sdpa"
+            )
         self.image_tok.to(e.device).eval().requires_grad_(False)
-        self.loss_fn = MultimodalLoss(cfg.objective, self.mconf.patch_size, self.mconf.image_grid,
-                                      self.mconf.latent_channels)  # fmt: skip
+        self.loss_fn = MultimodalLoss(
+            cfg.objective, self.mconf.patch_size, self.mconf.image_grid, self.mconf.latent_channels
+        )
         self.ema = EMA(e.param_shards(), cfg.train.ema_decay)
         self.step = 0
         self.bad_in_a_row = 0
@@ -108,8 +120,11 @@ class Trainer:
         self.config_changes = self._config_changes() if ckpt is not None else []
         shards = e.param_shards()
         self.params_local = sum(t.numel() for t in shards)  # under ZeRO-3: this rank's share
-        self.params_total = sum(p.numel() for p in model.parameters()) if e.zero_stage != 3 else sum(
-            p.ds_numel for p in e.unwrapped.parameters())
+        self.params_total = (
+            sum(p.numel() for p in model.parameters())
+            if e.zero_stage != 3
+            else sum(p.ds_numel for p in e.unwrapped.parameters())
+        )
         if e.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.config_changes:  # keep the config the earlier steps ran with
@@ -118,8 +133,10 @@ class Trainer:
             (self.out / "model_config.json").write_text(json.dumps(self.mconf.architecture(), indent=1))
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=e.is_main)
         if replayed := self.log.drop_after(self.step):  # rows written after the checkpoint: replayed below
-            print(f"metrics.jsonl: {replayed} row(s) after step {self.step} removed; the replayed steps write them "
-                  f"again", flush=True)  # fmt: skip
+            print(
+                f"metrics.jsonl: {replayed} row(s) after step {self.step} removed; the replayed steps write them again",
+                flush=True,
+            )
         self.skips = SkipReport()  # unreadable samples: the first few, then one line per thousand
 
     def _config_changes(self) -> list[str]:
@@ -183,10 +200,15 @@ class Trainer:
             self.ema.update(e.param_shards())
         tot = e.all_reduce([sums["loss"], sums["text_loss"], sums["image_loss"]])
         return {
-            "loss": tot[0], "text_loss": tot[1] / max(g_text, 1), "image_loss": tot[2] / max(g_units, 1),
-            "grad_norm": grad_norm if grad_norm is not None else float("nan"), "lr": learning_rate(self.step, cfg.train),
-            "skipped": float(bad), "image_targets": g_targets, "imm_groups": g_groups,
-        }  # fmt: skip
+            "loss": tot[0],
+            "text_loss": tot[1] / max(g_text, 1),
+            "image_loss": tot[2] / max(g_units, 1),
+            "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+            "lr": learning_rate(self.step, cfg.train),
+            "skipped": float(bad),
+            "image_targets": g_targets,
+            "imm_groups": g_groups,
+        }
 
     # ------------------------------------------------------------------------------------ the loop
     def train(self, max_steps: int | None = None) -> dict[str, float]:
@@ -225,11 +247,18 @@ class Trainer:
                 mine = (memory_mb(e.device), live_tensor_mb(e.device))
                 both = e.all_reduce([v if r == e.rank else 0.0 for v in mine for r in range(e.world_size)])
                 mem, per_rank, live_per_rank = mine[0], both[: e.world_size], both[e.world_size :]
-                last.update(step=self.step, tokens_per_s=tok_window / max(dt, 1e-9), tokens_seen=self.tokens_seen,
-                            imm_groups_per_s=groups_window / max(dt, 1e-9),
-                            mem_mb=mem, mem_mb_per_rank=per_rank, tensor_mb_per_rank=live_per_rank,
-                            data_skipped=self.data.cursor.skipped,
-                            params_local=self.params_local, params_total=self.params_total)  # fmt: skip
+                last.update(
+                    step=self.step,
+                    tokens_per_s=tok_window / max(dt, 1e-9),
+                    tokens_seen=self.tokens_seen,
+                    imm_groups_per_s=groups_window / max(dt, 1e-9),
+                    mem_mb=mem,
+                    mem_mb_per_rank=per_rank,
+                    tensor_mb_per_rank=live_per_rank,
+                    data_skipped=self.data.cursor.skipped,
+                    params_local=self.params_local,
+                    params_total=self.params_total,
+                )
                 self.log.write(last)
                 bar.set_postfix_str(
                     f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} "
@@ -267,10 +296,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------ outputs
     def save(self) -> Path:
         e = self.engine
-        state = {"step": self.step, "tokens_seen": self.tokens_seen, "bad_in_a_row": self.bad_in_a_row,
-                 "world_size": e.world_size, "time": time.time()}  # fmt: skip
-        return save_checkpoint(e, self.out / "checkpoints", self.step, state, self.ema.state_dict(),
-                               self.data.cursor.state_dict(), self.cfg.train.keep_checkpoints)  # fmt: skip
+        state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "bad_in_a_row": self.bad_in_a_row,
+            "world_size": e.world_size,
+            "time": time.time(),
+        }
+        return save_checkpoint(
+            e,
+            self.out / "checkpoints",
+            self.step,
+            state,
+            self.ema.state_dict(),
+            self.data.cursor.state_dict(),
+            self.cfg.train.keep_checkpoints,
+        )
 
     def export(self) -> Path | None:
         """Release weights (the EMA, consolidated) + tokenizers, loadable with MMGenModel.from_pretrained."""
@@ -280,7 +321,9 @@ class Trainer:
         path = None
         if e.is_main:
             run_yaml = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
-            path = export_release(self.out / "release", MMGenModel, self.mconf, sd, self.text_tok, self.image_tok, run_yaml)
+            path = export_release(
+                self.out / "release", MMGenModel, self.mconf, sd, self.text_tok, self.image_tok, run_yaml
+            )
         e.barrier()
         return path
 
@@ -294,8 +337,9 @@ class Trainer:
         e, sc = self.engine, self.cfg.sample
         model = e.unwrapped
         model.eval()
-        opts = SamplingOptions(steps=sc.steps, guidance=sc.guidance, seed=sc.seed, image_first=True,
-                               stop_after_image=True, max_images=1)  # fmt: skip
+        opts = SamplingOptions(
+            steps=sc.steps, guidance=sc.guidance, seed=sc.seed, image_first=True, stop_after_image=True, max_images=1
+        )
         with self.ema.swapped(e.param_shards()), e.autocast():
             sampler = InterleavedSampler(model, self.text_tok, self.image_tok)
             rows = sampler.run([[p] for p in sc.prompts for _ in range(4)], opts)
@@ -303,6 +347,7 @@ class Trainer:
         path = None
         if e.is_main:
             images = [r.segments[-1] for r in rows]
-            path = save_grid(images, self.out / "samples" / f"step-{self.step:07d}.png", ncol=4,
-                             labels=[p for p in sc.prompts])  # fmt: skip
+            path = save_grid(
+                images, self.out / "samples" / f"step-{self.step:07d}.png", ncol=4, labels=[p for p in sc.prompts]
+            )
         return path

@@ -29,7 +29,9 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
+    )
 
 
 def write_manifest(folder: Path) -> dict:
