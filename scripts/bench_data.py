@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per path")
     ap.add_argument("--out", default=str(REPO / "results" / "bench_data.json"))
     args = ap.parse_args(argv)
-    from mmgen.tokenizer.image import ensure_image_tokenizer
+    from mmgen.tokenizer_study.train import ensure_image_tokenizer
 
     os.chdir(REPO)  # tokenizer paths in configs are relative to the repository
     tok = ensure_image_tokenizer(args.tokenizer)

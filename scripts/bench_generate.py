@@ -34,8 +34,8 @@ from mmgen.models.kv_cache import KVCache
 from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.sampling.interleaved import SamplingOptions
 from mmgen.sampling.pipeline import MMGenPipeline
-from mmgen.tokenizer.image import ensure_image_tokenizer
 from mmgen.tokenizer.text import SPECIAL_IDS, ensure_text_tokenizer
+from mmgen.tokenizer_study.train import ensure_image_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from mmgen.cli import cli_main
+from mmgen.tokenizer_study.options import add_image_set_options
 
 
 def _table(rows: list[dict]) -> str:
@@ -44,18 +45,14 @@ def _table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="trained tokenizer folders (or recipes NAME.yaml)")
-    ap.add_argument(
-        "--images",
-        default="",
-        help="measure effective bits of discrete tokenizers on these images ('kodak', a directory or a zip)",
-    )
-    ap.add_argument("--limit", type=int, default=0, help="only the first N images")
+    images_help = "measure effective bits of discrete tokenizers on these images ('kodak', a directory or a zip)"
+    add_image_set_options(ap, "", images_help, "only the first N images")
     ap.add_argument("--dtype-bits", type=int, default=16, help="bits per continuous channel (bfloat16: 16)")
     ap.add_argument("--no-presets", action="store_true")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 
-    from mmgen.tokenizer.bits import PRESETS, effective_compression, tokenizer_bits
+    from mmgen.tokenizer_study.bits import PRESETS, effective_compression, tokenizer_bits
 
     rows = [] if args.no_presets else [p.row() for p in PRESETS.values()]
     images = None
@@ -69,8 +66,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         bits = tokenizer_bits(tok, args.dtype_bits, name=Path(path).with_suffix("").name)
         row = bits.row()
         if args.images and tok.kind != "kl":
-            from mmgen.tokenizer.evaluate import evaluate
-            from mmgen.tokenizer.image_data import eval_images
+            from mmgen.tokenizer_study.evaluate import evaluate
+            from mmgen.tokenizer_study.image_data import eval_images
 
             images = images or list(eval_images(args.images, args.limit))
             usage = evaluate(tok, images, bits).usage

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_option("--limit", args.limit, AT_LEAST_0)
     output_folder(args.out, "--out")
 
-    from mmgen.tokenizer.image import ensure_image_tokenizer
+    from mmgen.tokenizer_study.train import ensure_image_tokenizer
 
     tok = ensure_image_tokenizer(args.tokenizer)
     opts = read_options(args, args.image_size)

@@ -6,7 +6,7 @@ accuracy, and sampling cost, for IMM and flow-matching models side by side.
     python scripts/eval_cifar.py                             # the judge's accuracy and the real-image FD floor
     python scripts/eval_cifar.py --model runs/cifar10_imm/release --model runs/cifar10_fm/release
 
-Both metrics use a CIFAR-10 classifier trained by this project (mmgen/tokenizer/feature_net.py): its
+Both metrics use a CIFAR-10 classifier trained by this project (mmgen/tokenizer_study/feature_net.py): its
 accuracy on the prompted class, and the Frechet distance between its penultimate features of generated and
 real test images. They are in-project metrics, not comparable to published accuracy/FID numbers. Captions:
 the model continues a real test image with text; a caption is right when it names the image's class.
@@ -30,8 +30,8 @@ from mmgen.config.schema import AT_LEAST_0, AT_LEAST_1, GUIDANCE, TIME_GRID, TIM
 from mmgen.data.sources import CIFAR10_CLASSES, cifar10
 from mmgen.sampling.grid import save_grid
 from mmgen.sampling.pipeline import MMGenPipeline
-from mmgen.tokenizer.feature_net import load_feature_net, train_feature_net
-from mmgen.tokenizer.metrics import frechet_distance
+from mmgen.tokenizer_study.feature_net import load_feature_net, train_feature_net
+from mmgen.tokenizer_study.metrics import frechet_distance
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE = REPO / "results" / "cifar10" / "classifier"

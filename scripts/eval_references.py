@@ -27,6 +27,7 @@ import torch
 from mmgen.cli import check_option, cli_main
 from mmgen.config.schema import AT_LEAST_0, Range
 from mmgen.errors import ConfigError, DataError
+from mmgen.tokenizer_study.options import add_image_set_options
 
 DEFAULT_ROWS = (
     "f8-pca4,f8-pca8,f8-pca16,f8-kmeans256,f8-kmeans4096,f16-pca8,f16-pca16,f16-pca32,f16-kmeans256,f16-kmeans4096"
@@ -75,12 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows", default=DEFAULT_ROWS, help="comma list of f<F>-pca<C> / f<F>-kmeans<K>")
     ap.add_argument("--fit-images", type=int, default=600, help="Flickr8k training photos to fit on")
     ap.add_argument("--fit-folder", default="", help="fit on the images of this directory or zip instead")
-    ap.add_argument(
-        "--images",
-        default="kodak,flickr8k-test",
-        help="comma list of evaluation sets: 'kodak', 'flickr8k-test', a directory or a .zip of images",
-    )
-    ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N images of each set")
+    images_help = "comma list of evaluation sets: 'kodak', 'flickr8k-test', a directory or a .zip of images"
+    add_image_set_options(ap, "kodak,flickr8k-test", images_help, "evaluate only the first N images of each set")
     ap.add_argument("--kmeans-iters", type=int, default=20, help="Lloyd iterations at most")
     ap.add_argument("--kmeans-tol", type=float, default=1e-4, help="stop when the distortion falls by less (relative)")
     ap.add_argument(
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _fit_images(args) -> list[torch.Tensor]:
-    from mmgen.tokenizer.image_data import eval_images, source_images
+    from mmgen.tokenizer_study.image_data import eval_images, source_images
 
     if args.fit_folder:
         arrays = [im for _, im in eval_images(args.fit_folder, args.fit_images)]
@@ -118,9 +115,9 @@ def _fit_images(args) -> list[torch.Tensor]:
 
 
 def run(args: argparse.Namespace, rows: list[tuple[str, int, str, int]]) -> dict:
-    from mmgen.tokenizer.evaluate import evaluate
-    from mmgen.tokenizer.image_data import eval_images
-    from mmgen.tokenizer.references import KMeansReference, PCAReference
+    from mmgen.tokenizer_study.evaluate import evaluate
+    from mmgen.tokenizer_study.image_data import eval_images
+    from mmgen.tokenizer_study.references import KMeansReference, PCAReference
 
     t0 = time.perf_counter()
     fit = _fit_images(args)

@@ -24,8 +24,8 @@ from mmgen.config import read_yaml
 from mmgen.eval.shapes import judge, prompt_set
 from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.sampling.pipeline import MMGenPipeline
-from mmgen.tokenizer.image import ensure_image_tokenizer
 from mmgen.tokenizer.text import ensure_text_tokenizer
+from mmgen.tokenizer_study.train import ensure_image_tokenizer
 from mmgen.train.ema import EMA
 
 

@@ -26,13 +26,14 @@ import torch
 from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config.schema import AT_LEAST_0, Range
 from mmgen.errors import ConfigError, DataError
+from mmgen.tokenizer_study.options import add_image_set_options
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _kbit_quantizers(tok, ks: list[int]):
-    from mmgen.tokenizer.image_data import CropSampler, build_pools
-    from mmgen.tokenizer.kbit import KBitQuantizer
+    from mmgen.tokenizer_study.image_data import CropSampler, build_pools
+    from mmgen.tokenizer_study.kbit import KBitQuantizer
 
     r = tok.recipe
     pools = build_pools(r, "train", limit=max(64, r.batch_size * 8))
@@ -48,8 +49,7 @@ def _kbit_quantizers(tok, ks: list[int]):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="tokenizer folders (or recipes tokenizers/image/NAME.yaml)")
-    ap.add_argument("--images", default="kodak", help="'kodak', 'shapes-test', a directory or a .zip of images")
-    ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    add_image_set_options(ap, "kodak", "'kodak', 'shapes-test', a directory or a .zip of images")
     ap.add_argument("--out", default="results/tokenizers/eval", help="output folder")
     ap.add_argument("--kbits", default="", help="comma list of k: also evaluate continuous latents at k bits/channel")
     ap.add_argument(
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", default="kodim05.png,kodim14.png,kodim23.png", help="images shown in crops.png")
     args = ap.parse_args(argv)
 
-    from mmgen.tokenizer import feature_net as fn
+    from mmgen.tokenizer_study import feature_net as fn
 
     if args.train_feature_net:
         net = fn.train_feature_net(args.feature_net or fn.DEFAULT_FOLDER)
@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, fn) -> None:
-    from mmgen.tokenizer.bits import tokenizer_bits
-    from mmgen.tokenizer.evaluate import evaluate
     from mmgen.tokenizer.image import load_image_tokenizer
-    from mmgen.tokenizer.image_data import eval_images
-    from mmgen.tokenizer.report import crops_figure, markdown_table
+    from mmgen.tokenizer_study.bits import tokenizer_bits
+    from mmgen.tokenizer_study.evaluate import evaluate
+    from mmgen.tokenizer_study.image_data import eval_images
+    from mmgen.tokenizer_study.report import crops_figure, markdown_table
 
     t0 = time.perf_counter()
     images = list(eval_images(args.images, args.limit))

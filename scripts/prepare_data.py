@@ -106,7 +106,7 @@ def documents(args: argparse.Namespace, opts: ReadOptions) -> tuple[Iterator[Ite
 def write_latents(args: argparse.Namespace, opts: ReadOptions, prefix: str) -> tuple[dict, list]:
     """Cached latents, resumable as cache_latents.py's: the read options are part of what a resume compares."""
     from mmgen.data.latent_cache import LatentCache
-    from mmgen.tokenizer.image import ensure_image_tokenizer
+    from mmgen.tokenizer_study.train import ensure_image_tokenizer
 
     items, unreported = documents(args, opts)
     options = asdict(opts) | {"split": args.split, "limit": args.limit, "shuffle_seed": args.shuffle_seed}

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patch", type=int, default=0, help="keep only rows of f x f tokens (0 = all)")
     args = ap.parse_args(argv)
 
-    from mmgen.tokenizer.report import rate_distortion_figure
+    from mmgen.tokenizer_study.report import rate_distortion_figure
 
     rows = []
     for path in args.results:

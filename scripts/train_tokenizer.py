@@ -33,7 +33,7 @@ def text_main(args: argparse.Namespace) -> None:
 
 
 def image_main(args: argparse.Namespace) -> None:
-    from mmgen.tokenizer.train import main as train_image_tokenizer
+    from mmgen.tokenizer_study.train import main as train_image_tokenizer
 
     train_image_tokenizer(args.recipe, args.overrides, out=args.out, resume=args.resume)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mmgen.config import ImageTokenizerRecipe
-from mmgen.tokenizer.bits import PRESETS, TokenBits, effective_compression, tokenizer_bits
 from mmgen.tokenizer.image import ImageTokenizer
-from mmgen.tokenizer.metrics import code_usage, grouped_usage
+from mmgen.tokenizer_study.bits import PRESETS, TokenBits, effective_compression, tokenizer_bits
+from mmgen.tokenizer_study.metrics import code_usage, grouped_usage
 
 
 def test_design_numbers_exactly():

@@ -12,9 +12,9 @@ from conftest import REPO
 
 from mmgen.config import ImageTokenizerRecipe, dump_config
 from mmgen.tokenizer.bottleneck import FSQBottleneck, VQBottleneck
-from mmgen.tokenizer.image import ImageTokenizer, ensure_image_tokenizer, load_image_tokenizer
-from mmgen.tokenizer.image_data import CropSampler, Pool, pad_to_multiple
-from mmgen.tokenizer.train import train_image_tokenizer
+from mmgen.tokenizer.image import ImageTokenizer, load_image_tokenizer
+from mmgen.tokenizer_study.image_data import CropSampler, Pool, pad_to_multiple
+from mmgen.tokenizer_study.train import ensure_image_tokenizer, train_image_tokenizer
 
 
 def tiny(kind: str = "kl", **kw) -> ImageTokenizerRecipe:
@@ -137,7 +137,7 @@ def test_vq_restarts_dead_codes_onto_batch_vectors():
 
 
 def test_vq_usage_on_a_tiny_run_stays_high(tmp_path):
-    from mmgen.tokenizer.metrics import code_usage
+    from mmgen.tokenizer_study.metrics import code_usage
 
     recipe = tiny("vq", steps=60, codebook_size=32, dead_code_steps=10, ckpt_every=60, log_every=30)
     tok = train_image_tokenizer(recipe, tmp_path / "vq", pools=pools(128), progress=False)
@@ -204,7 +204,7 @@ def test_corrupt_image_file_gets_a_clear_error(tmp_path):
     from PIL import Image
 
     from mmgen.data.documents import SampleError
-    from mmgen.tokenizer.image_data import eval_images
+    from mmgen.tokenizer_study.image_data import eval_images
 
     Image.fromarray(smooth_images(1)[0]).save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"\x89PNG not really")
@@ -238,7 +238,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_ensure_trains_from_a_recipe_once_and_writes_statistics(tmp_path, monkeypatch):
-    import mmgen.tokenizer.train as train_mod
+    import mmgen.tokenizer_study.train as train_mod
 
     recipe_path = dump_config(tiny("kl", steps=3), tmp_path / "tiny_kl.yaml")
     calls = []
@@ -268,7 +268,7 @@ def test_shapes_tokenizer_reconstructs_held_out_shapes():
     """The committed default tokenizer: f = 4, 4 channels, faithful on split='test' shapes images."""
     from mmgen.config import ShapesConfig
     from mmgen.data.shapes import ShapesGenerator
-    from mmgen.tokenizer.metrics import psnr_per_image, to_unit
+    from mmgen.tokenizer_study.metrics import psnr_per_image, to_unit
 
     folder = REPO / "tokenizers" / "image" / "shapes_kl"
     assert (folder / "model.safetensors").is_file(), "commit the trained shapes_kl artifact"

@@ -12,8 +12,8 @@ from conftest import REPO, real_data
 from test_image_tokenizer import smooth_images, tiny
 
 from mmgen.tokenizer.image import ImageTokenizer
-from mmgen.tokenizer.kbit import KBitQuantizer
-from mmgen.tokenizer.metrics import frechet_distance, psnr_per_image, ssim_per_image, to_unit
+from mmgen.tokenizer_study.kbit import KBitQuantizer
+from mmgen.tokenizer_study.metrics import frechet_distance, psnr_per_image, ssim_per_image, to_unit
 
 
 def _script(name: str):
@@ -115,7 +115,7 @@ def test_eval_script_writes_json_markdown_and_figure(tmp_path, capsys):
 
 def test_feature_net_trains_and_gives_tile_features(tmp_path):
     real_data("cifar10/cifar10_train_jpg.zip")
-    from mmgen.tokenizer.feature_net import load_feature_net, tile_features, train_feature_net
+    from mmgen.tokenizer_study.feature_net import load_feature_net, tile_features, train_feature_net
 
     train_feature_net(tmp_path / "fn", epochs=1, width=4, batch=32, limit=256, progress=False)
     net = load_feature_net(tmp_path / "fn")

@@ -11,14 +11,8 @@ from PIL import Image
 from test_tokenizer_eval import _script
 
 from mmgen.errors import ConfigError
-from mmgen.tokenizer.references import (
-    KMeansReference,
-    PCAReference,
-    from_patches,
-    load_reference,
-    nearest,
-    patch_grid,
-)
+from mmgen.tokenizer_study.patches import from_patches, nearest, patch_grid
+from mmgen.tokenizer_study.references import KMeansReference, PCAReference, load_reference
 
 
 def smooth(n: int, h: int = 32, w: int = 48, seed: int = 0) -> torch.Tensor:
@@ -161,7 +155,7 @@ def test_eval_references_script_end_to_end(tmp_path):
     assert rows[1]["psnr"] > rows[0]["psnr"] > rows[2]["psnr"]
     assert rows[2]["code_codebook_size"] == 4 and rows[2]["fit"]["patches"] == 4 * 5 * 6
     # PSNR of a row = the metric code applied to the saved reference's 8-bit reconstruction, image by image
-    from mmgen.tokenizer.metrics import psnr_per_image, to_unit
+    from mmgen.tokenizer_study.metrics import psnr_per_image, to_unit
 
     ref = load_reference(tmp_path / "saved" / "f8-pca16")
     x = torch.from_numpy(np.array(Image.open(tmp_path / "test" / "im0.png"))).permute(2, 0, 1)[None]

@@ -6,7 +6,7 @@ Each maps encoder features h [N, in_channels, h, w] to the latent z [N, channels
     encode(h)  -> z                                   deterministic (KL: posterior mean; VQ/FSQ: code vectors)
     indices(z) -> [N, h, w] code ids                  discrete bottlenecks only (usage, perplexity)
 
-Losses are returned unweighted; the training objective weighs them (`mmgen/tokenizer/train.py`).
+Losses are returned unweighted; the training objective weighs them (`mmgen/tokenizer_study/train.py`).
 """
 
 from __future__ import annotations

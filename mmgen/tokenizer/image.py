@@ -1,12 +1,14 @@
 """`ImageTokenizer`: encoder trunk + bottleneck + decoder trunk, saved as config.json + model.safetensors.
 
-    tok = ensure_image_tokenizer("tokenizers/image/shapes_kl.yaml")   # trains it first when missing
+    tok = load_image_tokenizer("tokenizers/image/shapes_kl")   # or its recipe path shapes_kl.yaml
     z = tok.encode(pixels)          # uint8 [N, 3, H, W] or float in [-1, 1] -> float32 [N, C, H/f, W/f]
     x = tok.decode(z)               # -> float [N, 3, H, W] in [-1, 1]
     z_model = tok.normalize(z)      # (z - latent_mean) / latent_std, what the generative model trains on
 
-`latent_mean` / `latent_std` ([C]) are measured over training crops after training (`train.py`) and saved
-with the weights. They exist for every kind; only the continuous (kl) tokenizer's are meant for a model.
+`latent_mean` / `latent_std` ([C]) are measured over training crops after training and saved with the weights.
+They exist for every kind; only the continuous (kl) tokenizer's are meant for a model. Training (and
+`ensure_image_tokenizer`, which trains a missing artifact first) lives in `mmgen/tokenizer_study/train.py`:
+this module only builds, runs, saves and loads a tokenizer.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmgen.config import ImageTokenizerRecipe, from_dict, load_config, to_dict
+from mmgen.config import ImageTokenizerRecipe, from_dict, to_dict
 from mmgen.errors import MissingInput, TokenizerError
 from mmgen.files import check_shapes, read_json
 from mmgen.tokenizer.autoencoder import Decoder, Encoder
 from mmgen.tokenizer.bottleneck import BottleneckOut, build_bottleneck
+from mmgen.tokenizer.text import resolve_artifact
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 FORMAT = "mmgen-image-tokenizer/1"
@@ -155,8 +158,6 @@ def _train_command(folder: Path) -> str:
 def load_image_tokenizer(folder: str | Path, fix: str = "") -> ImageTokenizer:
     """Load a folder written by `save_pretrained`; a recipe path `X.yaml` loads its artifact folder `X/`
     (`fix`: as in `ImageTokenizer.from_pretrained`)."""
-    from mmgen.tokenizer.text import resolve_artifact
-
     folder = resolve_artifact(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise MissingInput(
@@ -164,17 +165,3 @@ def load_image_tokenizer(folder: str | Path, fix: str = "") -> ImageTokenizer:
             + (fix or f"train it with `{_train_command(folder)}` (or pass a folder saved by save_pretrained)")
         )
     return ImageTokenizer.from_pretrained(folder, fix)
-
-
-def ensure_image_tokenizer(path: str | Path) -> ImageTokenizer:
-    """Given a recipe `tokenizers/image/NAME.yaml`, load `tokenizers/image/NAME/`, training it first when
-    missing; given a folder, load it."""
-    from mmgen.tokenizer.text import resolve_artifact
-
-    p = Path(path)
-    folder = resolve_artifact(p)
-    if p.suffix in (".yaml", ".yml") and not (folder / WEIGHTS_NAME).is_file():
-        from mmgen.tokenizer.train import train_image_tokenizer
-
-        train_image_tokenizer(load_config(ImageTokenizerRecipe, p), folder)
-    return load_image_tokenizer(folder)

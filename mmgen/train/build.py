@@ -30,7 +30,7 @@ def _tokenizer_path(path: str, key: str) -> Path:
 
 def load_tokenizers(cfg: RunConfig):
     """(text tokenizer, image tokenizer), training either from its recipe when the artifact is missing."""
-    from mmgen.tokenizer.image import ensure_image_tokenizer
+    from mmgen.tokenizer_study.train import ensure_image_tokenizer
 
     text = ensure_text_tokenizer(_tokenizer_path(cfg.text_tokenizer, "text_tokenizer"))
     image = ensure_image_tokenizer(_tokenizer_path(cfg.image_tokenizer, "image_tokenizer"))

@@ -4,7 +4,8 @@
 
 The artifact folder (default: next to the recipe, `tokenizers/image/NAME/`) receives `config.json` +
 `model.safetensors` (release weights, with per-channel latent statistics), `recipe.yaml`, `summary.json`
-and `metrics.jsonl`; resumable training state lives in its `checkpoints/` subfolder.
+and `metrics.jsonl`; resumable training state lives in its `checkpoints/` subfolder (`checkpoints.py`).
+`ensure_image_tokenizer` loads an artifact, training it here first when only its recipe exists.
 """
 
 from __future__ import annotations
@@ -14,20 +15,19 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mmgen.config import ImageTokenizerRecipe, dump_config, load_config, to_dict
-from mmgen.errors import MissingInput
+from mmgen.config import ImageTokenizerRecipe, dump_config, load_config
 from mmgen.tokenizer.bottleneck import BottleneckOut
-from mmgen.tokenizer.image import ImageTokenizer
-from mmgen.tokenizer.image_data import CropSampler, Pool, build_pools
-from mmgen.tokenizer.metrics import psnr_per_image, to_unit
-
-# Recipe fields that may change when a run is resumed (everything else must match the checkpoint).
-RESUMABLE_CHANGES = {"steps", "log_every", "ckpt_every", "val_images", "stats_batches"}
+from mmgen.tokenizer.image import WEIGHTS_NAME, ImageTokenizer, load_image_tokenizer
+from mmgen.tokenizer.text import resolve_artifact
+from mmgen.tokenizer_study.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from mmgen.tokenizer_study.image_data import CropSampler, Pool, build_pools
+from mmgen.tokenizer_study.metrics import psnr_per_image, to_unit
 
 
 def tokenizer_loss(
@@ -54,48 +54,6 @@ def lr_at(recipe: ImageTokenizerRecipe, step: int) -> float:
     span = max(1, recipe.steps - recipe.warmup_steps)
     frac = min(1.0, (step - recipe.warmup_steps) / span)
     return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-def _checkpoints(folder: Path) -> list[Path]:
-    return sorted((folder / "checkpoints").glob("step_*.pt"))
-
-
-def save_checkpoint(folder: Path, model: ImageTokenizer, opt: torch.optim.Optimizer, step: int, keep: int = 1) -> Path:
-    """Training state after `step` steps; written to a temp file and renamed; older ones pruned to `keep`."""
-    path = folder / "checkpoints" / f"step_{step:08d}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "recipe": to_dict(model.recipe)}
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-    for old in _checkpoints(folder)[:-keep]:
-        old.unlink()
-    return path
-
-
-def resolve_resume(folder: Path, resume: str | None) -> Path | None:
-    """`auto`: the newest checkpoint in the folder (None if there is none); `none`: start fresh; else a path."""
-    if resume in (None, "", "none"):
-        return None
-    if resume == "auto":
-        found = _checkpoints(folder)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_file():
-        raise MissingInput(f"--resume {resume}: no such checkpoint (use auto, none, or a step_*.pt path)")
-    return path
-
-
-def load_checkpoint(path: Path, model: ImageTokenizer, opt: torch.optim.Optimizer) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved, now = state["recipe"], to_dict(model.recipe)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {path}: the recipe changed ({diff}); use --resume none to start over")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    return int(state["step"])
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -131,6 +89,126 @@ def latent_statistics(
 
 
 # ------------------------------------------------------------------------------------------------ train
+@dataclass
+class _Session:
+    """What one training session works on: the data, the model and its optimiser, the step it starts at."""
+
+    recipe: ImageTokenizerRecipe
+    out: Path
+    sampler: CropSampler
+    val: dict[str, torch.Tensor]  # source name -> held-out centre crops
+    model: ImageTokenizer
+    opt: torch.optim.Optimizer
+    start: int
+
+
+def _read_data(
+    recipe: ImageTokenizerRecipe, pools: tuple[list[Pool], list[Pool]] | None
+) -> tuple[CropSampler, dict[str, torch.Tensor]]:
+    """The training crop sampler and the validation centre crops (source name -> uint8 [n, 3, crop, crop])."""
+    train_pools, val_pools = pools or (build_pools(recipe, "train"), build_pools(recipe, "test", recipe.val_images))
+    weights = recipe.source_weights or [1.0] * len(train_pools)
+    sampler = CropSampler(train_pools, weights, recipe.crop_size, recipe.batch_size, recipe.seed)
+    return sampler, {p.name: p.center_crops(recipe.val_images) for p in val_pools}
+
+
+def _open_session(
+    recipe: ImageTokenizerRecipe, out: Path, resume: str | None, sampler: CropSampler, val: dict[str, torch.Tensor]
+) -> _Session:
+    """Seed, build the model and AdamW, and load the checkpoint to resume from (if any)."""
+    torch.manual_seed(recipe.seed)
+    model = ImageTokenizer(recipe).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.99), weight_decay=recipe.weight_decay)
+    start = 0
+    ckpt = resolve_resume(out, resume)
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, opt)
+        print(f"resumed from {ckpt} at step {start}")
+    return _Session(recipe, out, sampler, val, model, opt, start)
+
+
+def _step(s: _Session, step: int) -> tuple[str, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """One optimiser step; returns (source, batch, loss, loss terms)."""
+    recipe = s.recipe
+    torch.manual_seed(recipe.seed * 1_000_003 + step)  # per-step RNG: resumed runs draw the same noise
+    source, batch = s.sampler(step)
+    x = s.model.pixels_to_float(batch)
+    recon, bout = s.model(x)
+    loss, terms = tokenizer_loss(recipe, x, recon, bout)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at step {step}: {terms}; lower lr or check the data")
+    for g in s.opt.param_groups:
+        g["lr"] = lr_at(recipe, step)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if recipe.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), recipe.grad_clip)
+    s.opt.step()
+    return source, batch, loss, terms
+
+
+def _run_steps(s: _Session, progress: bool, stop_at: int | None) -> float | None:
+    """Steps `start`..`steps` with logging and checkpoints; returns their seconds, or None when `stop_at` ended
+    the session early (after a checkpoint)."""
+    from tqdm import tqdm
+
+    recipe = s.recipe
+    log = open(s.out / "metrics.jsonl", "a" if s.start else "w")
+    steps = range(s.start, recipe.steps)
+    bar = tqdm(steps, initial=s.start, total=recipe.steps, disable=not progress, desc=recipe.name, dynamic_ncols=True)
+    t0, pixels = time.perf_counter(), 0
+    for step in bar:
+        if stop_at is not None and step >= stop_at:
+            save_checkpoint(s.out, s.model, s.opt, step)
+            bar.close()
+            log.close()
+            return None
+        source, batch, loss, terms = _step(s, step)
+        pixels += batch[:, 0].numel()
+        done = step + 1
+        if done % recipe.log_every == 0 or done == recipe.steps:
+            row = {"step": done, "loss": float(loss.detach()), **terms, "lr": lr_at(recipe, step), "source": source}
+            row["mpix_per_s"] = pixels / max(time.perf_counter() - t0, 1e-9) / 1e6
+            if done % recipe.ckpt_every == 0 or done == recipe.steps:
+                row.update(validate(s.model, s.val))
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            shown = ("loss", "l1", "kl", "commitment", "mpix_per_s")
+            bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k in shown))
+        if done % recipe.ckpt_every == 0 or done == recipe.steps:
+            save_checkpoint(s.out, s.model, s.opt, done)
+    bar.close()
+    log.close()
+    return time.perf_counter() - t0
+
+
+def _release(s: _Session, t_train: float, t_data: float) -> None:
+    """Measure the latent statistics, then write the release files, recipe.yaml and summary.json."""
+    recipe, model = s.recipe, s.model
+    model.eval()
+    mean, std = latent_statistics(model, s.sampler, recipe.steps, recipe.stats_batches)
+    model.latent_mean.copy_(mean)
+    model.latent_std.copy_(std)
+    model.save_pretrained(s.out)
+    dump_config(recipe, s.out / "recipe.yaml")
+    summary = {
+        "name": recipe.name,
+        "kind": recipe.kind,
+        "steps": recipe.steps,
+        "resumed_from": s.start,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds_this_session": round(t_train, 1),
+        "data_seconds": round(t_data, 1),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu only'}",
+        "latent_mean": mean.tolist(),
+        "latent_std": std.tolist(),
+        **validate(model, s.val),
+    }
+    (s.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def train_image_tokenizer(
     recipe: ImageTokenizerRecipe,
     out: str | Path,
@@ -144,115 +222,33 @@ def train_image_tokenizer(
     `pools` = (train, validation) pools, for tests; by default they are read from the recipe's sources.
     `stop_at` < steps ends this session early after a checkpoint (a later call resumes; nothing is released).
     """
-    from tqdm import tqdm
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    train_pools, val_pools = pools or (build_pools(recipe, "train"), build_pools(recipe, "test", recipe.val_images))
-    weights = recipe.source_weights or [1.0] * len(train_pools)
-    sampler = CropSampler(train_pools, weights, recipe.crop_size, recipe.batch_size, recipe.seed)
-    val = {p.name: p.center_crops(recipe.val_images) for p in val_pools}
+    sampler, val = _read_data(recipe, pools)
     t_data = time.perf_counter() - t_start
+    session = _open_session(recipe, out, resume, sampler, val)
+    t_train = _run_steps(session, progress, stop_at)
+    if t_train is None:
+        return session.model.eval()
+    _release(session, t_train, t_data)
+    return session.model
 
-    torch.manual_seed(recipe.seed)
-    model = ImageTokenizer(recipe).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.99), weight_decay=recipe.weight_decay)
-    start = 0
-    ckpt = resolve_resume(out, resume)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt)
-        print(f"resumed from {ckpt} at step {start}")
-    log = open(out / "metrics.jsonl", "a" if start else "w")
-    bar = tqdm(
-        range(start, recipe.steps),
-        initial=start,
-        total=recipe.steps,
-        disable=not progress,
-        desc=recipe.name,
-        dynamic_ncols=True,
-    )
-    t0, pixels = time.perf_counter(), 0
-    for step in bar:
-        if stop_at is not None and step >= stop_at:
-            save_checkpoint(out, model, opt, step)
-            bar.close()
-            log.close()
-            return model.eval()
-        torch.manual_seed(recipe.seed * 1_000_003 + step)  # per-step RNG: resumed runs draw the same noise
-        source, batch = sampler(step)
-        x = model.pixels_to_float(batch)
-        recon, bout = model(x)
-        loss, terms = tokenizer_loss(recipe, x, recon, bout)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {terms}; lower lr or check the data")
-        for g in opt.param_groups:
-            g["lr"] = lr_at(recipe, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        pixels += batch[:, 0].numel()
-        done = step + 1
-        if done % recipe.log_every == 0 or done == recipe.steps:
-            rate = pixels / max(time.perf_counter() - t0, 1e-9)
-            row = {
-                "step": done,
-                "loss": float(loss.detach()),
-                **terms,
-                "lr": lr_at(recipe, step),
-                "source": source,
-                "mpix_per_s": rate / 1e6,
-            }
-            if done % recipe.ckpt_every == 0 or done == recipe.steps:
-                row.update(validate(model, val))
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            bar.set_postfix_str(
-                " ".join(
-                    f"{k}={v:.4g}"
-                    for k, v in row.items()
-                    if isinstance(v, float) and k in ("loss", "l1", "kl", "commitment", "mpix_per_s")
-                )
-            )
-        if done % recipe.ckpt_every == 0 or done == recipe.steps:
-            save_checkpoint(out, model, opt, done)
-    bar.close()
-    log.close()
-    t_train = time.perf_counter() - t0
 
-    model.eval()
-    mean, std = latent_statistics(model, sampler, recipe.steps, recipe.stats_batches)
-    model.latent_mean.copy_(mean)
-    model.latent_std.copy_(std)
-    model.save_pretrained(out)
-    dump_config(recipe, out / "recipe.yaml")
-    summary = {
-        "name": recipe.name,
-        "kind": recipe.kind,
-        "steps": recipe.steps,
-        "resumed_from": start,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds_this_session": round(t_train, 1),
-        "data_seconds": round(t_data, 1),
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu only'}",
-        "latent_mean": mean.tolist(),
-        "latent_std": std.tolist(),
-        **validate(model, val),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return model
+def ensure_image_tokenizer(path: str | Path) -> ImageTokenizer:
+    """Given a recipe `tokenizers/image/NAME.yaml`, load `tokenizers/image/NAME/`, training it first when
+    missing; given a folder, load it."""
+    p = Path(path)
+    folder = resolve_artifact(p)
+    if p.suffix in (".yaml", ".yml") and not (folder / WEIGHTS_NAME).is_file():
+        train_image_tokenizer(load_config(ImageTokenizerRecipe, p), folder)
+    return load_image_tokenizer(folder)
 
 
 def main(
     recipe_path: str, overrides: list[str] | tuple[str, ...] = (), out: str | None = None, resume: str | None = "auto"
 ) -> ImageTokenizer:
     """Entry point of `scripts/train_tokenizer.py image`."""
-    from mmgen.tokenizer.text import resolve_artifact
-
     recipe = load_config(ImageTokenizerRecipe, recipe_path, overrides)
     folder = Path(out) if out else resolve_artifact(recipe_path)
     t0 = time.perf_counter()

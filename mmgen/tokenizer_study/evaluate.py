@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmgen.tokenizer.bits import TokenBits, effective_compression
 from mmgen.tokenizer.image import ImageTokenizer
-from mmgen.tokenizer.image_data import pad_to_multiple
-from mmgen.tokenizer.metrics import frechet_distance, grouped_usage, psnr_per_image, ssim_per_image, to_unit
+from mmgen.tokenizer_study.bits import TokenBits, effective_compression
+from mmgen.tokenizer_study.image_data import pad_to_multiple
+from mmgen.tokenizer_study.metrics import frechet_distance, grouped_usage, psnr_per_image, ssim_per_image, to_unit
 
 LatentFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -83,7 +83,7 @@ def evaluate(
     Discrete tokenizers report code usage of `tok.indices`; `code_fn` (latents -> ids [N, G, h, w], G code
     groups per token) with `codebook_size` overrides that: the k-bit quantiser reports its per-channel levels.
     """
-    from mmgen.tokenizer.feature_net import tile_features
+    from mmgen.tokenizer_study.feature_net import tile_features
 
     keep = set(keep)
     res = EvalResult(bits.name, bits)
