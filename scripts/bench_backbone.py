@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,36 +25,27 @@ import torch
 from mmgen.bench import device_name, save_json
 from mmgen.config import ModelConfig, ShapesConfig, load_config
 from mmgen.data.packing import Packer, PackSpec
-from mmgen.data.plan import KIND_NOISY, KIND_TEXT
+from mmgen.data.plan import KIND_NOISY, KIND_TEXT, TokenPlan
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shards import Item
 from mmgen.models.model import MMGenConfig, MMGenModel
-from mmgen.tokenizer.text import SPECIAL_IDS, SpecialIds, ensure_text_tokenizer
+from mmgen.tokenizer.text import SPECIAL_IDS, ensure_text_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def packed_batch(tok, rows: int, seq_len: int, image_size: int, grid: tuple[int, int]):
-    ids = SpecialIds.of(tok)
-    packer = Packer(tok, PackSpec(seq_len, rows, image_size, grid, ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
-    gen = ShapesGenerator(ShapesConfig(image_size=image_size))
+def packed_batch(tok, cfg: MMGenConfig, rows: int, seq_len: int) -> TokenPlan:
+    packer = Packer(tok, PackSpec.from_config(cfg, rows=rows, seq_len=seq_len))
+    gen = ShapesGenerator(ShapesConfig(image_size=cfg.image_size))
     return next(packer.batches(Item(gen.document(i), 0, 0, i) for i in range(100000)))
 
 
-def inputs(batch, cfg: MMGenConfig, device):
-    B, L = batch["input_ids"].shape
-    noisy = batch["kind"] == KIND_NOISY
+def inputs(batch: TokenPlan, cfg: MMGenConfig, device):
+    B, L = batch.shape
+    noisy = batch.kind == KIND_NOISY
     t = torch.where(noisy, torch.rand(B, L), torch.zeros(B, L))
-    return {
-        "input_ids": batch["input_ids"].to(device),
-        "kind": batch["kind"].to(device),
-        "doc": batch["doc"].to(device),
-        "image": batch["image"].to(device),
-        "pos": batch["pos"].to(device),
-        "image_tokens": torch.randn(B, L, cfg.patch_dim, device=device),
-        "t": t.to(device),
-        "s": (0.5 * t).to(device),
-    }
+    tokens = torch.randn(B, L, cfg.patch_dim, device=device)
+    return replace(batch, image_tokens=tokens, t=t, s=0.5 * t).to(device).model_inputs()
 
 
 def flops_per_token(cfg: MMGenConfig, keys_per_query: float) -> float:
@@ -68,9 +60,8 @@ def visible_keys(batch) -> float:
     """Mean number of keys a real (non-padding) query attends to under the mask rule."""
     from mmgen.models.attention import MaskPlan, dense_mask
 
-    plan = MaskPlan(batch["doc"], batch["kind"], batch["image"], torch.zeros_like(batch["doc"], dtype=torch.bool))
-    real = batch["doc"] >= 0
-    return float(dense_mask(plan, batch["doc"].shape[1])[:, 0].sum(-1)[real].float().mean())
+    real = batch.doc >= 0
+    return float(dense_mask(MaskPlan.of(batch), batch.shape[1])[:, 0].sum(-1)[real].float().mean())
 
 
 def variant_models(tok, preset: str, seq_len: int, image_size: int, variants: dict[str, dict], device):
@@ -146,10 +137,10 @@ def main() -> None:
             device,
         )
         cfgs = {k: m.config for k, m in models.items()}
-        batch = packed_batch(tok, args.rows, args.seq_len, args.image_size, tuple(cfgs["mot"].image_grid))
+        batch = packed_batch(tok, cfgs["mot"], args.rows, args.seq_len)
         x = inputs(batch, cfgs["mot"], device)
-        n_tok = int((batch["doc"] >= 0).sum())
-        img_frac = float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok
+        n_tok = int((batch.doc >= 0).sum())
+        img_frac = float(((batch.kind != KIND_TEXT) & (batch.doc >= 0)).sum()) / n_tok
         times, _ = bench(models, x, args.steps, args.warmup, device, torch.bfloat16 if args.dtype == "bf16" else None)
         row = {
             "preset": preset,

@@ -125,7 +125,7 @@ def prefix_cache_speedup(pipe, prefix_tokens: int, steps: int, repeats: int, dev
         cache = KVCache.for_model(pipe.model, 1, c.max_seq_len)
         _, pos, n_img = s.prefill([s.encode_prompt(prompt)], cache)
         rows = torch.ones(1, dtype=torch.bool)
-        s._feed_tokens(torch.tensor([c.boi_token_id]), rows, pos, cache)
+        s.feed_tokens(torch.tensor([c.boi_token_id]), rows, pos, cache)
         pos = [pos[0] + 1]
         gen = torch.Generator().manual_seed(0)
         s.draw_images(rows, pos, n_img, cache, SamplingOptions(**{**opts.__dict__, "steps": n_steps}), gen)
@@ -139,7 +139,7 @@ def prefix_cache_speedup(pipe, prefix_tokens: int, steps: int, repeats: int, dev
             for _ in range(steps):
                 image_after_prefix(1)
 
-    n_prefix = len(s.encode_prompt(prompt)[0]["ids"])
+    n_prefix = len(s.encode_prompt(prompt))
     med = alternate({"cached": cached, "recompute": recompute}, repeats, device)
     return {
         "prefix_tokens": n_prefix,
@@ -156,8 +156,8 @@ def text_decoding(pipe, prompt_tokens: int, new_tokens: int, repeats: int, devic
     the whole sequence per token. Checks that both produce the same tokens."""
     s, c = pipe.sampler, pipe.model.config
     prompt = long_prefix(pipe, prompt_tokens)
-    cols, _ = s.encode_prompt(prompt)
-    n0 = len(cols["ids"])
+    cols = s.encode_prompt(prompt)
+    n0 = len(cols)
     out: dict[str, list[int]] = {}
 
     def cached():
@@ -168,13 +168,13 @@ def text_decoding(pipe, prompt_tokens: int, new_tokens: int, repeats: int, devic
             for _ in range(new_tokens):
                 tok = logits.argmax(-1).view(1).cpu()
                 toks.append(int(tok))
-                logits = s._feed_tokens(tok, active, pos, cache)
+                logits = s.feed_tokens(tok, active, pos, cache)
                 pos = [pos[0] + 1]
             out["cached"] = toks
 
     def uncached():
         with torch.no_grad():
-            ids = torch.as_tensor(cols["ids"], device=device)[None]
+            ids = torch.as_tensor(cols.input_ids, device=device)[None]
             toks = []
             for _ in range(new_tokens):
                 L = ids.shape[1]

@@ -50,20 +50,7 @@ def main() -> None:
     model, text, image = load_release(folder)  # every file checked, named in the error if it is bad
     model, image = model.eval(), image.eval()
     c = model.config
-    packer = Packer(
-        text,
-        PackSpec(
-            c.max_seq_len,
-            4,
-            c.image_size,
-            tuple(c.image_grid),
-            c.bos_token_id,
-            c.eos_token_id,
-            c.pad_token_id,
-            c.boi_token_id,
-            c.eoi_token_id,
-        ),
-    )
+    packer = Packer(text, PackSpec.from_config(c, rows=4))
     items = ShardStream(args.shards, Split(), shuffle=False, epochs=1).items(0)
     if args.shuffle_images:
         # in key order a photo's captions are adjacent (keys name the photo), so a shift of half the set pairs
@@ -89,28 +76,17 @@ def main() -> None:
 
     nll, count, docs = 0.0, 0, 0
     for b in packer.batches(context_only(items), keep_last=True):
-        vals = None
-        if len(b["images"]):  # the clean copies' values exactly as in training: c_in(0) x0
+        if len(b.images):  # the clean copies' values exactly as in training: c_in(0) x0
             x0 = clean_latents(b, image, c.sigma_d, torch.device("cpu"))
             x_in = patchify(clean_input(x0, c.sigma_d), c.patch_size)
-            vals = to_dense(x_in, b["image"], b["patch"], b["kind"] == KIND_CLEAN)
+            b.image_tokens = to_dense(x_in, b.image, b.patch, b.kind == KIND_CLEAN)
         # caption words and </s> only: <boi>/<eoi> targets exist only when images are kept, and are easy
-        where = (b["labels"] != IGNORE) & (b["labels"] != c.boi_token_id) & (b["labels"] != c.eoi_token_id)
-        zeros = torch.zeros(b["kind"].shape)
-        out = model(
-            input_ids=b["input_ids"],
-            kind=b["kind"],
-            doc=b["doc"],
-            image=b["image"],
-            pos=b["pos"],
-            image_tokens=vals,
-            t=zeros,
-            s=zeros,
-            text_positions=where,
-        )
-        nll += float(torch.nn.functional.cross_entropy(out.logits.float(), b["labels"][where], reduction="sum"))
+        where = (b.labels != IGNORE) & (b.labels != c.boi_token_id) & (b.labels != c.eoi_token_id)
+        b.t = b.s = torch.zeros(b.shape)
+        out = model(**b.model_inputs(), text_positions=where)
+        nll += float(torch.nn.functional.cross_entropy(out.logits.float(), b.labels[where], reduction="sum"))
         count += int(where.sum())
-        docs += len(b["keys"])
+        docs += len(b.keys)
     ppl = math.exp(nll / max(count, 1))
     res = {
         "model": str(folder),

@@ -118,11 +118,11 @@ def step_bench(args, device, sz) -> dict:
             for m in models.values():
                 m.compile_blocks()
         cfg = models["mot-flex"].config
-        batch = bb.packed_batch(tok, sz["rows"], sz["seq_len"], 32, tuple(cfg.image_grid))
+        batch = bb.packed_batch(tok, cfg, sz["rows"], sz["seq_len"])
         x = bb.inputs(batch, cfg, device)
-        n_tok = int((batch["doc"] >= 0).sum())
+        n_tok = int((batch.doc >= 0).sum())
         keys = bb.visible_keys(batch)
-        plan = MaskPlan(x["doc"], x["kind"], x["image"], torch.zeros_like(x["doc"], dtype=torch.bool))
+        plan = MaskPlan.of(batch.to(device))
         tiles = block_mask(plan, sz["seq_len"]).to_dense()  # [B, 1, L/128, L/128]: the tiles flex computes
         times, mem = bb.bench(models, x, sz["steps"], sz["warmup"], device, torch.bfloat16)
         row = {
@@ -132,8 +132,8 @@ def step_bench(args, device, sz) -> dict:
             "rows": sz["rows"],
             "seq_len": sz["seq_len"],
             "tokens": n_tok,
-            "documents_per_row": statistics.mean(len(r[r >= 0].unique()) for r in batch["doc"]),
-            "image_token_fraction": round(float(((batch["kind"] != KIND_TEXT) & (batch["doc"] >= 0)).sum()) / n_tok, 3),
+            "documents_per_row": statistics.mean(len(r[r >= 0].unique()) for r in batch.doc),
+            "image_token_fraction": round(float(((batch.kind != KIND_TEXT) & (batch.doc >= 0)).sum()) / n_tok, 3),
             "visible_keys_per_query": round(keys, 1),
             "flex_tiles_computed_fraction": round(float(tiles.bool().float().mean()), 4),
         }

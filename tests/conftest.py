@@ -57,10 +57,11 @@ def batch(text_tokenizer):
     from mmgen.data.packing import Packer, PackSpec
     from mmgen.data.shapes import ShapesGenerator
     from mmgen.data.shards import Item
-    from mmgen.tokenizer.text import SpecialIds
+    from mmgen.models.model import MMGenConfig
 
-    ids = SpecialIds.of(text_tokenizer)
-    packer = Packer(text_tokenizer, PackSpec(160, 3, 16, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    packer = Packer(
+        text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=16), rows=3, seq_len=160)
+    )
     gen = ShapesGenerator(ShapesConfig(image_size=16, p_interleaved=0.5))
     items = []
     for i in range(200):

@@ -59,7 +59,7 @@ def reference(cfg, world: int = 2):
     torch.manual_seed(cfg.train.seed)
     text, image = build.load_tokenizers(cfg)
     mc = build.model_config(cfg, text, image)
-    spec = build.pack_spec(cfg, mc, text)
+    spec = build.pack_spec(cfg, mc)
     model = MMGenModel(mc)
     opt = make_optimizer(model, cfg.train)
     ema = EMA([p.data for p in model.parameters()], cfg.train.ema_decay)

@@ -322,22 +322,21 @@ def test_loader_resume_with_workers_continues_the_same_batches(layout, i2d, fold
     """Through the DataCursor and two DataLoader workers, as training resumes from a checkpoint."""
     from mmgen.data.loader import DataCursor, PackedDataset, make_loader
     from mmgen.data.packing import Packer, PackSpec
-    from mmgen.tokenizer.text import SpecialIds
+    from mmgen.models.model import MMGenConfig
 
     path = {"img2dataset": i2d[0], "imagefolder": folder, "jsonl": jsonl}[layout]
-    ids = SpecialIds.of(text_tokenizer)
-    spec = PackSpec(96, 2, SIZE, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi)
+    spec = PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=SIZE), rows=2, seq_len=96)
 
     def loader(cursor: DataCursor):
         stream = open_layout(layout, str(path), OPTS, Split(0, 1, 2), seed=3, shuffle_buffer=4)
         return make_loader(PackedDataset(stream, Packer(text_tokenizer, spec), cursor), num_workers=2)
 
-    full = [b["keys"] for b in itertools.islice(loader(DataCursor(2)), 12)]
+    full = [b.keys for b in itertools.islice(loader(DataCursor(2)), 12)]
     cursor = DataCursor(2)
     for b in itertools.islice(loader(cursor), 5):
         cursor.update(b)
     state = json.loads(json.dumps(cursor.state_dict()))  # as a checkpoint stores it
-    resumed = [b["keys"] for b in itertools.islice(loader(DataCursor.from_state(state, 2)), 7)]
+    resumed = [b.keys for b in itertools.islice(loader(DataCursor.from_state(state, 2)), 7)]
     assert resumed == full[5:] and full[:7] != full[5:]  # a loader that ignored the cursor would fail
 
 

@@ -119,7 +119,7 @@ def test_packed_losses(batch, name, objective):
     model = MMGenModel(mc)
     _randomize(model)
     loss_fn = MultimodalLoss(cfg, mc.patch_size, mc.image_grid, mc.latent_channels)
-    x0 = torch.randn(batch["images"].shape[0], 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    x0 = torch.randn(batch.images.shape[0], 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
     loss, _ = loss_fn(model, batch, x0, loss_fn.draw(batch, torch.Generator().manual_seed(1)))
     check(name, loss)
 

@@ -9,6 +9,7 @@ its CPU guard lifted for gradients, `aot_eager` instead of inductor, no compile 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from mmgen.data.plan import KIND_NOISY
 from mmgen.models.kv_cache import KVCache
 from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler
+from mmgen.sampling.rows import cat_plans, image_plan
 from mmgen.tokenizer.text import SPECIAL_IDS
 
 pytestmark = pytest.mark.gpu
@@ -64,7 +66,7 @@ def test_flex_equals_sdpa_bf16_packed(dev, text_tokenizer):
     below 2 % for outputs, 5 % for each parameter's gradient; fp32 agrees to 1e-5, tests/test_gpu_path.py)."""
     L = 1024 if CUDA else 160
     b = packed(text_tokenizer, rows=2, seq_len=L)
-    assert int(b["doc"].max()) >= 6
+    assert int(b.doc.max()) >= 6
     res = {}
     for backend in ("sdpa", "flex"):
         torch.manual_seed(0)
@@ -115,31 +117,28 @@ def test_cached_sampling_step_equals_recompute(dev, tiny_assets):
     _randomize(model.eval(), seed=2)
     s = InterleavedSampler(model.to(dev), text, image.to(dev))
     seen = []
-    real = s._forward
-    s._forward = lambda cols, cache, logits_at=None: seen.append(dict(cols)) or real(cols, cache, logits_at)
+    real = s.forward
+    s.forward = lambda plan, cache, logits_at=None: seen.append(replace(plan)) or real(plan, cache, logits_at)
     with torch.no_grad():
         cache = KVCache.for_model(model, 1, capacity=64)
         _, pos, n_img = s.prefill([s.encode_prompt(["a small blue square left of a large green circle"])], cache)
         rows = torch.ones(1, dtype=torch.bool)
-        s._feed_tokens(torch.tensor([SPECIAL_IDS["boi"]]), rows, pos, cache)
+        s.feed_tokens(torch.tensor([SPECIAL_IDS["boi"]]), rows, pos, cache)
         pos = [pos[0] + 1]
-        both = s._cat(
-            s._image_cols(rows, pos, n_img, KIND_NOISY, uncond=False),
-            s._image_cols(rows, pos, n_img, KIND_NOISY, uncond=True),
+        both = cat_plans(
+            image_plan(model.config, rows, pos, n_img, KIND_NOISY, False, dev),
+            image_plan(model.config, rows, pos, n_img, KIND_NOISY, True, dev),
         )
-        n = both["ids"].shape[1]
+        n = both.shape[1]
         g = torch.Generator().manual_seed(0)
-        both["values"] = torch.randn(1, n, model.config.patch_dim, generator=g).to(dev)
-        both["t"], both["s"] = torch.full((1, n), 0.7, device=dev), torch.full((1, n), 0.3, device=dev)
+        both.image_tokens = torch.randn(1, n, model.config.patch_dim, generator=g).to(dev)
+        both.t, both.s = torch.full((1, n), 0.7, device=dev), torch.full((1, n), 0.3, device=dev)
         with cache.scratch():
-            cached = s._forward(both, cache).image
-        for c in seen[:2]:  # prefill and <boi> columns: clean times
-            c["t"], c["s"] = (
-                torch.zeros_like(c["uncond"], dtype=torch.float),
-                torch.zeros_like(c["uncond"], dtype=torch.float),
-            )
-        full = s._cat(s._cat(seen[0], seen[1]), both)
-        recomputed = s._forward(full, None).image[:, -n:]
+            cached = s.forward(both, cache).image
+        for c in seen[:2]:  # prefill and <boi> plans: clean times
+            c.t, c.s = torch.zeros_like(c.uncond, dtype=torch.float), torch.zeros_like(c.uncond, dtype=torch.float)
+        full = cat_plans(cat_plans(seen[0], seen[1]), both)
+        recomputed = s.forward(full, None).image[:, -n:]
     torch.testing.assert_close(cached, recomputed, rtol=1e-3, atol=1e-4)
 
 

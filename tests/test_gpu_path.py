@@ -23,9 +23,8 @@ from mmgen.data.plan import KIND_TEXT
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shards import Item
 from mmgen.models.attention import FLEX_BLOCK, AttentionMask, MaskPlan, resolve_backend
-from mmgen.models.model import MMGenModel
+from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
-from mmgen.tokenizer.text import SpecialIds
 
 torch.set_num_threads(1)
 
@@ -45,8 +44,9 @@ def flex_cpu_backward():
 
 def packed(tok, rows: int, seq_len: int, start: int = 0):
     """A packed batch of shapes documents (16-px images, 2x2 latent tokens): many documents per row."""
-    ids = SpecialIds.of(tok)
-    packer = Packer(tok, PackSpec(seq_len, rows, 16, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    packer = Packer(
+        tok, PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=16), rows=rows, seq_len=seq_len)
+    )
     gen = ShapesGenerator(ShapesConfig(image_size=16, p_interleaved=0.5))
     return next(packer.batches(Item(gen.document(i), 0, 0, i) for i in range(start, start + 100000)))
 
@@ -66,7 +66,7 @@ def test_attention_choice():
 def test_flex_equals_sdpa_through_the_model(batch, experts):
     """Same weights, same packed multi-document batch (unconditional copies included): logits, image outputs
     and every parameter's gradient agree between the two backends."""
-    assert int(batch["doc"].max()) >= 3 * batch["doc"].shape[0], "several documents per row"
+    assert int(batch.doc.max()) >= 3 * batch.doc.shape[0], "several documents per row"
     outs, grads = {}, {}
     for backend in ("sdpa", "flex"):
         torch.manual_seed(0)
@@ -91,11 +91,11 @@ def test_block_mask_skips_tiles_between_documents(text_tokenizer):
     query and key share a document (read off the document ids, not the mask rule); most of the causal
     lower triangle is skipped."""
     b = packed(text_tokenizer, rows=2, seq_len=4 * FLEX_BLOCK)
-    B, L = b["doc"].shape
-    plan = MaskPlan(b["doc"], b["kind"], b["image"], torch.zeros(B, L, dtype=torch.bool))
+    B, L = b.doc.shape
+    plan = MaskPlan.of(b)  # every image copy conditional
     tiles = AttentionMask(plan, L, "flex").blocks.to_dense()[:, 0].bool()  # [B, L/128, L/128]
     n = L // FLEX_BLOCK
-    doc = b["doc"].view(B, n, FLEX_BLOCK)
+    doc = b.doc.view(B, n, FLEX_BLOCK)
     shares = (doc[:, :, None, :, None] == doc[:, None, :, None, :]) & (doc[:, :, None, :, None] >= 0)
     shares = shares.any(-1).any(-1) | torch.eye(n, dtype=torch.bool)  # padding sees itself on the diagonal
     assert not (tiles & ~shares).any(), "a tile between different documents is computed"
@@ -242,7 +242,7 @@ def test_bf16_parameters_under_autocast_match_fp32(batch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = half(**x)
     want = ref(**x)
-    img = batch["kind"] != KIND_TEXT
+    img = batch.kind != KIND_TEXT
     for a, b in ((got.logits, want.logits), (got.image[img], want.image[img])):
         assert torch.isfinite(a).all()
         assert (a.float() - b).norm() <= 0.03 * b.norm()
@@ -271,7 +271,7 @@ def test_compiled_blocks_no_graph_breaks_or_recompiles(text_tokenizer, attention
     eager = MMGenModel(cfg)
     eager.load_state_dict(model.state_dict())
     batches = [packed(text_tokenizer, rows=2, seq_len=96, start=s) for s in (0, 40, 80, 120)]
-    assert len({int((b["kind"] != KIND_TEXT).sum()) for b in batches}) > 2, "the splits should differ"
+    assert len({int((b.kind != KIND_TEXT).sum()) for b in batches}) > 2, "the splits should differ"
     counts = []
     grad = contextlib.nullcontext() if attention == "sdpa" else torch.no_grad()  # no flex backward on a CPU
     for b in batches:

@@ -13,15 +13,15 @@ from conftest import TINY, tiny_model
 from mmgen.config import ShapesConfig
 from mmgen.data.packing import KIND_TEXT, Packer, PackSpec
 from mmgen.data.shapes import ShapesGenerator
-from mmgen.models.model import MMGenModel
+from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.sampling.pipeline import MMGenPipeline
-from mmgen.tokenizer.text import SpecialIds
 from mmgen.train.checkpoint import export_release
 
 
 def test_rotary_positions_give_the_packers_patch_index(text_tokenizer):
-    ids = SpecialIds.of(text_tokenizer)
-    packer = Packer(text_tokenizer, PackSpec(128, 2, 32, (3, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    packer = Packer(
+        text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(3, 4), image_size=32), rows=2, seq_len=128)
+    )
     for doc in ShapesGenerator(ShapesConfig()).documents(0, 30):  # every layout, several images per document
         for enc in packer.encode(doc):
             img = enc.kind != KIND_TEXT

@@ -21,7 +21,7 @@ def _slice(x: dict, a: int, b: int) -> dict:
 def _valid_cuts(batch) -> list[int]:
     """Positions where no row splits an image copy (a copy is attended bidirectionally, so it is always
     forwarded whole; text can be cut anywhere)."""
-    im, kind = batch["image"], batch["kind"]
+    im, kind = batch.image, batch.kind
     inside = (im[:, 1:] >= 0) & (im[:, 1:] == im[:, :-1]) & (kind[:, 1:] == kind[:, :-1])
     return [c for c in range(1, im.shape[1]) if not inside[:, c - 1].any()]
 
@@ -31,7 +31,7 @@ def test_chunked_cached_forward_equals_full_forward(batch, pick, grow):
     """grow: the cache starts at 4 slots and reallocates as the chunks arrive."""
     valid = _valid_cuts(batch)
     assert len(valid) > 30
-    cuts = [valid[i] for i in pick] + [batch["doc"].shape[1]]
+    cuts = [valid[i] for i in pick] + [batch.doc.shape[1]]
     cfg = tiny_config()
     model = MMGenModel(cfg).eval()
     _randomize(model)
@@ -52,7 +52,7 @@ def test_chunked_cached_forward_equals_full_forward(batch, pick, grow):
             )
             a = b
     assert cache.length == 160 and cache.capacity >= 160
-    text = batch["kind"] == KIND_TEXT
+    text = batch.kind == KIND_TEXT
     # logits come back row-major per chunk; reorder the full forward's the same way
     order = torch.cat([text[:, a:b].nonzero() + torch.tensor([0, a]) for a, b in zip([0] + cuts[:-1], cuts)])
     full_by_pos = torch.zeros(*text.shape, cfg.vocab_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -29,23 +31,14 @@ def tiny_config(**kw) -> MMGenConfig:
 
 def _inputs(b, cfg: MMGenConfig, seed: int = 0, uncond_every: int = 0):
     g = torch.Generator().manual_seed(seed)
-    B, L = b["input_ids"].shape
-    img = b["kind"] != KIND_TEXT
-    noisy = b["kind"] == KIND_NOISY
+    B, L = b.shape
+    img = b.kind != KIND_TEXT
+    noisy = b.kind == KIND_NOISY
     t = torch.where(noisy, torch.rand(B, L, generator=g), torch.zeros(B, L))
     s = t * torch.rand(B, L, generator=g)
-    uncond = img & (b["image"] % uncond_every == 0) if uncond_every else torch.zeros_like(img)
-    return {
-        "input_ids": b["input_ids"],
-        "kind": b["kind"],
-        "doc": b["doc"],
-        "image": b["image"],
-        "pos": b["pos"],
-        "image_tokens": torch.randn(B, L, cfg.patch_dim, generator=g),
-        "t": t,
-        "s": s,
-        "uncond": uncond,
-    }
+    uncond = img & (b.image % uncond_every == 0) if uncond_every else torch.zeros_like(img)
+    tokens = torch.randn(B, L, cfg.patch_dim, generator=g)
+    return replace(b, image_tokens=tokens, t=t, s=s, uncond=uncond).model_inputs()
 
 
 def _randomize(model: torch.nn.Module, seed: int = 1) -> None:
@@ -68,7 +61,7 @@ def test_tied_mot_equals_dense(batch):
     dense.load_state_dict(state, strict=True)
     x = _inputs(batch, cfg)
     a, d = mot(**x), dense(**x)
-    img = batch["kind"] != KIND_TEXT
+    img = batch.kind != KIND_TEXT
     torch.testing.assert_close(a.logits, d.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.image[img], d.image[img], rtol=1e-5, atol=1e-5)
     # and the experts really are separate weights when untied
@@ -77,14 +70,13 @@ def test_tied_mot_equals_dense(batch):
 
 
 def _mask(b, uncond=None):
-    uncond = torch.zeros_like(b["doc"], dtype=torch.bool) if uncond is None else uncond
-    return dense_mask(MaskPlan(b["doc"], b["kind"], b["image"], uncond), b["doc"].shape[1])[:, 0]
+    return dense_mask(MaskPlan.of(replace(b, uncond=uncond)), b.shape[1])[:, 0]
 
 
 def test_mask_properties(batch):
     m = _mask(batch)
-    B, L = batch["doc"].shape
-    doc, kind, image = batch["doc"], batch["kind"], batch["image"]
+    B, L = batch.doc.shape
+    doc, kind, image = batch.doc, batch.kind, batch.image
     for r in range(B):
         for q in range(L):
             for k in range(L):
@@ -106,19 +98,17 @@ def test_mask_properties(batch):
 
 
 def test_unconditional_noisy_copy_sees_only_itself(batch):
-    img = batch["kind"] != KIND_TEXT
-    both = set(batch["image"][batch["kind"] == KIND_NOISY].tolist()) & set(
-        batch["image"][batch["kind"] == KIND_CLEAN].tolist()
-    )
+    img = batch.kind != KIND_TEXT
+    both = set(batch.image[batch.kind == KIND_NOISY].tolist()) & set(batch.image[batch.kind == KIND_CLEAN].tolist())
     target = max(both)  # an image with a noisy and a clean copy
-    uncond = img & (batch["image"] == target)
+    uncond = img & (batch.image == target)
     m = _mask(batch, uncond)
-    q = (uncond & (batch["kind"] == KIND_NOISY)).nonzero()
+    q = (uncond & (batch.kind == KIND_NOISY)).nonzero()
     assert len(q) > 0
     for r, i in q.tolist():
         seen = m[r, i].nonzero().squeeze(1)
-        assert (batch["image"][r, seen] == batch["image"][r, i]).all() and (batch["kind"][r, seen] == KIND_NOISY).all()
-    clean = (uncond & (batch["kind"] == KIND_CLEAN)).nonzero()
+        assert (batch.image[r, seen] == batch.image[r, i]).all() and (batch.kind[r, seen] == KIND_NOISY).all()
+    clean = (uncond & (batch.kind == KIND_CLEAN)).nonzero()
     r, i = clean[0].tolist()
     assert m[r, i, : i + 1].sum() > 4, "the clean copy of that image keeps its context"
 
@@ -126,9 +116,9 @@ def test_unconditional_noisy_copy_sees_only_itself(batch):
 def test_flex_block_mask_matches_dense(batch):
     """The FlexAttention path (eager on CPU; compiled on GPU) gives the attention of the dense mask."""
     pytest.importorskip("torch.nn.attention.flex_attention")
-    B, L = batch["doc"].shape
-    uncond = (batch["kind"] != KIND_TEXT) & (batch["image"] % 4 == 1)
-    plan = MaskPlan(batch["doc"], batch["kind"], batch["image"], uncond)
+    B, L = batch.doc.shape
+    uncond = (batch.kind != KIND_TEXT) & (batch.image % 4 == 1)
+    plan = MaskPlan.of(replace(batch, uncond=uncond))
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, 2, L, 16, generator=g) for _ in range(3))
     dense = AttentionMask(plan, L, "sdpa")
@@ -157,7 +147,7 @@ def test_later_tokens_never_change_earlier_text(batch):
     y["input_ids"][0, 100:] = (y["input_ids"][0, 100:] + 7) % cfg.vocab_size
     y["image_tokens"][0, 100:] += 1.0
     out = model(**y)
-    text = batch["kind"] == KIND_TEXT
+    text = batch.kind == KIND_TEXT
     pos = text.nonzero()  # row-major order of the logits
     early = (pos[:, 0] != 0) | (pos[:, 1] < 100)
     torch.testing.assert_close(out.logits[early], base.logits[early])
@@ -170,13 +160,13 @@ def test_noisy_copies_influence_nothing_else(batch):
     _randomize(model)
     x = _inputs(batch, cfg)
     base = model(**x)
-    noisy = batch["kind"] == KIND_NOISY
+    noisy = batch.kind == KIND_NOISY
     y = dict(x)
     y["image_tokens"] = torch.where(noisy[..., None], x["image_tokens"] + 3.0, x["image_tokens"])
     y["t"] = torch.where(noisy, x["t"] * 0.5, x["t"])
     out = model(**y)
     torch.testing.assert_close(out.logits, base.logits)
-    keep = ~noisy & (batch["kind"] != KIND_TEXT)
+    keep = ~noisy & (batch.kind != KIND_TEXT)
     torch.testing.assert_close(out.image[keep], base.image[keep])
     assert not torch.allclose(out.image[noisy], base.image[noisy])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ def _setup(batch, **objective):
     _randomize(model)
     loss_fn = MultimodalLoss(cfg, mc.patch_size, mc.image_grid, mc.latent_channels)
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(batch["images"].shape[0], 4, 4, 4, generator=g) * 0.5
+    x0 = torch.randn(batch.images.shape[0], 4, 4, 4, generator=g) * 0.5
     return cfg, model, loss_fn, x0
 
 
@@ -46,8 +48,8 @@ def test_text_loss_is_the_cross_entropy_of_the_labels(batch):
 
     loss, st = loss_fn(spy, batch, x0, loss_fn.draw(batch, torch.Generator().manual_seed(1)))
     where, logits = seen[0]
-    assert torch.equal(where, batch["labels"] != IGNORE)  # logits only where there is a target
-    ref = F.cross_entropy(logits, batch["labels"][where])
+    assert torch.equal(where, batch.labels != IGNORE)  # logits only where there is a target
+    ref = F.cross_entropy(logits, batch.labels[where])
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     assert st["text_tokens"] == where.sum()
 
@@ -55,7 +57,7 @@ def test_text_loss_is_the_cross_entropy_of_the_labels(batch):
 def test_boundary_groups_are_flow_matching(batch):
     """With every group on the boundary (s = t) the image loss is flow matching's. One group holds every
     target, so its mean equals flow matching's mean over images."""
-    n_targets = int(batch["image_loss"].sum())
+    n_targets = int(batch.image_loss.sum())
     assert n_targets >= 2
     _, model, imm_fn, x0 = _setup(batch, text_weight=0.0, imm={"boundary_fraction": 1.0, "particles": n_targets})
     noise = imm_fn.draw(batch, torch.Generator().manual_seed(2))
@@ -79,15 +81,13 @@ def test_boundary_groups_are_flow_matching(batch):
 
 def test_no_text_targets_and_no_images_stay_finite(batch):
     cfg, model, loss_fn, x0 = _setup(batch)
-    b = dict(batch)
-    b["labels"] = torch.full_like(batch["labels"], IGNORE)
+    b = replace(batch, labels=torch.full_like(batch.labels, IGNORE))
     loss, st = loss_fn(model, b, x0, loss_fn.draw(b, torch.Generator().manual_seed(3)))
     assert torch.isfinite(loss) and st["text_tokens"] == 0
     loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
-    b = dict(batch)
-    b["image_loss"] = torch.zeros_like(batch["image_loss"])
-    b["kind"] = torch.where(batch["kind"] == KIND_NOISY, torch.ones_like(batch["kind"]), batch["kind"])
+    kind = torch.where(batch.kind == KIND_NOISY, torch.ones_like(batch.kind), batch.kind)
+    b = replace(batch, image_loss=torch.zeros_like(batch.image_loss), kind=kind)
     noise = loss_fn.draw(b, torch.Generator().manual_seed(3))
     loss, st = loss_fn(model, b, x0, noise)
     assert torch.isfinite(loss) and st["image_units"] == 0 and count_units(b, noise, cfg)[1] == 0
@@ -129,10 +129,11 @@ def class_batch(text_tokenizer):
     from mmgen.data.documents import Document, Image
     from mmgen.data.packing import Packer, PackSpec
     from mmgen.data.shards import Item
-    from mmgen.tokenizer.text import SpecialIds
+    from mmgen.models.model import MMGenConfig
 
-    ids = SpecialIds.of(text_tokenizer)
-    packer = Packer(text_tokenizer, PackSpec(96, 4, 16, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    packer = Packer(
+        text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=16), rows=4, seq_len=96)
+    )
     captions = ["a red circle", "a blue square", "a green triangle"]
     rng = np.random.default_rng(0)
     items = []
@@ -156,7 +157,7 @@ def test_condition_keys_are_the_text_before_each_target(class_batch):
     batch, tok = class_batch
     ids = SpecialIds.of(tok)
     keys = condition_keys(batch)
-    targets = batch["image_loss"].nonzero().squeeze(1).tolist()
+    targets = batch.image_loss.nonzero().squeeze(1).tolist()
     assert len(keys) == len(targets) >= 12
     alone = [k for k in keys if k[0] == "image context"]
     assert alone and all(k[1] in targets for k in alone)  # the second image of a two-image document

@@ -10,13 +10,14 @@ from mmgen.data.documents import Document
 from mmgen.data.packing import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT, Packer, PackSpec
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shards import Item
-from mmgen.tokenizer.text import SpecialIds
+from mmgen.models.model import MMGenConfig
 
 
 @pytest.fixture(scope="module")
 def packer(text_tokenizer):
-    ids = SpecialIds.of(text_tokenizer)
-    return Packer(text_tokenizer, PackSpec(128, 4, 32, (3, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    return Packer(
+        text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(3, 4), image_size=32), rows=4, seq_len=128)
+    )
 
 
 def _items(docs):
@@ -29,19 +30,19 @@ def test_plan_invariants(packer):
     batches = list(packer.batches(_items(docs)))
     assert batches
     for b in batches:
-        R, L = b["input_ids"].shape
-        assert (R, L) == (sp.rows, sp.seq_len) and b["pos"].shape == (3, R, L)
-        n_img = b["images"].shape[0]
-        assert b["images"].shape[1:] == (3, 32, 32) and b["images"].dtype == torch.uint8
+        R, L = b.input_ids.shape
+        assert (R, L) == (sp.rows, sp.seq_len) and b.pos.shape == (3, R, L)
+        n_img = b.images.shape[0]
+        assert b.images.shape[1:] == (3, 32, 32) and b.images.dtype == torch.uint8
         for r in range(R):
-            for d in b["doc"][r].unique().tolist():
+            for d in b.doc[r].unique().tolist():
                 if d < 0:
                     continue
-                m = b["doc"][r] == d
+                m = b.doc[r] == d
                 idx = m.nonzero().squeeze(1)
                 assert (idx[1:] - idx[:-1] == 1).all(), "a document is contiguous"
-                kind, ids, labels = b["kind"][r, m], b["input_ids"][r, m], b["labels"][r, m]
-                pos = b["pos"][:, r, m]
+                kind, ids, labels = b.kind[r, m], b.input_ids[r, m], b.labels[r, m]
+                pos = b.pos[:, r, m]
                 text = kind == KIND_TEXT
                 # labels: the next text token, nothing after <boi> or </s>
                 tids = ids[text]
@@ -55,14 +56,14 @@ def test_plan_invariants(packer):
                 assert (pos[0, text] == pos[1, text]).all() and (pos[0, text][1:] > pos[0, text][:-1]).all()
                 assert pos[0, 0] == 0, "positions restart in every document"
                 # each image: noisy copy (if a target) and clean copy at the same positions, full grid
-                imgs = b["image"][r, m]
+                imgs = b.image[r, m]
                 for i in imgs[imgs >= 0].unique().tolist():
                     assert 0 <= i < n_img
                     clean = (imgs == i) & (kind == KIND_CLEAN)
                     noisy = (imgs == i) & (kind == KIND_NOISY)
                     trailing = (imgs == i).nonzero().max() == len(imgs) - 3  # followed only by <eoi> </s>
-                    assert clean.sum() == (0 if trailing and b["image_loss"][i] else sp.image_tokens)
-                    assert noisy.sum() == (sp.image_tokens if b["image_loss"][i] else 0)
+                    assert clean.sum() == (0 if trailing and b.image_loss[i] else sp.image_tokens)
+                    assert noisy.sum() == (sp.image_tokens if b.image_loss[i] else 0)
                     if noisy.any() and clean.any():
                         assert torch.equal(pos[:, noisy], pos[:, clean])
                     copy = clean if clean.any() else noisy
@@ -70,31 +71,32 @@ def test_plan_invariants(packer):
                     assert (pos[0, copy] == t0).all()
                     assert torch.equal(pos[1, copy] - t0, torch.arange(sp.image_tokens) // 4)
                     assert torch.equal(pos[2, copy] - t0, torch.arange(sp.image_tokens) % 4)
-        pad = b["doc"] < 0
-        assert (b["labels"][pad] == IGNORE).all() and (b["input_ids"][pad] == sp.pad).all()
+        pad = b.doc < 0
+        assert (b.labels[pad] == IGNORE).all() and (b.input_ids[pad] == sp.pad).all()
 
 
 def test_cursor_points_at_first_unconsumed_document(packer):
     docs = list(ShapesGenerator(ShapesConfig()).documents(0, 80))
     seen = []
     for b in packer.batches(_items(docs)):
-        nxt = b["cursor"]["index"]
-        keys = b["keys"]
+        nxt = b.cursor["index"]
+        keys = b.keys
         assert keys == [d.key for d in docs[len(seen) : nxt]]
         seen += keys
 
 
 def test_keep_last_packs_every_document_of_a_finite_stream_once(packer):
     docs = list(ShapesGenerator(ShapesConfig()).documents(0, 37))
-    training = [k for b in packer.batches(_items(docs)) for k in b["keys"]]
-    evaluation = [k for b in packer.batches(_items(docs), keep_last=True) for k in b["keys"]]
+    training = [k for b in packer.batches(_items(docs)) for k in b.keys]
+    evaluation = [k for b in packer.batches(_items(docs), keep_last=True) for k in b.keys]
     assert evaluation == [d.key for d in docs]
     assert training == evaluation[: len(training)] and len(training) < len(docs)  # training drops the tail
 
 
 def test_long_text_splits_and_oversized_image_is_reported(text_tokenizer):
-    ids = SpecialIds.of(text_tokenizer)
-    small = Packer(text_tokenizer, PackSpec(40, 2, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    small = Packer(
+        text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(4, 4), image_size=32), rows=2, seq_len=40)
+    )
     long_text = Document("long", [" ".join(["a small red circle"] * 20)])
     pieces = small.encode(long_text)
     assert len(pieces) > 1 and all(len(p) <= 40 for p in pieces)
@@ -102,11 +104,11 @@ def test_long_text_splits_and_oversized_image_is_reported(text_tokenizer):
     img_doc = ShapesGenerator(ShapesConfig(p_image_caption=0, p_interleaved=0)).document(0)
     assert small.encode(img_doc, max_len=20) == []  # 16 image tokens + 4 specials + caption > 20
     out = list(
-        Packer(text_tokenizer, PackSpec(20, 2, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi)).batches(
-            _items([img_doc] + [long_text] * 3)
-        )
+        Packer(
+            text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(4, 4), image_size=32), rows=2, seq_len=20)
+        ).batches(_items([img_doc] + [long_text] * 3))
     )
-    assert out and any(img_doc.key == k for k, _ in out[0]["skipped"])
+    assert out and any(img_doc.key == k for k, _ in out[0].skipped)
 
 
 @pytest.mark.parametrize("last", [True, False])
@@ -115,8 +117,9 @@ def test_a_document_that_fits_exactly_is_packed(text_tokenizer, last):
     its document has no clean copy, so it needs 16 fewer tokens than one followed by text."""
     from mmgen.data.documents import Image
 
-    ids = SpecialIds.of(text_tokenizer)
-    packer = Packer(text_tokenizer, PackSpec(256, 1, 32, (4, 4), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi))
+    packer = Packer(
+        text_tokenizer, PackSpec.from_config(MMGenConfig(image_grid=(4, 4), image_size=32), rows=1, seq_len=256)
+    )
     caption = " ".join(["a small red circle above a large blue square"] * 8)
     tail = [] if last else ["."]
     doc = Document("d", [caption, Image(pixels=torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()), *tail])

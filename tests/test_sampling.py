@@ -3,13 +3,15 @@ equals two forwards, determinism, and an error message for every bad input."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
 from PIL import Image
 
-from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT, TokenPlan
 from mmgen.models.kv_cache import ContextOverflow
 from mmgen.models.patches import patchify, unpatchify
 from mmgen.sampling.flow_map import cfg_combine, sample, time_grid
@@ -41,44 +43,32 @@ def pipe(tiny_assets, tmp_path_factory):
     return MMGenPipeline(model, text, image)
 
 
-def _full_forward(model, cols, image_values, t, s, uncond):
-    B, L = cols["ids"].shape
-    return model(
-        input_ids=cols["ids"],
-        kind=cols["kind"],
-        doc=cols["doc"],
-        image=cols["image"],
-        pos=cols["pos"],
-        image_tokens=image_values,
-        t=t,
-        s=s,
-        uncond=uncond,
-    )
+def _full_forward(model, plan: TokenPlan, image_values, t, s, uncond):
+    return model(**replace(plan, image_tokens=image_values, t=t, s=s, uncond=uncond).model_inputs())
 
 
-def _prompt_cols(pipe, segs):
-    cols, _ = pipe.sampler.encode_prompt(segs)
-    return {
-        k: torch.from_numpy(np.asarray(v))[None] if k != "pos" else torch.from_numpy(v)[:, None]
-        for k, v in cols.items()
-    } | {"doc": torch.zeros(1, len(cols["ids"]), dtype=torch.long)}
+def _prompt_cols(pipe, segs) -> TokenPlan:
+    """The prompt as a one-row plan of one document."""
+    enc = pipe.sampler.encode_prompt(segs)
+    cols = {k: torch.from_numpy(getattr(enc, k))[None] for k in ("input_ids", "kind", "image", "patch")}
+    return TokenPlan(**cols, pos=torch.from_numpy(enc.pos)[:, None], doc=torch.zeros(1, len(enc), dtype=torch.long))
 
 
 def test_cached_text_decoding_equals_uncached(pipe):
     prompt = "a large red circle above"
     # reference: full forward over the whole sequence for every new token, greedy
     cols = _prompt_cols(pipe, [prompt])
-    ids, pos = cols["ids"][0].tolist(), cols["pos"][0, 0].tolist()
+    ids, pos = cols.input_ids[0].tolist(), cols.pos[0, 0].tolist()
     ref = []
     for _ in range(12):
         L = len(ids)
-        c = {
-            "ids": torch.tensor([ids]),
-            "kind": torch.zeros(1, L, dtype=torch.long),
-            "doc": torch.zeros(1, L, dtype=torch.long),
-            "image": torch.full((1, L), -1),
-            "pos": torch.tensor(pos)[None, None].expand(3, 1, L),
-        }
+        c = TokenPlan(
+            input_ids=torch.tensor([ids]),
+            kind=torch.zeros(1, L, dtype=torch.long),
+            doc=torch.zeros(1, L, dtype=torch.long),
+            image=torch.full((1, L), -1),
+            pos=torch.tensor(pos)[None, None].expand(3, 1, L),
+        )
         with torch.no_grad():
             nxt = int(_full_forward(pipe.model, c, None, None, None, None).logits[-1].argmax())
         if nxt == SPECIAL_IDS["boi"]:
@@ -101,14 +91,14 @@ def test_cached_image_sampling_equals_full_recompute(pipe, guidance):
     got = pipe.sampler.run([[prompt]], opts)[0].segments[-1]
 
     cols = _prompt_cols(pipe, [prompt])
-    L0, G, P = cols["ids"].shape[1], c.image_tokens, c.patch_size
-    boi_pos = int(cols["pos"][0, 0, -1]) + 1
+    L0, G, P = cols.input_ids.shape[1], c.image_tokens, c.patch_size
+    boi_pos = int(cols.pos[0, 0, -1]) + 1
     p0 = boi_pos + 1
     grid_r, grid_c = torch.arange(G) // c.image_grid[1], torch.arange(G) % c.image_grid[1]
     n_img = 2 if guidance != 1.0 else 1
     L = L0 + 1 + n_img * G
     ids = torch.full((1, L), c.pad_token_id)
-    ids[0, :L0], ids[0, L0] = cols["ids"][0], c.boi_token_id
+    ids[0, :L0], ids[0, L0] = cols.input_ids[0], c.boi_token_id
     kind = torch.full((1, L), KIND_TEXT)
     kind[0, L0 + 1 :] = KIND_NOISY
     image = torch.full((1, L), -1)
@@ -118,12 +108,12 @@ def test_cached_image_sampling_equals_full_recompute(pipe, guidance):
     uncond = torch.zeros(1, L, dtype=torch.bool)
     uncond[0, L0 + 1 + G :] = True
     pos = torch.zeros(3, 1, L, dtype=torch.long)
-    pos[:, 0, :L0] = cols["pos"][:, 0]
+    pos[:, 0, :L0] = cols.pos[:, 0]
     pos[:, 0, L0] = boi_pos
     for k in range(n_img):
         sl = slice(L0 + 1 + k * G, L0 + 1 + (k + 1) * G)
         pos[0, 0, sl], pos[1, 0, sl], pos[2, 0, sl] = p0, p0 + grid_r, p0 + grid_c
-    full = {"ids": ids, "kind": kind, "doc": torch.zeros(1, L, dtype=torch.long), "image": image, "pos": pos}
+    full = TokenPlan(input_ids=ids, kind=kind, doc=torch.zeros(1, L, dtype=torch.long), image=image, pos=pos)
 
     def g(x_in, t, s):
         tok = patchify(x_in, P)
@@ -148,7 +138,7 @@ def test_batched_cfg_equals_two_forwards(pipe):
     """Conditional and unconditional copies side by side in one forward give the G of two separate forwards."""
     c = pipe.model.config
     cols = _prompt_cols(pipe, ["a large white diamond"])
-    L0, G = cols["ids"].shape[1], c.image_tokens
+    L0, G = cols.input_ids.shape[1], c.image_tokens
     x = torch.randn(1, G, c.patch_dim)
 
     def build(copies):  # copies: list of (image id, uncond)
@@ -156,9 +146,9 @@ def test_batched_cfg_equals_two_forwards(pipe):
         kind = torch.cat([torch.zeros(1, L0, dtype=torch.long), torch.full((1, len(copies) * G), KIND_NOISY)], 1)
         image = torch.cat([torch.full((1, L0), -1)] + [torch.full((1, G), i) for i, _ in copies], 1)
         unc = torch.cat([torch.zeros(1, L0, dtype=torch.bool)] + [torch.full((1, G), u) for _, u in copies], 1)
-        ids = torch.cat([cols["ids"], torch.full((1, len(copies) * G), c.pad_token_id)], 1)
+        ids = torch.cat([cols.input_ids, torch.full((1, len(copies) * G), c.pad_token_id)], 1)
         pos = torch.cat(
-            [cols["pos"]]
+            [cols.pos]
             + [torch.stack([torch.full((G,), L0), L0 + torch.arange(G) // 2, L0 + torch.arange(G) % 2])[:, None]]
             * len(copies),
             -1,
@@ -228,9 +218,9 @@ def test_prompt_images_enter_as_clean_context(pipe, tmp_path):
         stop_after_image=True,
     )[0]
     assert len(res.prompt) == 3 and res.prompt[1].shape == (40, 24, 3) and len(res.images) == 1
-    cols, imgs = pipe.sampler.encode_prompt(res.prompt)
-    assert len(imgs) == 1 and (cols["kind"] == KIND_CLEAN).sum() == pipe.model.config.image_tokens
-    assert (cols["kind"] == KIND_NOISY).sum() == 0
+    enc = pipe.sampler.encode_prompt(res.prompt)
+    assert len(enc.images) == 1 and (enc.kind == KIND_CLEAN).sum() == pipe.model.config.image_tokens
+    assert (enc.kind == KIND_NOISY).sum() == 0
 
 
 def test_bad_inputs_fail_before_work(pipe, tmp_path):
@@ -281,28 +271,28 @@ def test_text_after_an_image_sees_its_clean_copy(pipe, monkeypatch):
     assert after, "decoding continued after the image"
 
     cols = _prompt_cols(pipe, [prompt])
-    L0, G = cols["ids"].shape[1], c.image_tokens
-    p_boi = int(cols["pos"][0, 0, -1]) + 1
+    L0, G = cols.input_ids.shape[1], c.image_tokens
+    p_boi = int(cols.pos[0, 0, -1]) + 1
     p0 = p_boi + 1
-    ids = cols["ids"][0].tolist() + [c.boi_token_id] + [c.pad_token_id] * G + [c.eoi_token_id]
+    ids = cols.input_ids[0].tolist() + [c.boi_token_id] + [c.pad_token_id] * G + [c.eoi_token_id]
     kind = [KIND_TEXT] * (L0 + 1) + [KIND_CLEAN] * G + [KIND_TEXT]
     image = [-1] * (L0 + 1) + [0] * G + [-1]
     gr, gc = torch.arange(G) // c.image_grid[1], torch.arange(G) % c.image_grid[1]
-    t_pos = cols["pos"][0, 0].tolist() + [p_boi] + [p0] * G + [p0 + max(c.image_grid)]
-    h_pos = cols["pos"][1, 0].tolist() + [p_boi] + (p0 + gr).tolist() + [p0 + max(c.image_grid)]
-    w_pos = cols["pos"][2, 0].tolist() + [p_boi] + (p0 + gc).tolist() + [p0 + max(c.image_grid)]
+    t_pos = cols.pos[0, 0].tolist() + [p_boi] + [p0] * G + [p0 + max(c.image_grid)]
+    h_pos = cols.pos[1, 0].tolist() + [p_boi] + (p0 + gr).tolist() + [p0 + max(c.image_grid)]
+    w_pos = cols.pos[2, 0].tolist() + [p_boi] + (p0 + gc).tolist() + [p0 + max(c.image_grid)]
     vals = torch.zeros(1, len(ids), c.patch_dim)
     vals[0, L0 + 1 : L0 + 1 + G] = patchify(captured["x0"] / c.sigma_d, c.patch_size)[0]
     ref = []
     for _ in range(len(after)):
         L = len(ids)
-        full = {
-            "ids": torch.tensor([ids]),
-            "kind": torch.tensor([kind]),
-            "doc": torch.zeros(1, L, dtype=torch.long),
-            "image": torch.tensor([image]),
-            "pos": torch.tensor([t_pos, h_pos, w_pos])[:, None],
-        }
+        full = TokenPlan(
+            input_ids=torch.tensor([ids]),
+            kind=torch.tensor([kind]),
+            doc=torch.zeros(1, L, dtype=torch.long),
+            image=torch.tensor([image]),
+            pos=torch.tensor([t_pos, h_pos, w_pos])[:, None],
+        )
         with torch.no_grad():
             v = torch.cat([vals, torch.zeros(1, L - vals.shape[1], c.patch_dim)], 1)
             nxt = int(
@@ -352,7 +342,7 @@ def test_rows_drawing_at_different_times_outgrow_one_row_context(pipe, monkeypat
 
     monkeypatch.setattr(il, "next_token", scripted)
     prompts = ["a small red circle"] * B
-    prompt_len = len(pipe.sampler.encode_prompt(["a small red circle"])[0]["ids"])
+    prompt_len = len(pipe.sampler.encode_prompt(["a small red circle"]))
     max_new = c.max_seq_len - prompt_len - 2 * (c.image_tokens + 2) - 1  # one row's budget fills the context
     kw = dict(steps=2, max_images=2, max_new_tokens=max_new, seed=3)
     caches = []

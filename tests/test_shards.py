@@ -85,10 +85,9 @@ def test_resume_yields_exactly_the_unseen_samples(shapes_shards, stop):
 
 def test_loader_resume_with_workers_continues_the_same_batches(shapes_shards, text_tokenizer):
     from mmgen.data.packing import Packer, PackSpec
-    from mmgen.tokenizer.text import SpecialIds
+    from mmgen.models.model import MMGenConfig
 
-    ids = SpecialIds.of(text_tokenizer)
-    spec = PackSpec(96, 2, 32, (2, 2), ids.bos, ids.eos, ids.pad, ids.boi, ids.eoi)
+    spec = PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=32), rows=2, seq_len=96)
 
     def loader(cursor=None):
         stream = ShardStream(shapes_shards, Split(0, 1, 2), seed=7, shuffle_buffer=16)
@@ -96,14 +95,14 @@ def test_loader_resume_with_workers_continues_the_same_batches(shapes_shards, te
         return make_loader(PackedDataset(stream, Packer(text_tokenizer, spec), cursor), num_workers=2), cursor
 
     full_loader, _ = loader()
-    full = [b["keys"] for _, b in zip(range(30), full_loader)]
+    full = [b.keys for _, b in zip(range(30), full_loader)]
     part_loader, cursor = loader()
     for _, b in zip(range(13), part_loader):
         cursor.update(b)
     del part_loader
     state = json.loads(json.dumps(cursor.state_dict()))  # as a checkpoint stores it
     resumed_loader, _ = loader(DataCursor.from_state(state, 2))
-    resumed = [b["keys"] for _, b in zip(range(17), resumed_loader)]
+    resumed = [b.keys for _, b in zip(range(17), resumed_loader)]
     assert resumed == full[13:]
     with pytest.raises(ValueError, match="data.num_workers=2"):
         DataCursor.from_state(state, 4)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmgen.config import ShapesConfig
 from mmgen.data.packing import Packer
+from mmgen.data.plan import TokenPlan
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shards import Item, Split
 from mmgen.errors import CheckpointError, MMGenError
@@ -57,12 +58,12 @@ class DataCursor:
     batches: int = 0
     skipped: int = 0
 
-    def update(self, batch: dict[str, Any]) -> None:
-        c = batch["cursor"]
+    def update(self, batch: TokenPlan) -> None:
+        c = batch.cursor
         self.positions[c["worker"]] = (c["epoch"], c["index"])
         self.turn = (c["worker"] + 1) % self.num_workers
         self.batches += 1
-        self.skipped += len(batch.get("skipped", []))
+        self.skipped += len(batch.skipped)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +103,7 @@ class PackedDataset(IterableDataset):
         self.packer = packer
         self.cursor = cursor or DataCursor(max(1, source.split.num_workers))
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[TokenPlan | Item | WorkerError]:
         info = get_worker_info()
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
         if n != self.cursor.num_workers:
@@ -134,7 +135,7 @@ class Loader:
     def __init__(self, dataloader: DataLoader):
         self.dataloader = dataloader
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[TokenPlan]:
         for item in self.dataloader:
             if isinstance(item, WorkerError):
                 raise item.error

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mmgen.data.plan import KIND_NOISY
+from mmgen.data.plan import KIND_NOISY, TokenPlan
 
 Backend = Literal["sdpa", "flex"]
 ATTENTION_CHOICES = ("auto", "sdpa", "flex")
@@ -51,6 +51,12 @@ class MaskPlan:
     image: torch.Tensor
     uncond: torch.Tensor  # bool: the token belongs to an image whose noisy copy is unconditional
     q_offset: int = 0  # queries are the last Lq keys when decoding with a cache
+
+    @classmethod
+    def of(cls, plan: TokenPlan) -> MaskPlan:
+        """The mask's columns of a token plan (`uncond` None: every image copy is conditional)."""
+        uncond = plan.uncond if plan.uncond is not None else torch.zeros_like(plan.doc, dtype=torch.bool)
+        return cls(plan.doc, plan.kind, plan.image, uncond)
 
     def mask_mod(self, b, h, q_idx, kv_idx):
         """Broadcasting tensor code: works on index grids (dense) and under vmap (FlexAttention)."""

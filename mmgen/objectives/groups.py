@@ -16,12 +16,10 @@ normaliser) first.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mmgen.config import ObjectiveConfig
-from mmgen.data.plan import KIND_TEXT
+from mmgen.data.plan import KIND_TEXT, TokenPlan
 
 
 def imm_groups(n_targets: int, M: int) -> list[int]:
@@ -37,18 +35,18 @@ def imm_groups(n_targets: int, M: int) -> list[int]:
 UNCOND = ("condition dropped",)
 
 
-def condition_keys(batch: dict[str, Any]) -> list[tuple]:
+def condition_keys(batch: TokenPlan) -> list[tuple]:
     """One hashable key per target image (in target order): the text ids of its document before its first
     token (from <s> to <boi>). A target with an image earlier in its document gets a key of its own, since
     its condition includes that image. Reads the plan on the CPU (a few small tensors)."""
-    image, kind, doc, ids = (batch[k].cpu() for k in ("image", "kind", "doc", "input_ids"))
+    image, kind, doc, ids = (v.cpu() for v in (batch.image, batch.kind, batch.doc, batch.input_ids))
     L = image.shape[1]
     flat = image.reshape(-1)
     where = (flat >= 0).nonzero().squeeze(1)
-    first = torch.full((len(batch["image_loss"]),), flat.numel(), dtype=torch.long)
+    first = torch.full((len(batch.image_loss),), flat.numel(), dtype=torch.long)
     first.scatter_reduce_(0, flat[where], where, reduce="amin")  # flat index of each image's first token
     keys: list[tuple] = []
-    for i in batch["image_loss"].nonzero().squeeze(1).tolist():
+    for i in batch.image_loss.nonzero().squeeze(1).tolist():
         row, col = divmod(int(first[i]), L)
         context = doc[row, :col] == doc[row, col]
         if (kind[row, :col][context] != KIND_TEXT).any():
@@ -78,12 +76,12 @@ def prompt_groups(keys: list[tuple], M: int) -> tuple[list[int], list[int]]:
 
 
 def plan_groups(
-    batch: dict[str, Any], cfg: ObjectiveConfig, dropped: torch.Tensor | None = None
+    batch: TokenPlan, cfg: ObjectiveConfig, dropped: torch.Tensor | None = None
 ) -> tuple[list[int], list[int]]:
     """(order, sizes) of a micro-batch: `order[j]` is the target (in `image_loss` order) of slot j; slots
     come group after group. Flow matching: every target alone, in order. `dropped` [n_targets] bool (group_by
     = prompt): targets whose condition is dropped, grouped together under `UNCOND`."""
-    n_targets = int(batch["image_loss"].sum())
+    n_targets = int(batch.image_loss.sum())
     if cfg.image != "imm":
         return list(range(n_targets)), [1] * n_targets
     if cfg.imm.group_by == "prompt":

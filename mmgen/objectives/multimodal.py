@@ -14,13 +14,13 @@ and data parallelism give exactly the gradient of one large batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from mmgen.config import ObjectiveConfig
-from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT
+from mmgen.data.plan import IGNORE, KIND_CLEAN, KIND_NOISY, KIND_TEXT, TokenPlan
 from mmgen.flowmap import (
     clean_input,
     ddim,
@@ -45,10 +45,10 @@ class LossNorm:
     image_units: float
 
 
-def count_units(batch: dict[str, Any], noise: Noise, cfg: ObjectiveConfig) -> tuple[int, int]:
+def count_units(batch: TokenPlan, noise: Noise, cfg: ObjectiveConfig) -> tuple[int, int]:
     """(text targets, image loss units: IMM groups or flow-matching images) of a drawn micro-batch, known
     before any forward, so the trainer can reduce the global counts first."""
-    n_text = int((batch["labels"] != IGNORE).sum())
+    n_text = int((batch.labels != IGNORE).sum())
     return n_text, len(noise.sizes) if cfg.image == "imm" else len(noise.t)
 
 
@@ -146,9 +146,9 @@ class MultimodalLoss:
         self.latent_channels = latent_channels
         self.sigma_d = image_config(cfg).sigma_d
 
-    def draw(self, batch: dict[str, Any], generator: torch.Generator, step: int = 0) -> Noise:
+    def draw(self, batch: TokenPlan, generator: torch.Generator, step: int = 0) -> Noise:
         """The random draws of a micro-batch at optimizer step `step` (the step matters during warm start)."""
-        cfg, n_t = self.cfg, int(batch["image_loss"].sum())
+        cfg, n_t = self.cfg, int(batch.image_loss.sum())
         dropped = None
         if cfg.image == "imm" and cfg.imm.group_by == "prompt":  # dropped targets form their own groups
             dropped = torch.rand(n_t, generator=generator) < cfg.imm.cond_dropout
@@ -156,9 +156,9 @@ class MultimodalLoss:
         h, w = self.grid[0] * self.p, self.grid[1] * self.p
         return draw_noise(cfg, order, sizes, (self.latent_channels, h, w), generator, step, dropped)
 
-    def _prepare(self, batch: dict[str, Any], x0: torch.Tensor, noise: Noise) -> _Prepared:
+    def _prepare(self, batch: TokenPlan, x0: torch.Tensor, noise: Noise) -> _Prepared:
         sd, dev, N = self.sigma_d, x0.device, x0.shape[0]
-        targets = batch["image_loss"].nonzero().squeeze(1)[noise.order].to(dev)  # in slot order
+        targets = batch.image_loss.nonzero().squeeze(1)[noise.order].to(dev)  # in slot order
         t_i = noise.t.to(dev)
         t, s = x0.new_zeros(N), x0.new_zeros(N)
         t[targets], s[targets] = t_i, noise.s.to(dev)
@@ -169,39 +169,30 @@ class MultimodalLoss:
         clean = patchify(clean_input(x0, sd), self.p)
         noisy = torch.zeros_like(clean)
         noisy[targets] = patchify(network_input(x_t, t_i, sd), self.p)
-        uncond = per_token(uncond, batch["image"], batch["kind"] != KIND_TEXT)
+        uncond = per_token(uncond, batch.image, batch.kind != KIND_TEXT)
         return _Prepared(targets, clean, noisy, t, s, uncond, x, x_t, eps)
 
     @staticmethod
-    def _inputs(batch: dict[str, Any], prep: _Prepared, noisy: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+    def _inputs(batch: TokenPlan, prep: _Prepared, noisy: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
         """Model inputs in the dense [B, L] layout; `noisy` and `t` override the noisy copies' values/times."""
-        kind, image, patch = batch["kind"], batch["image"], batch["patch"]
+        kind, image, patch = batch.kind, batch.image, batch.patch
         is_noisy, is_clean = kind == KIND_NOISY, kind == KIND_CLEAN
         dense = to_dense(prep.clean, image, patch, is_clean) + to_dense(noisy, image, patch, is_noisy)
-        return {
-            "input_ids": batch["input_ids"],
-            "kind": kind,
-            "doc": batch["doc"],
-            "image": image,
-            "pos": batch["pos"],
-            "image_tokens": dense,
-            "t": per_token(t, image, is_noisy),
-            "s": per_token(prep.s, image, is_noisy),
-            "uncond": prep.uncond,
-        }
+        t_tok, s_tok = per_token(t, image, is_noisy), per_token(prep.s, image, is_noisy)
+        return replace(batch, image_tokens=dense, t=t_tok, s=s_tok, uncond=prep.uncond).model_inputs()
 
-    def _g(self, out_image: torch.Tensor, batch: dict[str, Any], prep: _Prepared) -> torch.Tensor:
+    def _g(self, out_image: torch.Tensor, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:
         """The image head's G at the targets' noisy copies, as latents [n, C, h, w]."""
-        g = from_dense(out_image, batch["image"], batch["patch"], batch["kind"] == KIND_NOISY, *prep.clean.shape[:2])
+        g = from_dense(out_image, batch.image, batch.patch, batch.kind == KIND_NOISY, *prep.clean.shape[:2])
         return unpatchify(g, self.p, self.grid, self.latent_channels)[prep.targets]
 
     def __call__(
-        self, model, batch: dict[str, Any], x0: torch.Tensor, noise: Noise, norm: LossNorm | None = None
+        self, model, batch: TokenPlan, x0: torch.Tensor, noise: Noise, norm: LossNorm | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """x0: clean latents of every image of the batch [N, C, h, w], normalised (std about sigma_d)."""
         cfg = self.cfg
         prep = self._prepare(batch, x0, noise)
-        where_text, text_y = text_targets(batch["labels"])
+        where_text, text_y = text_targets(batch.labels)
         out = model(**self._inputs(batch, prep, prep.noisy, prep.t), text_positions=where_text)
         text_sum = ntp_loss_sum(out.logits, text_y.to(x0.device))
 
@@ -230,7 +221,7 @@ class MultimodalLoss:
         return loss, stats
 
     def _imm_sum(
-        self, model, batch: dict[str, Any], prep: _Prepared, g_t: torch.Tensor, noise: Noise, per_image_fm: torch.Tensor
+        self, model, batch: TokenPlan, prep: _Prepared, g_t: torch.Tensor, noise: Noise, per_image_fm: torch.Tensor
     ) -> torch.Tensor:
         """Sum over groups of lambda(t) MMD^2 (boundary groups: their weighted mean flow-matching loss)."""
         cfg, sd, dev = self.cfg.imm, self.sigma_d, g_t.device
@@ -250,7 +241,7 @@ class MultimodalLoss:
             noisy_r[prep.targets] = patchify(network_input(x_r, r_i, sd), self.p)
             t_r = prep.t.clone()
             t_r[prep.targets] = r_i
-            none = torch.zeros_like(batch["labels"], dtype=torch.bool)
+            none = torch.zeros_like(batch.labels, dtype=torch.bool)
             out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
             y_r = flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
         for size in sorted(set(sizes)):  # one batched kernel per group size (a few distinct sizes)

@@ -15,10 +15,11 @@ import torch
 from mmgen.config import ConfigError, RunConfig
 from mmgen.data.loader import DataCursor, PackedDataset, ShapesStream, make_loader
 from mmgen.data.packing import Packer, PackSpec
+from mmgen.data.plan import TokenPlan
 from mmgen.data.shards import ShardStream, Split
 from mmgen.flowmap import image_config
 from mmgen.models.model import MMGenConfig
-from mmgen.tokenizer.text import SPECIAL_IDS, SpecialIds, ensure_text_tokenizer
+from mmgen.tokenizer.text import SPECIAL_IDS, ensure_text_tokenizer
 
 
 def _tokenizer_path(path: str, key: str) -> Path:
@@ -66,19 +67,8 @@ def model_config(cfg: RunConfig, text_tok, image_tok) -> MMGenConfig:
         raise ConfigError(f"model / data.image_size: {e}") from e
 
 
-def pack_spec(cfg: RunConfig, mc: MMGenConfig, text_tok) -> PackSpec:
-    ids = SpecialIds.of(text_tok)
-    spec = PackSpec(
-        cfg.data.seq_len,
-        cfg.data.rows,
-        cfg.data.image_size,
-        tuple(mc.image_grid),
-        ids.bos,
-        ids.eos,
-        ids.pad,
-        ids.boi,
-        ids.eoi,
-    )
+def pack_spec(cfg: RunConfig, mc: MMGenConfig) -> PackSpec:
+    spec = PackSpec.from_config(mc, rows=cfg.data.rows, seq_len=cfg.data.seq_len)  # mc.image_size = data's
     need = spec.image_doc_len(noisy=True) + 8
     if cfg.data.seq_len < need:
         raise ConfigError(
@@ -141,8 +131,8 @@ def data_pipe(
 
 
 @torch.no_grad()
-def clean_latents(batch: dict[str, Any], image_tok, sigma_d: float, device: torch.device) -> torch.Tensor:
+def clean_latents(batch: TokenPlan, image_tok, sigma_d: float, device: torch.device) -> torch.Tensor:
     """Normalised latents x0 [N, C, h, w] of every image in the batch (std about sigma_d)."""
-    images = batch["images"].to(device)
+    images = batch.images.to(device)
     z = images if images.is_floating_point() else image_tok.encode(images)
     return image_tok.normalize(z) * sigma_d

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from mmgen.config import ConfigError, RunConfig, dump_config, flatten, read_yaml, to_dict
+from mmgen.data.plan import TokenPlan
 from mmgen.data.skips import SkipReport
 from mmgen.errors import CheckpointError
 from mmgen.models.model import MMGenModel
@@ -74,7 +75,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.text_tok, self.image_tok = build.load_tokenizers(cfg)
         self.mconf = build.model_config(cfg, self.text_tok, self.image_tok)
-        self.spec = build.pack_spec(cfg, self.mconf, self.text_tok)
+        self.spec = build.pack_spec(cfg, self.mconf)
         model = MMGenModel(self.mconf)
         if cfg.train.init_from:
             load_weights(model, cfg.train.init_from)
@@ -163,10 +164,10 @@ class Trainer:
                 )
 
     # ------------------------------------------------------------------------------------ one step
-    def _micro_batches(self, it) -> list[dict]:
+    def _micro_batches(self, it) -> list[TokenPlan]:
         return [next(it) for _ in range(self.cfg.train.grad_accum)]
 
-    def train_step(self, micro: list[dict]) -> dict[str, float]:
+    def train_step(self, micro: list[TokenPlan]) -> dict[str, float]:
         e, cfg = self.engine, self.cfg
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7919 + e.rank)
         # every micro-batch's draws first (on the CPU batch): the IMM groups fix the loss normaliser
@@ -186,7 +187,7 @@ class Trainer:
         sums = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0}
         for i, (b, noise) in enumerate(zip(micro, noises)):
             x0 = build.clean_latents(b, self.image_tok, self.loss_fn.sigma_d, e.device)
-            b = {k: (v.to(e.device) if torch.is_tensor(v) else v) for k, v in b.items()}
+            b = b.to(e.device)
             with e.autocast():
                 loss, st = self.loss_fn(e.model, b, x0, noise, norm)
             bad |= e.any_rank(not math.isfinite(float(loss.detach())))
@@ -230,10 +231,10 @@ class Trainer:
                 raise
             for b in micro:
                 self.data.cursor.update(b)
-                for key, reason in b["skipped"] if e.is_main else []:
+                for key, reason in b.skipped if e.is_main else []:
                     if (line := self.skips.add(key, reason)) is not None:
                         bar.write(line)
-            n_tok = e.all_reduce([float(sum(int((b["doc"] >= 0).sum()) for b in micro))])[0]
+            n_tok = e.all_reduce([float(sum(int((b.doc >= 0).sum()) for b in micro))])[0]
             last = self.train_step(micro)
             self.tokens_seen += int(n_tok)
             tok_window += n_tok
