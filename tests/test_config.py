@@ -136,3 +136,10 @@ def test_partial_nested_mapping_keeps_the_parents_nested_defaults(tmp_path):
         0.0,
         ["small"],
     )
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("releases/*/run_config.yaml")), ids=lambda p: p.parent.name)
+def test_release_run_config_loads(path: Path):
+    """A shipped release's run config loads, keys retired since it was made (SampleConfig.RETIRED) included."""
+    cfg = load_config(RunConfig, path)
+    assert set(to_dict(cfg)["sample"]) == {"prompts", "steps", "guidance", "seed"}

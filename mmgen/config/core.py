@@ -1,6 +1,7 @@
 """Config machinery: dataclasses loaded from YAML, overridden from the command line, dumped next to every run.
 
-The dataclasses themselves live in `mmgen/config/schema.py` and `mmgen/config/data.py` (one per component).
+The dataclasses themselves live in `mmgen/config/schema.py`, `tokenizers.py` and `data.py` (one per component);
+reading and writing YAML in `yaml_io.py`.
 
     cfg = load_config(RunConfig, "configs/train/shapes_tiny.yaml", ["train.steps=100", "model.depth=2"])
     dump_config(cfg, run_dir / "config.yaml")
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from mmgen.config.yaml_io import read_yaml, to_dict
 from mmgen.errors import ConfigError
 
 T = TypeVar("T")
@@ -90,6 +92,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise fail()
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, key, source): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    return _coerce_scalar(value, tp, key, source, fail)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, source: str, fail: typing.Callable[[], ConfigError]) -> Any:
+    """`value` as the scalar type `tp` (bool, int, float, str or another class); `fail()` makes the error."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -128,6 +135,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def _from_dict(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = {k: v for k, v in data.items() if k not in getattr(cls, "RETIRED", ())}  # keys of old files, dropped
     unknown = [k for k in data if k not in fields]
     if unknown:
         k = unknown[0]
@@ -172,39 +180,6 @@ def from_dict(cls: type[T], data: dict | None, source: str = "<dict>") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     return _from_dict(cls, data, source)
-
-
-def to_dict(cfg: Any) -> Any:
-    """Plain-python (YAML-safe) view of a config."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    if isinstance(cfg, dict):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, Path):
-        return str(cfg)
-    return cfg
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML config such as "
-            f"configs/train/shapes_tiny.yaml"
-        ) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
 
 
 def _set_dotted(data: dict, dotted: str, value: Any, cls: type, source: str) -> None:
@@ -291,24 +266,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     if overrides:
         source += " with override" + ("s " if len(overrides) > 1 else " ") + ", ".join(f"'{t}'" for t in overrides)
     return from_dict(cls, data, source)  # ranges and rules between fields: once, after every override
-
-
-def dump_config(cfg: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-    return path
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as dotted keys (the override syntax): {"train": {"lr": 1}} -> {"train.lr": 1}."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return out
-
-
-def replace(cfg: T, **changes: Any) -> T:
-    return dataclasses.replace(cfg, **changes)

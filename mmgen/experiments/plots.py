@@ -113,28 +113,33 @@ def plot_discrete(results: dict, out: Path) -> list[Path]:
     plt.close(fig)
 
     if "poker" in tasks:
-        task = tasks["poker"]
-        grid = results["config"]["grids"][0]
-        bars = [
-            ("AR", task["ar"]["valid_exact"]),
-            ("MD L=1", _rows(task, grid, results["config"]["unmask"][0])[0]["valid_exact"]),
-            ("product of\nmarginals", task["md"]["product_of_marginals"]["valid"]),
-        ]
-        for unmask in results["config"]["unmask"]:
-            bars.append((f"MD L=2\n{unmask}", _rows(task, grid, unmask)[1]["valid_exact"]))
-        fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 1, 3.4))
-        ax.bar(range(len(bars)), [b[1] for b in bars], color=[f"C{i}" for i in range(len(bars))])
-        for i, (_, v) in enumerate(bars):
-            ax.text(i, v + 0.02, f"{100 * v:.1f}%", ha="center", fontsize=8)
-        ax.set(
-            xticks=range(len(bars)),
-            ylim=(0, 1.12),
-            ylabel="P(valid hand), exact from logits",
-            title=f"two-word poker hands ({grid} grid)",
-        )
-        ax.set_xticklabels([b[0] for b in bars], fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "discrete_poker.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_plot_poker(tasks["poker"], results["config"], out))
     return paths
+
+
+def _plot_poker(task: dict, config: dict, out: Path) -> Path:
+    """Bars of P(valid hand) on the poker task: AR, one-step MD, the product of marginals, two-step MD per order."""
+    grid = config["grids"][0]
+    bars = [
+        ("AR", task["ar"]["valid_exact"]),
+        ("MD L=1", _rows(task, grid, config["unmask"][0])[0]["valid_exact"]),
+        ("product of\nmarginals", task["md"]["product_of_marginals"]["valid"]),
+    ]
+    for unmask in config["unmask"]:
+        bars.append((f"MD L=2\n{unmask}", _rows(task, grid, unmask)[1]["valid_exact"]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 1, 3.4))
+    ax.bar(range(len(bars)), [b[1] for b in bars], color=[f"C{i}" for i in range(len(bars))])
+    for i, (_, v) in enumerate(bars):
+        ax.text(i, v + 0.02, f"{100 * v:.1f}%", ha="center", fontsize=8)
+    ax.set(
+        xticks=range(len(bars)),
+        ylim=(0, 1.12),
+        ylabel="P(valid hand), exact from logits",
+        title=f"two-word poker hands ({grid} grid)",
+    )
+    ax.set_xticklabels([b[0] for b in bars], fontsize=8)
+    fig.tight_layout()
+    path = out / "discrete_poker.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

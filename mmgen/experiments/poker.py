@@ -79,30 +79,41 @@ def _net(cfg: DiscreteStudyConfig, data: TupleData, causal: bool) -> TinyTransfo
 
 def run_task(name: str, cfg: DiscreteStudyConfig) -> dict:
     data = get_data(name, cfg.values, cfg.seed)
-    V, N = len(data.vocab), data.length
-    mask_id, bos_id = V, V + 1
-    g = torch.Generator().manual_seed(cfg.seed + 1)
+    g = torch.Generator().manual_seed(cfg.seed + 1)  # every draw of the task, in this order: AR, then MD
     out: dict = {
         "data": {
             "name": name,
-            "length": N,
+            "length": data.length,
             "vocab": data.vocab,
             "valid_tuples": data.decode(data.support),
             "entropy": float(-(data.probs * data.probs.log()).sum()),
         }
     }
+    out["ar"] = _run_ar(name, cfg, data, g)
+    md, out["md"] = _fit_md(name, cfg, data, g)
+    out["md"]["rows"] = _md_rows(cfg, data, md, g)
+    return out
 
+
+def _run_ar(name: str, cfg: DiscreteStudyConfig, data: TupleData, g: torch.Generator) -> dict:
+    """The autoregressive model: fit, then exact validity / KL from its likelihoods and sampled estimates."""
+    bos_id = len(data.vocab) + 1
     ar, ar_stats = fit(
         _net(cfg, data, causal=True), lambda m, _: ar_loss(m, data.sample(cfg.batch, g), bos_id), cfg.fit, f"{name} AR"
     )
-    x = ar_sample(ar, cfg.samples, N, bos_id, g)
-    out["ar"] = {
+    x = ar_sample(ar, cfg.samples, data.length, bos_id, g)
+    return {
         **ar_stats,
         **_exact_stats(data, ar_log_prob(ar, data.support, bos_id).exp(), "exact"),
         **_sampled_stats(data, x),
         "examples": data.decode(x[:8]),
     }
 
+
+def _fit_md(name: str, cfg: DiscreteStudyConfig, data: TupleData, g: torch.Generator) -> tuple[torch.nn.Module, dict]:
+    """The masked-diffusion model and its fit statistics, with how far its all-masked marginals are from the data's
+    (the per-setting rows follow in `_md_rows`)."""
+    mask_id = len(data.vocab)
     md_cfg = MaskedDiffusionConfig(mask_id=mask_id)
     md, md_stats = fit(
         _net(cfg, data, causal=False),
@@ -111,13 +122,19 @@ def run_task(name: str, cfg: DiscreteStudyConfig) -> dict:
         f"{name} MD",
     )
     with torch.no_grad():
-        marg = torch.softmax(md(torch.full((1, N), mask_id)).double(), -1)[0]  # [N, V]: the model's q_n
-    out["md"] = {
+        marg = torch.softmax(md(torch.full((1, data.length), mask_id)).double(), -1)[0]  # [N, V]: the model's q_n
+    return md, {
         **md_stats,
         "product_of_marginals": data.product_of_marginals(),
         "model_marginals_tv": float(0.5 * (marg - data.marginals()).abs().sum(-1).max()),
         "rows": [],
     }
+
+
+def _md_rows(cfg: DiscreteStudyConfig, data: TupleData, md: torch.nn.Module, g: torch.Generator) -> list[dict]:
+    """Per (time grid, unmasking order, L steps): the sampler's exact validity / KL with the model and with the ideal
+    denoiser, and sampled estimates."""
+    N, mask_id = data.length, len(data.vocab)
 
     def model_probs(z: torch.Tensor) -> torch.Tensor:
         return torch.softmax(md(z).double(), dim=-1)
@@ -125,12 +142,13 @@ def run_task(name: str, cfg: DiscreteStudyConfig) -> dict:
     def ideal_probs(z: torch.Tensor) -> torch.Tensor:
         return conditionals(data, z, mask_id)
 
+    rows = []
     for grid in cfg.grids:
         for unmask in cfg.unmask:
             for L in range(1, (cfg.max_steps or N) + 1):
                 kw = {"mask_id": mask_id, "steps": L, "grid": grid, "unmask": unmask}
                 xs = sample(md, cfg.samples, N, generator=g, **kw)
-                out["md"]["rows"].append(
+                rows.append(
                     {
                         "grid": grid,
                         "unmask": unmask,
@@ -141,7 +159,7 @@ def run_task(name: str, cfg: DiscreteStudyConfig) -> dict:
                         "examples": data.decode(xs[:8]),
                     }
                 )
-    return out
+    return rows
 
 
 def run_discrete(cfg: DiscreteStudyConfig) -> dict:

@@ -13,7 +13,26 @@ from mmgen.flowmap import default_time_range
 from mmgen.models.layers import mlp_hidden
 
 
+def _time_range(image_objective: str, t_min: float | None, t_max: float | None) -> tuple[float, float]:
+    """(t_min, t_max), each None taken from the objective's default range."""
+    default_min, default_max = default_time_range(image_objective)
+    return (default_min if t_min is None else t_min), (default_max if t_max is None else t_max)
+
+
+def _validate(c: MMGenConfig) -> None:
+    if c.width % c.head_dim:
+        raise ValueError(f"width {c.width} must be a multiple of head_dim {c.head_dim}")
+    if c.experts not in ("mot", "dense"):
+        raise ValueError(f"experts must be 'mot' or 'dense', got {c.experts!r}")
+    if not 0.0 <= c.t_min < c.t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min {c.t_min} and t_max {c.t_max}")
+
+
 class MMGenConfig(PretrainedConfig):
+    """t_min, t_max: the times the model was trained on (mmgen.flowmap.time_range), which it samples between; a
+    config.json without the keys predates them and gets the objective's defaults (t_max 0.994 for imm, 1.0 for
+    fm; t_min 0)."""
+
     model_type = "mmgen"
 
     def __init__(
@@ -33,8 +52,6 @@ class MMGenConfig(PretrainedConfig):
         downsample: int = 4,
         sigma_d: float = 0.5,
         image_objective: str = "imm",
-        # the times the model was trained on (mmgen.flowmap.time_range), which it samples between; a config.json
-        # without the keys predates them: the objective's defaults (t_max 0.994 for imm, 1.0 for fm; t_min 0)
         t_min: float | None = None,
         t_max: float | None = None,
         rope_theta: float = 10000.0,
@@ -52,26 +69,32 @@ class MMGenConfig(PretrainedConfig):
         eoi_token_id: int = 5,
         **kwargs,
     ):
-        self.vocab_size, self.depth, self.width, self.head_dim = vocab_size, depth, width, head_dim
-        self.mlp_hidden, self.experts, self.qk_norm, self.image_adaln = mlp_hidden, experts, qk_norm, image_adaln
-        self.latent_channels, self.patch_size, self.image_grid = latent_channels, patch_size, list(image_grid)
-        self.image_size, self.downsample, self.sigma_d = image_size, downsample, sigma_d
-        self.image_objective, self.rope_theta, self.time_freq_dim = image_objective, rope_theta, time_freq_dim
-        self.time_input, self.image_pos_embed = time_input, image_pos_embed
-        default_min, default_max = default_time_range(image_objective)
-        self.t_min = default_min if t_min is None else t_min
-        self.t_max = default_max if t_max is None else t_max
-        self.max_seq_len, self.init_std, self.init_image_from_text = max_seq_len, init_std, init_image_from_text
-        self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id
+        self.vocab_size = vocab_size
+        self.depth = depth
+        self.width = width
+        self.head_dim = head_dim
+        self.mlp_hidden = mlp_hidden
+        self.experts = experts
+        self.qk_norm = qk_norm
+        self.image_adaln = image_adaln
+        self.latent_channels = latent_channels
+        self.patch_size = patch_size
+        self.image_grid = list(image_grid)
+        self.image_size, self.downsample = image_size, downsample  # pixels, and pixels per latent position
+        self.sigma_d = sigma_d
+        self.image_objective = image_objective
+        self.t_min, self.t_max = _time_range(image_objective, t_min, t_max)
+        self.rope_theta = rope_theta
+        self.time_freq_dim = time_freq_dim
+        self.time_input = time_input
+        self.image_pos_embed = image_pos_embed
+        self.max_seq_len = max_seq_len
+        self.init_std, self.init_image_from_text = init_std, init_image_from_text  # how the weights start
+        self.boi_token_id, self.eoi_token_id = boi_token_id, eoi_token_id  # the image delimiters
         self.attention = attention  # auto | sdpa | flex: how, not what, the model computes (not architecture)
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
-        if width % head_dim:
-            raise ValueError(f"width {width} must be a multiple of head_dim {head_dim}")
-        if experts not in ("mot", "dense"):
-            raise ValueError(f"experts must be 'mot' or 'dense', got {experts!r}")
-        if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min {self.t_min} and t_max {self.t_max}")
+        _validate(self)
 
     ARCHITECTURE = (
         "vocab_size",

@@ -65,7 +65,9 @@ class TimeEmbedding(nn.Module):
         super().__init__()
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {', '.join(TIME_INPUTS)}, got {time_input!r}")
-        self.freq_dim, self.scale, self.time_input = freq_dim, scale, time_input
+        self.freq_dim = freq_dim
+        self.scale = scale
+        self.time_input = time_input
         self.t_mlp = self._mlp(dim)
         if time_input in ("s", "both"):
             self.s_mlp = self._mlp(dim)

@@ -121,26 +121,11 @@ class MMGenModel(PreTrainedModel):
         cache: a `KVCache` (mmgen/models/kv_cache.py): this forward's tokens are appended to it.
         backend: "sdpa" | "flex"; default `config.attention` resolved for the device (`attention_backend`).
         """
-        B, L = input_ids.shape
+        L = input_ids.shape[1]
         is_image = kind != KIND_TEXT
         route = Routing.build(is_image, mot=self.config.experts == "mot")
 
-        # embed in stream order: text rows from ids, image rows from patches + their time embedding
-        h = self.embed.weight.new_empty(B * L, self.config.width)
-        if route.n_text > 0:
-            h[route.text_rows] = self.embed(route.group(input_ids)[route.text_rows])
-        temb = None
-        if route.n_image > 0:
-            if image_tokens is None or t is None or s is None:
-                raise ValueError("the plan has image tokens: pass image_tokens, t and s")
-            rows = route.image_rows
-            temb = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [N_image, D]
-            h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.to(h.dtype)
-            if self.image_pos is not None:  # an image token sits at (p, p + row, p + col): see data/packing.py
-                row_col = route.group((pos[1:] - pos[:1]).movedim(0, -1))[rows]  # [N_image, 2]
-                h[rows] += self.image_pos[row_col[:, 0] * self.config.image_grid[1] + row_col[:, 1]].to(h.dtype)
-            temb = nn.functional.silu(temb).to(h.dtype)
-
+        h, temb = self._embed(route, input_ids, pos, image_tokens, t, s)
         layer_kv = [None] * len(self.layers)
         if cache is None:  # a full sequence: one mask per batch (the memo: same column tensors), every layer
             mask = self._masks.get(doc, kind, image, uncond, L, backend or self.attention_backend(doc.device))
@@ -159,11 +144,49 @@ class MMGenModel(PreTrainedModel):
             else:
                 h = layer(h, route, rope, mask, temb, layer_kv[i])
 
+        return self._heads(h, route, temb, is_image, text_positions)
+
+    def _embed(
+        self,
+        route: Routing,
+        input_ids: torch.Tensor,
+        pos: torch.Tensor,
+        image_tokens: torch.Tensor | None,
+        t: torch.Tensor | None,
+        s: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The residual stream h [N, D] in stream order: text rows from ids, image rows from patches + their time
+        embedding (+ their grid position's embedding); and temb [N_image, D], SiLU'd, for the adaLN (None when
+        there are no image rows)."""
+        h = self.embed.weight.new_empty(route.batch * route.length, self.config.width)
+        if route.n_text > 0:
+            h[route.text_rows] = self.embed(route.group(input_ids)[route.text_rows])
+        if route.n_image == 0:
+            return h, None
+        if image_tokens is None or t is None or s is None:
+            raise ValueError("the plan has image tokens: pass image_tokens, t and s")
+        rows = route.image_rows
+        temb = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [N_image, D]
+        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.to(h.dtype)
+        if self.image_pos is not None:  # an image token sits at (p, p + row, p + col): see data/packing.py
+            row_col = route.group((pos[1:] - pos[:1]).movedim(0, -1))[rows]  # [N_image, 2]
+            h[rows] += self.image_pos[row_col[:, 0] * self.config.image_grid[1] + row_col[:, 1]].to(h.dtype)
+        return h, nn.functional.silu(temb).to(h.dtype)
+
+    def _heads(
+        self,
+        h: torch.Tensor,
+        route: Routing,
+        temb: torch.Tensor | None,
+        is_image: torch.Tensor,
+        text_positions: torch.Tensor | None,
+    ) -> MMGenOutput:
+        """The image head (adaLN-modulated norm, then G) at image rows and the LM head at the selected text rows."""
         out = MMGenOutput()
         if route.n_image > 0:
             shift, scale = self.image_final_mod(temb).chunk(2, dim=-1)
             g = self.image_out(self.image_norm(h[route.image_rows]) * (1 + scale) + shift)
-            img = g.new_zeros(B * L, g.shape[-1])
+            img = g.new_zeros(route.batch * route.length, g.shape[-1])
             img[route.image_rows] = g
             out.image = route.ungroup(img)
         if route.n_text > 0:

@@ -13,12 +13,33 @@ tokens use the text expert's weights: the dense baseline of the same size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from mmgen.models.attention import AttentionMask
 from mmgen.models.layers import RMSNorm, SwiGLU, apply_rope
+
+
+class Group(NamedTuple):
+    """A run of stream rows that one expert processes with one kind of adaLN modulation."""
+
+    rows: slice  # rows of the residual stream [N, D]
+    expert: int  # 0 = text, 1 = image (dense: every group uses expert 0's weights)
+    modulation: str  # "none" | "image" | "mixed" (dense: image rows modulated, text rows not)
+
+
+class Modulation(NamedTuple):
+    """The six adaLN vectors of a group's rows, each [rows, D], from the time embedding (DiT: the norm's output
+    x becomes x (1 + scale) + shift, a sublayer's output y becomes y (1 + gate))."""
+
+    attn_shift: torch.Tensor
+    attn_scale: torch.Tensor
+    attn_gate: torch.Tensor
+    mlp_shift: torch.Tensor
+    mlp_scale: torch.Tensor
+    mlp_gate: torch.Tensor
 
 
 @dataclass
@@ -33,7 +54,7 @@ class Routing:
     inv: torch.Tensor | None  # [N] stream row of each sequence index
     text_rows: torch.Tensor | slice
     image_rows: torch.Tensor | slice
-    groups: list[tuple[slice, int, str]]  # (stream rows, expert index, modulation: "none" | "image" | "mixed")
+    groups: list[Group]
     n_text: int
     n_image: int
     batch: int
@@ -53,11 +74,11 @@ class Routing:
                 slice(0, N) if n_img == 0 else (slice(0, 0) if only_image else flat.logical_not().nonzero().squeeze(1))
             )
             image_rows = slice(0, N) if only_image else (slice(0, 0) if n_img == 0 else flat.nonzero().squeeze(1))
-            return cls(None, None, text_rows, image_rows, [(slice(0, N), expert, mode)], n_txt, n_img, B, L)
+            return cls(None, None, text_rows, image_rows, [Group(slice(0, N), expert, mode)], n_txt, n_img, B, L)
         perm = torch.argsort(flat.to(torch.int8), stable=True)  # text (0) first, order kept inside a group
         inv = torch.empty_like(perm)
         inv[perm] = torch.arange(N, device=perm.device)
-        groups = [(slice(0, n_txt), 0, "none"), (slice(n_txt, N), 1, "image")]
+        groups = [Group(slice(0, n_txt), 0, "none"), Group(slice(n_txt, N), 1, "image")]
         return cls(perm, inv, slice(0, n_txt), slice(n_txt, N), groups, n_txt, n_img, B, L)
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +117,8 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor |
 class MoTBlock(nn.Module):
     def __init__(self, width: int, n_heads: int, head_dim: int, hidden: int, qk_norm: bool, mot: bool, adaln: bool):
         super().__init__()
-        self.n_heads, self.head_dim = n_heads, head_dim
+        self.n_heads = n_heads
+        self.head_dim = head_dim
         self.experts = nn.ModuleList([Expert(width, head_dim, hidden, qk_norm) for _ in range(2 if mot else 1)])
         # adaLN for image tokens: 6 vectors (shift, scale, gate) x (attention, MLP) from the time embedding
         self.image_mod = nn.Linear(width, 6 * width) if adaln else None
@@ -104,19 +126,19 @@ class MoTBlock(nn.Module):
             nn.init.zeros_(self.image_mod.weight)
             nn.init.zeros_(self.image_mod.bias)
 
-    def _mods(self, temb: torch.Tensor | None, route: Routing, n: int):
-        """Per group, the six adaLN vectors for its rows (None for an unmodulated group)."""
+    def _mods(self, temb: torch.Tensor | None, route: Routing, n: int) -> dict[str, Modulation]:
+        """Per modulation mode, the adaLN vectors for its group's rows (no entry: an unmodulated group)."""
         if self.image_mod is None or temb is None or route.n_image == 0:
             return {}
         img = self.image_mod(temb)  # [N_image, 6 D]
         out = {}
-        for _, _, mode in route.groups:
-            if mode == "image":
-                out[mode] = img.chunk(6, dim=-1)
-            elif mode == "mixed":  # dense: text rows get zeros, i.e. the identity modulation
+        for group in route.groups:
+            if group.modulation == "image":
+                out["image"] = Modulation(*img.chunk(6, dim=-1))
+            elif group.modulation == "mixed":  # dense: text rows get zeros, i.e. the identity modulation
                 full = img.new_zeros(n, img.shape[-1])
                 full[route.image_rows] = img
-                out[mode] = full.chunk(6, dim=-1)
+                out["mixed"] = Modulation(*full.chunk(6, dim=-1))
         return out
 
     def forward(
@@ -133,30 +155,35 @@ class MoTBlock(nn.Module):
         N, D = h.shape
         H, Dh = self.n_heads, self.head_dim
         mods = self._mods(temb, route, N)
-        parts = [(sl, self.experts[min(e, len(self.experts) - 1)], mods.get(mode)) for sl, e, mode in route.groups]
+        parts = [
+            (g.rows, self.experts[min(g.expert, len(self.experts) - 1)], mods.get(g.modulation)) for g in route.groups
+        ]
 
         # attention sublayer (per-expert norm, QKV, QK-norm), then one global attention in sequence order
         qkv = []
         for sl, e, m in parts:
             x = e.norm1(h[sl])
             if m is not None:
-                x = _modulate(x, m[0], m[1])
+                x = _modulate(x, m.attn_shift, m.attn_scale)
             q, k, v = e.qkv(x).view(-1, 3, H, Dh).unbind(1)
             qkv.append(torch.stack([e.q_norm(q), e.k_norm(k), v], dim=1))
         qkv = qkv[0] if len(qkv) == 1 else torch.cat(qkv)  # [N, 3, H, Dh]
         q, k, v = route.ungroup(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
-        cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)
+        cos, sin = rope  # each [B, L, Dh/2]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:  # write this forward's keys/values into the cache slots, attend over all of it
             L = q.shape[2]
-            kv[0][:, :, -L:], kv[1][:, :, -L:] = k, v
-            k, v = kv
+            k_cache, v_cache = kv
+            k_cache[:, :, -L:] = k
+            v_cache[:, :, -L:] = v
+            k, v = k_cache, v_cache
         o = mask.attend(q, k, v)  # [B, H, L, Dh]
         o = route.group(o.transpose(1, 2).reshape(route.batch, route.length, D))
         outs = []
         for sl, e, m in parts:
             y = e.o(o[sl])
-            outs.append(y * (1 + m[2]) if m is not None else y)
+            outs.append(y * (1 + m.attn_gate) if m is not None else y)
         h = h + (outs[0] if len(outs) == 1 else torch.cat(outs))
 
         # feed-forward sublayer, per expert
@@ -164,7 +191,7 @@ class MoTBlock(nn.Module):
         for sl, e, m in parts:
             x = e.norm2(h[sl])
             if m is not None:
-                x = _modulate(x, m[3], m[4])
+                x = _modulate(x, m.mlp_shift, m.mlp_scale)
             y = e.mlp(x)
-            outs.append(y * (1 + m[5]) if m is not None else y)
+            outs.append(y * (1 + m.mlp_gate) if m is not None else y)
         return h + (outs[0] if len(outs) == 1 else torch.cat(outs))
