@@ -44,11 +44,7 @@ def _table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tokenizers", nargs="*", help="trained tokenizer folders (or recipes NAME.yaml)")
-    ap.add_argument(
-        "--images",
-        default="",
-        help="measure effective bits of discrete tokenizers on these images ('kodak', a directory or a zip)",
-    )
+    ap.add_argument("--images", default="", help="effective bits of discrete tokenizers on: kodak, a folder, a zip")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     ap.add_argument("--dtype-bits", type=int, default=16, help="bits per continuous channel (bfloat16: 16)")
     ap.add_argument("--no-presets", action="store_true")
