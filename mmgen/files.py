@@ -1,5 +1,5 @@
 """Reading saved JSON and safetensors files so that a missing, truncated or corrupt one is an error naming
-the file and the fix, not a parser's traceback.
+the file and the fix, not a parser's traceback; writing the JSON result file of a script.
 
     config = read_json(folder / "config.json", TokenizerError, fix="retrain it with ...")
 """
@@ -22,6 +22,15 @@ def read_json(path: str | Path, error: type[MMGenError], fix: str) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{p} is truncated or corrupt (not valid JSON: {e}); {fix}") from e
+
+
+def save_json(result: dict, path: str | Path) -> Path:
+    """Write a script's result (indented JSON), creating the folder; print where it went."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"-> {path}")
+    return path
 
 
 def safetensors_shapes(path: str | Path, error: type[MMGenError], fix: str) -> dict[str, list[int]]:

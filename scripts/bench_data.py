@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from mmgen.bench import device_name, save_json
 from mmgen.data.external import ReadOptions, open_layout
 from mmgen.data.img2dataset import write_img2dataset
 from mmgen.data.latent_cache import LatentCache
 from mmgen.data.packing import to_model_pixels
 from mmgen.data.shards import ShardStream, Split, write_shards
 from mmgen.data.sources import flickr8k
+from mmgen.eval.timing import device_name
+from mmgen.files import save_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.bench import save_json
+from mmgen.files import save_json
 
 REPO = Path(__file__).resolve().parents[1]
 

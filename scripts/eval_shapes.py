@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mmgen.bench import save_json
 from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config.schema import AT_LEAST_1, GUIDANCE, MAX_SAMPLER_STEPS, Range
-from mmgen.data.shapes_check import accuracy, check
-from mmgen.eval.shapes import judge, prompt_set, training_holdout
-from mmgen.sampling.grid import save_grid
+from mmgen.eval.shapes import judged, measure, prompt_set, training_holdout
+from mmgen.eval.steps import Point, releases, sweep
+from mmgen.files import save_json
 from mmgen.sampling.pipeline import MMGenPipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +34,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", required=True, help="release folder(s)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--n", type=int, default=200, help="held-out prompts")
-    ap.add_argument(
-        "--n-unseen",
-        type=int,
-        default=100,
-        help="prompts with a colour-shape pair the training stream held out (data.shapes.holdout)",
-    )
+    ap.add_argument("--n-unseen", type=int, default=100, help="prompts with a held-out pair (data.shapes.holdout)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[GUIDANCE])
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
@@ -71,37 +65,21 @@ def main() -> None:
         "prompt_sets": {k: len(v[0]) for k, v in sets.items()},
     }
     for name, (prompts, real) in sets.items():
-        real_acc = accuracy([check(im, p) for im, p in zip(real, prompts)])
+        real_acc = judged(real, prompts)
         report.setdefault("checker_on_real_images", {})[name] = real_acc
         print(
             f"checker on {len(prompts)} real held-out images ({name} pairs): {real_acc['correct']:.1%} fully "
             f"correct (shape {real_acc['shape']:.1%}, colour {real_acc['color']:.1%}, size {real_acc['size']:.1%})"
         )
-    for path in args.model:
-        pipe = first if path == args.model[0] else MMGenPipeline.from_pretrained(path)
-        kind = pipe.model.config.image_objective
-        entry: dict = {"objective": kind, "holdout": training_holdout(path), "results": []}
-        for (name, (prompts, _)), g, n in itertools.product(sets.items(), args.guidance, args.steps):
-            acc, images, dt = judge(pipe, prompts, n, g, args.batch, args.seed)
-            row = {
-                "prompts": name,
-                "guidance": g,
-                "steps": n,
-                **acc,
-                "seconds": round(dt, 2),
-                "seconds_per_image": round(dt / len(prompts), 4),
-            }
-            entry["results"].append(row)
-            print(
-                f"{path} ({kind}) {name} g={g:g} N={n:3d}: correct {acc['correct']:.1%} | colour "
-                f"{acc['color']:.1%} shape {acc['shape']:.1%} size {acc['size']:.1%} count {acc['count']:.1%} "
-                f"relation {acc.get('relation', float('nan')):.1%} | {dt / len(prompts) * 1000:.0f} ms/image"
-            )
-            label = (
-                Path(path).parent.name if Path(path).name == "release" else Path(path).name
-            )  # runs/X/release or a folder
-            grid = Path(args.out).with_suffix("") / f"{label}-{name}-g{g:g}-N{n}.png"
-            save_grid(images[:32], grid, ncol=8)
+    for path, pipe, kind in releases(args.model, first):
+        label = Path(path).parent.name if Path(path).name == "release" else Path(path).name  # runs/X/release
+        points = [
+            Point(n, prompts, {"guidance": g}, {"prompts": name, "guidance": g}, f"{label}-{name}-g{g:g}-N{n}")
+            for (name, (prompts, _)), g, n in itertools.product(sets.items(), args.guidance, args.steps)
+        ]
+        entry: dict = {"objective": kind, "holdout": training_holdout(path)}
+        sheets = Path(args.out).with_suffix("")
+        entry["results"] = sweep(pipe, points, measure(f"{path} ({kind})"), sheets, args.batch, args.seed)
         report["models"][path] = entry
     save_json(report, args.out)
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from mmgen.bench import save_json
 from mmgen.cli import cli_main
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import IGNORE, KIND_CLEAN
 from mmgen.data.shards import ShardStream, Split
+from mmgen.files import save_json
 from mmgen.flowmap import clean_input
 from mmgen.models.patches import patchify, to_dense
 from mmgen.sampling.release import load_release
@@ -39,11 +39,7 @@ def main() -> None:
     ap.add_argument("--shards", required=True)
     ap.add_argument("--limit", type=int, default=0, help="documents (0 = all)")
     ap.add_argument("--drop-images", action="store_true", help="score the text without its images")
-    ap.add_argument(
-        "--shuffle-images",
-        action="store_true",
-        help="control: give every document the images of the document half the set away",
-    )
+    ap.add_argument("--shuffle-images", action="store_true", help="control: images of the document half the set away")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     folder = Path(args.model)

@@ -75,20 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         ap.error("give at least one --prompt or --prompts-file")
     output_folder(args.out, "--out")
-    flags = dict(
-        steps=args.steps,
-        guidance=args.guidance,
-        time_grid=args.time_grid,
-        method=args.sampler,
-        image_first=args.image_first,
-        max_images=args.max_images,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-    )
+    names = ("steps", "guidance", "time_grid", "image_first", "max_images", "max_new_tokens", "temperature", "top_k")
+    flags = {k: getattr(args, k) for k in (*names, "top_p", "seed")} | {"method": args.sampler}  # SamplingOptions
+    flags["guidance_interval"] = tuple(args.guidance_interval) if args.guidance_interval else None
     options = {k: v for k, v in flags.items() if v is not None}
     try:
         SamplingOptions(**options).validate()  # before the model loads

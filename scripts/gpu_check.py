@@ -8,12 +8,12 @@ tiny sizes (a dry run of the code paths, for CI; its numbers say nothing about a
   2. forward + backward at seq 4096, small and base presets, bf16 autocast: tokens/s, MFU (against the bf16
      dense peak of the card found, `BF16_PEAK_TFLOPS`; attention FLOPs counted over the keys each query may
      see, i.e. the useful work), peak memory; MoT with FlexAttention vs MoT with the dense-mask SDPA, and MoT
-     vs dense (both flex) -- the harness of scripts/bench_backbone.py;
+     vs dense (both flex) -- the harness of mmgen/eval/backbone.py (scripts/bench_backbone.py);
   3. the small preset trained for about `--train-seconds` through `accelerate launch scripts/train.py` on the
      shapes stream (ZeRO-2 through DeepSpeed when it imports; bf16, flex): tokens/s and the loss curve; the
      step count comes from step 2's speed and a timeout guards the budget (sample sheets every quarter);
   4. sampling images/s at N = 1 and 4 with CFG (the step-3 release, else random weights of the small preset)
-     -- the harness of scripts/bench_generate.py.
+     -- the harness of mmgen/eval/generation.py (scripts/bench_generate.py).
 
 Writes results/gpu/<device>.json (after every step, so a cut-off run keeps what it measured).
 """
@@ -97,13 +97,12 @@ def step_tests(args) -> dict:
 
 
 def step_bench(args, device, sz) -> dict:
-    import bench_backbone as bb
-
-    from mmgen.data.plan import KIND_TEXT
+    from mmgen.eval.backbone import Sizes, flops_per_token, time_variants, visible_keys
+    from mmgen.eval.presets import TEXT_TOKENIZER
     from mmgen.models.attention import MaskPlan, block_mask
     from mmgen.tokenizer.text import ensure_text_tokenizer
 
-    tok = ensure_text_tokenizer(REPO / "tokenizers/text/shapes.yaml")
+    tok = ensure_text_tokenizer(TEXT_TOKENIZER)
     flex = "sdpa" if args.cpu else "flex"  # torch has no FlexAttention backward on a CPU
     variants = {
         "mot-flex": {"experts": "mot", "attention": flex},
@@ -111,20 +110,16 @@ def step_bench(args, device, sz) -> dict:
         "dense-flex": {"experts": "dense", "attention": flex},
     }
     peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    sizes = Sizes(sz["rows"], sz["seq_len"], sz["steps"], sz["warmup"])
     rows = []
     for preset in sz["presets"]:
-        models = bb.variant_models(tok, preset, sz["seq_len"], 32, variants, device)
-        if args.bench_compile:  # what train.compile does; each preset x attention compiles anew (~1 min each)
-            for m in models.values():
-                m.compile_blocks()
+        # --bench-compile: what train.compile does; each preset x attention compiles anew (~1 min each)
+        run = time_variants(tok, preset, variants, sizes, device, torch.bfloat16, compile_blocks=args.bench_compile)
+        models, batch, n_tok, times, mem = run.models, run.batch, run.tokens, run.seconds, run.peak_mb
         cfg = models["mot-flex"].config
-        batch = bb.packed_batch(tok, cfg, sz["rows"], sz["seq_len"])
-        x = bb.inputs(batch, cfg, device)
-        n_tok = int((batch.doc >= 0).sum())
-        keys = bb.visible_keys(batch)
+        keys = visible_keys(batch)
         plan = MaskPlan.of(batch.to(device))
         tiles = block_mask(plan, sz["seq_len"]).to_dense()  # [B, 1, L/128, L/128]: the tiles flex computes
-        times, mem = bb.bench(models, x, sz["steps"], sz["warmup"], device, torch.bfloat16)
         row = {
             "preset": preset,
             "width": cfg.width,
@@ -133,13 +128,13 @@ def step_bench(args, device, sz) -> dict:
             "seq_len": sz["seq_len"],
             "tokens": n_tok,
             "documents_per_row": statistics.mean(len(r[r >= 0].unique()) for r in batch.doc),
-            "image_token_fraction": round(float(((batch.kind != KIND_TEXT) & (batch.doc >= 0)).sum()) / n_tok, 3),
+            "image_token_fraction": round(run.image_fraction, 3),
             "visible_keys_per_query": round(keys, 1),
             "flex_tiles_computed_fraction": round(float(tiles.bool().float().mean()), 4),
         }
         for name, ts in times.items():
             tps = n_tok / statistics.median(ts)
-            flops = bb.flops_per_token(models[name].config, keys) * tps
+            flops = flops_per_token(models[name].config, keys) * tps
             row[name] = {
                 "tokens_per_s": round(tps, 1),
                 "mfu": None if peak is None else round(flops / (peak * 1e12), 4),
@@ -148,7 +143,7 @@ def step_bench(args, device, sz) -> dict:
         row["flex_over_sdpa"] = round(row["mot-flex"]["tokens_per_s"] / row["mot-sdpa"]["tokens_per_s"], 3)
         row["mot_over_dense"] = round(row["mot-flex"]["tokens_per_s"] / row["dense-flex"]["tokens_per_s"], 3)
         rows.append(row)
-        del models
+        del models, run
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out = {
@@ -265,16 +260,16 @@ def step_train(args, device, sz, bench: dict | None, out: Path, left_s: float) -
 
 
 def step_sample(args, device, sz, release: str | None) -> dict:
-    import bench_generate as bg
-
     from mmgen.config.schema import GUIDANCE
+    from mmgen.eval.generation import images_per_s
+    from mmgen.eval.presets import random_pipe
     from mmgen.sampling.pipeline import MMGenPipeline
 
     if release:
         pipe = MMGenPipeline.from_pretrained(release, device=device)
     else:
-        pipe = bg.build_pipe(argparse.Namespace(model=None, preset=sz["train_preset"], context=512), device)
-    per_n = bg.images_per_s(pipe, sz["sample_batch"], [1, 4], sz["repeats"], device)
+        pipe = random_pipe(sz["train_preset"], 512, device)
+    per_n = images_per_s(pipe, sz["sample_batch"], [1, 4], sz["repeats"], device)
     return {
         "ok": True,
         "model": release or f"{sz['train_preset']} preset, random weights",

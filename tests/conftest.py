@@ -106,19 +106,29 @@ def tiny_model(assets: Path, **config):
     return text, image, MMGenModel(MMGenConfig(vocab_size=len(text), **config))
 
 
-# The untrained 32-px test model: f = 4 tokenizer, 8x8 latents, 2x2 patches -> 16 image tokens, 96-token context
-TINY = dict(
-    depth=1,
-    width=32,
-    head_dim=16,
-    mlp_hidden=64,
-    latent_channels=4,
-    patch_size=2,
-    image_grid=(4, 4),
-    image_size=32,
-    downsample=4,
-    max_seq_len=96,
-)
+def tiny_sizes(
+    depth: int = 1, width: int = 32, head_dim: int = 16, image_size: int = 32, max_seq_len: int = 96, **config
+) -> dict:
+    """MMGenConfig sizes of an untrained test model for the f = 4 tokenizer of `tiny_assets` (4 latent
+    channels) with 2x2 patches and an MLP of twice the width: a 32-px image is 8x8 latents -> 4x4 = 16 image
+    tokens, a 16-px one 2x2 = 4. `config`: further MMGenConfig fields."""
+    grid = image_size // 8
+    return dict(
+        depth=depth,
+        width=width,
+        head_dim=head_dim,
+        mlp_hidden=2 * width,
+        latent_channels=4,
+        patch_size=2,
+        image_grid=(grid, grid),
+        image_size=image_size,
+        downsample=4,
+        max_seq_len=max_seq_len,
+        **config,
+    )
+
+
+TINY = tiny_sizes()  # the untrained 32-px test model: 16 image tokens, 96-token context
 
 
 def tiny_release(assets: Path, out: Path) -> Path:
@@ -154,28 +164,24 @@ def deadline(seconds: int = HANG_S):
 
 @pytest.fixture(scope="module")
 def train(tiny_assets, tmp_path_factory):
-    """train(out, *args) -> (exit code, stdout, stderr) of scripts/train.py `main`, in-process, on the tiny
-    test model, under `deadline`."""
-    from test_tokenizer_eval import _script
-    from test_train import tiny_run
+    """train(out, *args) -> (exit code, stdout, stderr) of `scripts/train.py` on the tiny test model, run by its
+    command line in this process (`helpers.run_script`), under `deadline`."""
+    from helpers import run_script, tiny_run
 
     from mmgen.config import dump_config
 
     base = dump_config(
         tiny_run(tiny_assets, tmp_path_factory.mktemp("cfg") / "unused"), tmp_path_factory.mktemp("cfg") / "tiny.yaml"
     )
-    main, cwd = _script("train").main, os.getcwd()
+    cwd = os.getcwd()
 
     def run(out: Path, *args: str) -> tuple[int, str, str]:
         stdout, stderr = io.StringIO(), io.StringIO()
-        code = 0
         try:
             with deadline(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                main(["--config", str(base), f"train.output_dir={out}", *args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+                code = run_script("train", "--config", str(base), f"train.output_dir={out}", *args)
         finally:
-            os.chdir(cwd)  # main() runs in the repository root
+            os.chdir(cwd)  # train.py runs in the repository root
         return code, stdout.getvalue(), stderr.getvalue()
 
     return run

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_refused
-from test_distributed import launch
-from test_train import metrics, tiny_run
+from helpers import launch, metrics, tiny_run
 
 from mmgen.config import RunConfig, dump_config, load_config
 from mmgen.errors import ConfigError

@@ -1,9 +1,9 @@
 """Bad input to the command-line entry points is one named error line and exit code 2, never a traceback,
 a hang or a silent acceptance (config ranges, generation, data preparation, tokenizer files).
 
-Each row runs a script's real `main` in-process with its argv; `{name}` in an argument is replaced by a file
-of the `world` fixture (a release and broken copies of it, binary and 16-bit files, a corrupt zip) or by
-`{tmp}`, the row's own temporary folder. A few rows run as a subprocess, where only the real command line
+Each row runs a script by its command line, in-process (`helpers.run_script`); `{name}` in an argument is
+replaced by a file of the `world` fixture (a release and broken copies of it, binary and 16-bit files, a corrupt
+zip) or by `{tmp}`, the row's own temporary folder. A few rows run as a subprocess, where only the real command line
 shows the behaviour (bytes that are not UTF-8 in argv, an unbounded loop).
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, deadline, tiny_release
+from helpers import run_script
 from PIL import Image as PILImage
-from test_tokenizer_eval import _script
 
 from mmgen.config import RunConfig, load_config
 
@@ -419,8 +419,6 @@ ROWS = [
     ),
 ]
 
-_MODULES: dict = {}
-
 
 def _fill(text: str, world: dict, tmp) -> str:
     """`{name}` -> the path of that name in `world` (`{tmp}`: the row's folder); other braces stay."""
@@ -434,14 +432,12 @@ def test_bad_input_is_one_named_error(name, script, argv, expected, world, tmp_p
         argv = [*TRAIN_FIRST, *argv] + ([] if any(a.startswith("train.output_dir=") for a in argv) else [TRAIN_LAST])
     argv = [_fill(a, world, tmp_path) for a in argv]
     expected = _fill(expected, world, tmp_path)
-    mod = _MODULES.get(script) or _MODULES.setdefault(script, _script(script))
     monkeypatch.chdir(REPO)  # train.py moves to the repository; this puts the working folder back afterwards
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])  # for the scripts whose main() reads sys.argv
-    with deadline(), pytest.raises(SystemExit) as exit_:  # a hang fails the row
-        mod.main(argv) if mod.main.__wrapped__.__code__.co_argcount else mod.main()
+    with deadline():  # a hang fails the row
+        code = run_script(script, *argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert exit_.value.code == 2, err
+    assert code == 2, err
     assert len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err
 
@@ -449,10 +445,9 @@ def test_bad_input_is_one_named_error(name, script, argv, expected, world, tmp_p
 def test_generate_device_cuda_without_cuda(world, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(SystemExit) as exit_:
-        _script("generate").main([*(_fill(a, world, tmp_path) for a in GEN), "--prompt", "x", "--device", "cuda"])
+    code = run_script("generate", *(_fill(a, world, tmp_path) for a in GEN), "--prompt", "x", "--device", "cuda")
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "error: device 'cuda': CUDA is not available on this machine" in err, err
+    assert code == 2 and "error: device 'cuda': CUDA is not available on this machine" in err, err
 
 
 # rows that need the real command line: bytes that are not UTF-8 in argv, and a loop that would not end

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import HANG_S, REPO, assert_refused, deadline
+from helpers import metrics, tiny_run
 from PIL import Image as PILImage
-from test_train import metrics, tiny_run
 
 from mmgen.config import ShapesConfig, dump_config
 from mmgen.data.documents import to_sample

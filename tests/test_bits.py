@@ -71,14 +71,13 @@ def test_invalid_token_bits_raise():
 
 
 def test_bits_cli_prints_presets(capsys):
-    import importlib.util
+    import json
 
-    from conftest import REPO
+    from helpers import run_script
 
-    spec = importlib.util.spec_from_file_location("bits_cli", REPO / "scripts" / "bits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rows = mod.main([])
+    assert run_script("bits", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert run_script("bits") == 0
     out = capsys.readouterr().out
     assert {r["name"]: r["compression"] for r in rows}["design-video-discrete"] == 409.6
     assert "409.6" in out and "48.0" in out and "llamagen-vq16" in out

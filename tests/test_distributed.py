@@ -4,15 +4,12 @@ reference that computes the same global batch (both ranks' micro-batches) with p
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO
-from test_train import metrics, tiny_run
+from helpers import launch, metrics, tiny_run
 
 from mmgen.config import dump_config
 from mmgen.models.model import MMGenModel
@@ -24,33 +21,6 @@ from mmgen.train.schedule import learning_rate
 
 pytestmark = pytest.mark.distributed
 STEPS = 5
-
-
-def launch(
-    accelerate_cfg: str, run_cfg: Path, *extra: str, processes: int = 2, check: bool = True
-) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / accelerate_cfg),
-        "--num_processes",
-        str(processes),
-        str(REPO / "scripts" / "train.py"),
-        "--config",
-        str(run_cfg),
-        *extra,
-    ]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0 or not check, out.stdout[-3000:] + out.stderr[-6000:]
-    return out
 
 
 def reference(cfg, world: int = 2):

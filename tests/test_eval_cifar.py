@@ -4,14 +4,15 @@ a released model and records what it measured, and the noise seed is the only so
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from conftest import REPO, real_data, tiny_release
-from test_tokenizer_eval import _script
+from helpers import run_script
 
+from mmgen.eval import cifar as ev
 from mmgen.sampling.pipeline import MMGenPipeline
+from mmgen.tokenizer_study.feature_net import load_feature_net
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +22,15 @@ def release(tiny_assets, tmp_path_factory):
 
 def test_judge_reproduces_its_stated_accuracy():
     real_data("cifar10")
-    ev = _script("eval_cifar")
     stated = json.loads((ev.JUDGE / "config.json").read_text())["test_accuracy"]
     imgs, labels = ev.real_test(1000)
-    pred, feats = ev.judge(ev.load_feature_net(ev.JUDGE), imgs)
+    pred, feats = ev.judge(load_feature_net(ev.JUDGE), imgs)
     # 1000 images: the standard error of an accuracy near 0.8 is 0.013, so 0.04 is three of them
     assert abs(float((pred == labels).mean()) - stated) < 0.04
     assert feats.shape[0] == 1000 and np.isfinite(feats).all()
 
 
 def test_generated_images_depend_on_the_seed_only(release):
-    ev = _script("eval_cifar")
     pipe = MMGenPipeline.from_pretrained(release)
     a, labels, _ = ev.generate(pipe, 2, 1, batch=10, seed=0)
     b, _, _ = ev.generate(pipe, 2, 1, batch=10, seed=0)
@@ -41,37 +40,12 @@ def test_generated_images_depend_on_the_seed_only(release):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_eval_script_end_to_end(release, tmp_path, monkeypatch):
+def test_eval_script_end_to_end(release, tmp_path):
     real_data("cifar10")
-    ev = _script("eval_cifar")
     out = tmp_path / "eval_tiny.json"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "eval_cifar.py",
-            "--model",
-            str(release),
-            "--imm-steps",
-            "1",
-            "2",
-            "--per-class",
-            "2",
-            "--real",
-            "200",
-            "--captions",
-            "4",
-            "--batch",
-            "10",
-            "--seed",
-            "3",
-            "--guidance",
-            "2",
-            "--out",
-            str(out),
-        ],
-    )
-    ev.main()
+    argv = ["--model", str(release), "--imm-steps", "1", "2", "--per-class", "2", "--real", "200", "--captions", "4"]
+    code = run_script("eval_cifar", *argv, "--batch", "10", "--seed", "3", "--guidance", "2", "--out", str(out))
+    assert code == 0
     report = json.loads(out.read_text())
     assert report["seed"] == 3 and report["guidance"] == 2 and report["per_class"] == 2
     rows = report["models"][str(release)]["by_steps"]

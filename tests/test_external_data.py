@@ -8,30 +8,21 @@ exact resumption from a cursor.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
-from PIL import Image as PILImage
+from image_helpers import COLORS, image_bytes, write_img2dataset_fixture
 
 from mmgen.data.documents import Image
 from mmgen.data.external import ReadOptions, open_layout
 from mmgen.data.shards import Split
 from mmgen.errors import DataError
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (240, 240, 240)}
 SIZE = 16  # the model's image size: every image comes out SIZE x SIZE
 OPTS = ReadOptions(image_size=SIZE, min_image_size=SIZE)
-
-
-def image_bytes(color: str, size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> bytes:
-    buf = io.BytesIO()
-    PILImage.new("RGB", size, COLORS[color]).save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def color_of(img: Image) -> str:
@@ -45,37 +36,6 @@ def parts(doc) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-def write_img2dataset_fixture(root: Path) -> dict[str, tuple[str, str]]:
-    """4 tars of 4 samples: 13 good ({key}.txt or only .json), 3 bad; stats and parquet files beside them."""
-    root.mkdir(parents=True, exist_ok=True)
-    good: dict[str, tuple[str, str]] = {}
-    names = list(COLORS)
-    for shard in range(4):
-        with wds.TarWriter(str(root / f"{shard:05d}.tar")) as sink:
-            for i in range(4):
-                key, color = f"{shard:05d}{i:04d}", names[(shard + i) % 4]
-                caption = f"a {color} picture number {shard * 4 + i}"
-                sample = {
-                    "__key__": key,
-                    "jpg": image_bytes(color),
-                    "txt": caption.encode(),
-                    "json": json.dumps({"caption": caption, "alt": f"alt {caption}", "key": key}).encode(),
-                }
-                if (shard, i) == (1, 2):  # caption only in the .json: still read
-                    del sample["txt"]
-                if (shard, i) == (0, 1):  # no caption anywhere
-                    del sample["txt"]
-                    sample["json"] = json.dumps({"key": key, "status": "success"}).encode()
-                elif (shard, i) == (2, 3):
-                    sample["jpg"] = b"\xff\xd8 not a jpeg"
-                elif (shard, i) == (3, 0):
-                    sample["jpg"] = image_bytes(color, (12, 40))
-                else:
-                    good[key] = (caption, color)
-                sink.write(sample)
-        (root / f"{shard:05d}_stats.json").write_text(json.dumps({"count": 4}))
-        (root / f"{shard:05d}.parquet").write_bytes(b"PAR1 not read PAR1")
-    return good
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tiny_sizes
 
 from mmgen.config import RunConfig, SampleConfig, from_dict
 from mmgen.config.schema import GUIDANCE, STEPS, TIME_GRID
@@ -38,21 +38,7 @@ def test_the_model_config_stores_the_trained_time_range(image, key):
 
 
 def test_the_sampler_integrates_over_the_models_time_range(tiny_assets, monkeypatch):
-    text, image, model = tiny_model(
-        tiny_assets,
-        depth=1,
-        width=32,
-        head_dim=16,
-        mlp_hidden=64,
-        latent_channels=4,
-        patch_size=2,
-        image_grid=(2, 2),
-        image_size=16,
-        downsample=4,
-        max_seq_len=64,
-        t_min=0.02,
-        t_max=0.9,
-    )
+    text, image, model = tiny_model(tiny_assets, **tiny_sizes(image_size=16, max_seq_len=64, t_min=0.02, t_max=0.9))
     grids = []
 
     def spy(*args):

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, tiny_model
-from test_model import _randomize, tiny_config
-from test_train import metrics, tiny_run
+from helpers import _randomize, metrics, tiny_config, tiny_run
 
 from mmgen.config import FlowMatchingConfig, ImmConfig, ObjectiveConfig, from_dict
 from mmgen.models.model import MMGenModel

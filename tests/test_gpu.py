@@ -13,10 +13,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_gpu_path import compiled_equals_eager, flex_cpu_backward, packed
-from test_model import _inputs, _randomize
-from test_train import tiny_run
+from conftest import tiny_model, tiny_sizes
+from helpers import _inputs, _randomize, compiled_equals_eager, flex_cpu_backward, packed, tiny_run
 
 from mmgen.config import ModelConfig
 from mmgen.data.plan import KIND_NOISY
@@ -102,17 +100,7 @@ def test_cached_sampling_step_equals_recompute(dev, tiny_assets):
     """One sampler step (conditional + unconditional noisy copies, CFG) over the prefix KV cache (prefill with
     the model's attention, flex on CUDA) equals one uncached forward over prefix + <boi> + noisy copies."""
     text, image, model = tiny_model(
-        tiny_assets,
-        depth=2,
-        width=128,
-        head_dim=32,
-        mlp_hidden=256,
-        latent_channels=4,
-        patch_size=2,
-        image_grid=(2, 2),
-        image_size=16,
-        downsample=4,
-        max_seq_len=320,
+        tiny_assets, **tiny_sizes(depth=2, width=128, head_dim=32, image_size=16, max_seq_len=320)
     )
     _randomize(model.eval(), seed=2)
     s = InterleavedSampler(model.to(dev), text, image.to(dev))

@@ -13,42 +13,25 @@ import contextlib
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_model import _inputs, _randomize, tiny_config
-from test_train import tiny_run
+from conftest import tiny_model, tiny_sizes
+from helpers import (
+    _inputs,
+    _randomize,
+    compiled_equals_eager,
+    flex_cpu_backward,
+    objective_setup,
+    packed,
+    tiny_config,
+    tiny_run,
+)
 
-from mmgen.config import ConfigError, ModelConfig, ShapesConfig, load_config
-from mmgen.data.packing import Packer, PackSpec
+from mmgen.config import ConfigError, ModelConfig, load_config
 from mmgen.data.plan import KIND_TEXT
-from mmgen.data.shapes import ShapesGenerator
-from mmgen.data.shards import Item
 from mmgen.models.attention import FLEX_BLOCK, AttentionMask, MaskPlan, resolve_backend
-from mmgen.models.model import MMGenConfig, MMGenModel
+from mmgen.models.model import MMGenModel
 from mmgen.sampling.interleaved import InterleavedSampler, SamplingOptions
 
 torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def flex_cpu_backward():
-    """Let torch's eager FlexAttention reference run with gradients on a CPU (see the module doc)."""
-    import torch.nn.attention.flex_attention as fa
-
-    saved = fa._validate_device
-    fa._validate_device = lambda *a: None
-    try:
-        yield
-    finally:
-        fa._validate_device = saved
-
-
-def packed(tok, rows: int, seq_len: int, start: int = 0):
-    """A packed batch of shapes documents (16-px images, 2x2 latent tokens): many documents per row."""
-    packer = Packer(
-        tok, PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=16), rows=rows, seq_len=seq_len)
-    )
-    gen = ShapesGenerator(ShapesConfig(image_size=16, p_interleaved=0.5))
-    return next(packer.batches(Item(gen.document(i), 0, 0, i) for i in range(start, start + 100000)))
 
 
 def test_attention_choice():
@@ -143,9 +126,8 @@ def test_one_mask_per_batch():
 def test_imm_forwards_share_one_mask(batch):
     """Through the objective: IMM's forward with gradient and its stop-gradient target forward run every layer
     with one mask object."""
-    from test_objective import _setup
 
-    _, model, loss_fn, x0 = _setup(batch, text_weight=0.0)
+    _, model, loss_fn, x0 = objective_setup(batch, text_weight=0.0)
     noise = loss_fn.draw(batch, torch.Generator().manual_seed(4))
     assert not all(noise.boundary), "the target forward runs"
     masks = []
@@ -157,18 +139,7 @@ def test_imm_forwards_share_one_mask(batch):
 def test_sampler_prefill_with_flex_equals_sdpa(tiny_assets):
     """The sampler's prefill runs FlexAttention when the model asks for it (padded to whole tiles), decode
     steps run SDPA over the cache; the generation equals the all-SDPA one."""
-    kw = dict(
-        depth=2,
-        width=64,
-        head_dim=16,
-        mlp_hidden=128,
-        latent_channels=4,
-        patch_size=2,
-        image_grid=(2, 2),
-        image_size=16,
-        downsample=4,
-        max_seq_len=320,
-    )
+    kw = tiny_sizes(depth=2, width=64, image_size=16, max_seq_len=320)
     rows = {}
     for backend in ("sdpa", "flex"):
         text, image, model = tiny_model(tiny_assets, attention=backend, **kw)
@@ -291,38 +262,6 @@ def test_compiled_blocks_no_graph_breaks_or_recompiles(text_tokenizer, attention
         # the same question asked of one block call directly: torch._dynamo.explain counts its graph breaks
         explained = torch._dynamo.explain(eager.layers[0])(*seen[0])
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
-
-
-def compiled_equals_eager(
-    cfg, batch, dev: torch.device, compile_kwargs: dict, out_tol: tuple[float, float], grad_tol: tuple[float, float]
-) -> None:
-    """The `train.compile` path: a model whose blocks are compiled with `compile_kwargs` gives the eager model's
-    forward and gradients on `batch` (same weights), within (rtol, atol) `out_tol` and `grad_tol`, with no
-    graph break. Shared by the CPU inductor test below and the GPU test (tests/test_gpu.py)."""
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    torch.manual_seed(0)
-    eager = MMGenModel(cfg)
-    _randomize(eager)
-    compiled = MMGenModel(cfg)
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile_blocks(**compile_kwargs)
-    x = {k: v.to(dev) for k, v in _inputs(batch, cfg, uncond_every=3).items()}
-    outs = []
-    for m in (eager.to(dev), compiled.to(dev)):
-        with flex_cpu_backward():
-            out = m(**x)
-            (out.logits.pow(2).mean() + out.image.pow(2).mean()).backward()
-        outs.append(out)
-    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    rtol, atol = out_tol
-    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=rtol, atol=atol)
-    torch.testing.assert_close(outs[1].image, outs[0].image, rtol=rtol, atol=atol)
-    rtol, atol = grad_tol
-    for (n, a), b in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=rtol, atol=atol, msg=n)
 
 
 @pytest.mark.slow

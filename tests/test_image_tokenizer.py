@@ -9,47 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from image_helpers import smooth_images, tiny
 
-from mmgen.config import ImageTokenizerRecipe, dump_config
+from mmgen.config import dump_config
 from mmgen.tokenizer.bottleneck import FSQBottleneck, VQBottleneck
 from mmgen.tokenizer.image import ImageTokenizer, load_image_tokenizer
 from mmgen.tokenizer_study.image_data import CropSampler, Pool, pad_to_multiple
 from mmgen.tokenizer_study.train import ensure_image_tokenizer, train_image_tokenizer
-
-
-def tiny(kind: str = "kl", **kw) -> ImageTokenizerRecipe:
-    base = dict(
-        name=f"tiny_{kind}",
-        kind=kind,
-        downsample=4,
-        width=8,
-        channel_mult=[1, 2, 2],
-        latent_channels=3,
-        codebook_size=32,
-        code_dim=4,
-        dead_code_steps=5,
-        levels=[5, 4, 3],
-        sources=["shapes"],
-        crop_size=16,
-        batch_size=8,
-        steps=4,
-        lr=3e-3,
-        warmup_steps=2,
-        log_every=2,
-        ckpt_every=2,
-        val_images=4,
-        stats_batches=2,
-    )
-    return ImageTokenizerRecipe(**{**base, **kw})
-
-
-def smooth_images(n: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
-    """Varied synthetic photos: random colour fields, bilinearly upsampled from 4x4, plus mild noise."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g)
-    up = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    up = (up + 0.05 * torch.randn(up.shape, generator=g)).clamp(0, 1)
-    return list((up * 255).round().byte().permute(0, 2, 3, 1).numpy())
 
 
 def pools(n_train: int = 64, crop: int = 16) -> tuple[list[Pool], list[Pool]]:

@@ -106,19 +106,14 @@ def test_discrete_study_tiny():
 
 
 def test_script_writes_json_and_figures(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
+    from helpers import run_script
 
-    script = Path(__file__).resolve().parents[1] / "scripts/inference_first.py"
-    spec = importlib.util.spec_from_file_location("inference_first", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(["discrete", "tasks=[poker,perm3]", "fit.steps=20", "fit.warmup=5", "samples=100", "--out", str(tmp_path)])
+    argv = ["discrete", "tasks=[poker,perm3]", "fit.steps=20", "fit.warmup=5", "samples=100", "--out", str(tmp_path)]
+    assert run_script("inference_first", *argv) == 0
     res = json.loads((tmp_path / "discrete.json").read_text())
     assert set(res["tasks"]) == {"poker", "perm3"} and res["machine"]["torch_threads"] == 1
     assert (tmp_path / "discrete_validity_vs_steps.png").stat().st_size > 10_000
     assert (tmp_path / "discrete_poker.png").stat().st_size > 10_000
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:  # the script's error boundary: one line, exit code 2
-        mod.main(["discrete", "fit.stepz=3", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "error: command-line override 'fit.stepz=3': unknown key" in capsys.readouterr().err
+    code = run_script("inference_first", "discrete", "fit.stepz=3", "--out", str(tmp_path))  # the error boundary
+    assert code == 2 and "error: command-line override 'fit.stepz=3': unknown key" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model import _inputs, _randomize, tiny_config
+from helpers import _inputs, _randomize, tiny_config
 
 from mmgen.data.plan import KIND_TEXT
 from mmgen.models.kv_cache import ContextOverflow, KVCache

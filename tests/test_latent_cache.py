@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_external_data import image_bytes, write_img2dataset_fixture
-from test_tokenizer_eval import _script as script
+from helpers import run_script
+from image_helpers import image_bytes, write_img2dataset_fixture
 
 from mmgen.config import RunConfig, load_config
 from mmgen.data.documents import Document, Image
@@ -43,19 +43,21 @@ def other_tok(tiny_assets, tmp_path_factory) -> Path:
 
 
 def cache(i2d: Path, assets: Path, out: Path, *flags: str, tok: Path | None = None) -> dict:
-    return script("cache_latents").main(
-        [
-            "--source",
-            f"img2dataset:{i2d}",
-            "--tokenizer",
-            str(tok or assets / "image"),
-            "--image-size",
-            "16",
-            "--out",
-            str(out),
-            *flags,
-        ]
-    )
+    """`scripts/cache_latents.py` on the img2dataset fixture at 16 px; the index.json it wrote."""
+    argv = ["--source", f"img2dataset:{i2d}", "--tokenizer", str(tok or assets / "image"), "--image-size", "16"]
+    assert run_script("cache_latents", *argv, "--out", str(out), *flags) == 0
+    return json.loads((out / "index.json").read_text())
+
+
+def prepare(i2d: Path, out: Path, *flags: str) -> dict:
+    """`scripts/prepare_data.py` on the img2dataset fixture; the index.json it wrote."""
+    assert run_script("prepare_data", "--source", f"img2dataset:{i2d}", "--out", str(out), *flags) == 0
+    return json.loads((out / "index.json").read_text())
+
+
+def prepare_latents(i2d: Path, assets: Path, out: Path, *flags: str) -> dict:
+    """`prepare_data.py --latents` with the tiny tokenizer at 16 px."""
+    return prepare(i2d, out, "--latents", str(assets / "image"), "--image-size", "16", *flags)
 
 
 def interrupted(items, after: int):
@@ -156,7 +158,7 @@ def test_latents_of_another_tokenizer_or_none_are_refused(i2d, tiny_assets, othe
         rf"\(sha256 {sha}\): set image_tokenizer to the one that made them",
     ):
         load_tokenizers(cfg)
-    script("prepare_data").main(["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "pixels")])
+    prepare(i2d, tmp_path / "pixels")
     cfg = run_config(
         tiny_assets, tmp_path / "r", "data.source=shards", f"data.shards={tmp_path / 'pixels'}", "data.latents=true"
     )
@@ -172,25 +174,11 @@ def test_latents_of_another_tokenizer_or_none_are_refused(i2d, tiny_assets, othe
 
 
 def test_prepare_data_source_writes_images_or_latents_and_counts_bad_samples(i2d, tiny_assets, tmp_path):
-    prepare = script("prepare_data")
-    index = prepare.main(
-        ["--source", f"img2dataset:{i2d}", "--out", str(tmp_path / "px"), "--shard-size", "5", "--min-image-size", "16"]
-    )
+    index = prepare(i2d, tmp_path / "px", "--shard-size", "5", "--min-image-size", "16")
     assert index["samples"] == 13 and index["skipped"] == 3 and len(index["shards"]) == 3
     docs = list(read_documents(tmp_path / "px"))
     assert len(docs) == 13 and all(d.images[0].fmt == "jpg" for d in docs)  # the files' bytes, not re-encoded
-    index = prepare.main(
-        [
-            "--source",
-            f"img2dataset:{i2d}",
-            "--out",
-            str(tmp_path / "lat"),
-            "--latents",
-            str(tiny_assets / "image"),
-            "--image-size",
-            "16",
-        ]
-    )
+    index = prepare_latents(i2d, tiny_assets, tmp_path / "lat")
     assert index["samples"] == 13 and index["skipped"] == 3 and index["latents"]["shape"] == [4, 4, 4]
     assert sorted(latents_by_key(tmp_path / "lat")) == sorted(d.key for d in docs)
 
@@ -276,18 +264,7 @@ def test_a_corrupt_image_skips_its_document_when_caching(tiny_assets, tmp_path):
 
 def test_prepare_data_latents_resume_or_restart(i2d, tiny_assets, tmp_path, monkeypatch):
     monkeypatch.setenv("MMGEN_DEBUG", "1")
-    prepare = script("prepare_data")
-    argv = [
-        "--source",
-        f"img2dataset:{i2d}",
-        "--out",
-        str(tmp_path / "lat"),
-        "--latents",
-        str(tiny_assets / "image"),
-        "--image-size",
-        "16",
-    ]
-    prepare.main(argv)
+    prepare_latents(i2d, tiny_assets, tmp_path / "lat")
     with pytest.raises(DataError, match=r"differs in options\): use another --out, or --restart to overwrite it"):
-        prepare.main([*argv, "--limit", "5"])
-    assert prepare.main([*argv, "--limit", "5", "--restart"])["samples"] == 5
+        prepare_latents(i2d, tiny_assets, tmp_path / "lat", "--limit", "5")
+    assert prepare_latents(i2d, tiny_assets, tmp_path / "lat", "--limit", "5", "--restart")["samples"] == 5

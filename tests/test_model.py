@@ -6,47 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import _inputs, _randomize, tiny_config
 
-from mmgen.config import ModelConfig
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from mmgen.models.attention import AttentionMask, MaskPlan, dense_mask
-from mmgen.models.model import MMGenConfig, MMGenModel
+from mmgen.models.model import MMGenModel
 from mmgen.tokenizer.text import SPECIAL_IDS
-
-
-def tiny_config(**kw) -> MMGenConfig:
-    m = ModelConfig(depth=2, aspect_ratio=32, head_dim=16, **kw)
-    return MMGenConfig.from_model_config(
-        m,
-        vocab_size=320,
-        latent_channels=4,
-        image_size=16,
-        downsample=4,
-        seq_len=160,
-        sigma_d=0.5,
-        image_objective="imm",
-        special_ids=SPECIAL_IDS,
-    )
-
-
-def _inputs(b, cfg: MMGenConfig, seed: int = 0, uncond_every: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    B, L = b.shape
-    img = b.kind != KIND_TEXT
-    noisy = b.kind == KIND_NOISY
-    t = torch.where(noisy, torch.rand(B, L, generator=g), torch.zeros(B, L))
-    s = t * torch.rand(B, L, generator=g)
-    uncond = img & (b.image % uncond_every == 0) if uncond_every else torch.zeros_like(img)
-    tokens = torch.randn(B, L, cfg.patch_dim, generator=g)
-    return replace(b, image_tokens=tokens, t=t, s=s, uncond=uncond).model_inputs()
-
-
-def _randomize(model: torch.nn.Module, seed: int = 1) -> None:
-    """Non-trivial weights everywhere (the zero-initialised adaLN and heads too)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
 def test_tied_mot_equals_dense(batch):
@@ -136,12 +101,17 @@ def test_flex_block_mask_matches_dense(batch):
     assert torch.equal(blocks[:, :nb, :nb], touched)
 
 
-def test_later_tokens_never_change_earlier_text(batch):
+def _randomized(batch):
+    """(config, the randomized tiny model in eval mode, inputs of `batch`, its output on them)."""
     cfg = tiny_config()
     model = MMGenModel(cfg).eval()
     _randomize(model)
     x = _inputs(batch, cfg)
-    base = model(**x)
+    return cfg, model, x, model(**x)
+
+
+def test_later_tokens_never_change_earlier_text(batch):
+    cfg, model, x, base = _randomized(batch)
     # perturb everything from position 100 on in row 0 (ids and image values)
     y = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in x.items()}
     y["input_ids"][0, 100:] = (y["input_ids"][0, 100:] + 7) % cfg.vocab_size
@@ -155,11 +125,7 @@ def test_later_tokens_never_change_earlier_text(batch):
 
 
 def test_noisy_copies_influence_nothing_else(batch):
-    cfg = tiny_config()
-    model = MMGenModel(cfg).eval()
-    _randomize(model)
-    x = _inputs(batch, cfg)
-    base = model(**x)
+    cfg, model, x, base = _randomized(batch)
     noisy = batch.kind == KIND_NOISY
     y = dict(x)
     y["image_tokens"] = torch.where(noisy[..., None], x["image_tokens"] + 3.0, x["image_tokens"])
@@ -236,17 +202,7 @@ def test_state_dict_keys_are_pinned():
 
 def test_model_config_errors():
     with pytest.raises(ValueError, match="divisible"):
-        MMGenConfig.from_model_config(
-            ModelConfig(),
-            vocab_size=10,
-            latent_channels=4,
-            image_size=30,
-            downsample=4,
-            seq_len=64,
-            sigma_d=0.5,
-            image_objective="imm",
-            special_ids=SPECIAL_IDS,
-        )
+        tiny_config(image_size=30)
     with pytest.raises(ValueError, match="pass image_tokens"):
         model = MMGenModel(tiny_config())
         z = torch.zeros(1, 4, dtype=torch.long)

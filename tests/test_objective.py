@@ -7,13 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model import _randomize, tiny_config
+from helpers import objective_setup
 
-from mmgen.config import ObjectiveConfig, from_dict
 from mmgen.data.plan import IGNORE, KIND_NOISY
-from mmgen.models.model import MMGenModel
 from mmgen.objectives.groups import condition_keys, imm_groups, prompt_groups
-from mmgen.objectives.multimodal import MultimodalLoss, count_units
+from mmgen.objectives.multimodal import count_units
 
 
 def test_group_sizes():
@@ -26,19 +24,8 @@ def test_group_sizes():
         )
 
 
-def _setup(batch, **objective):
-    cfg = from_dict(ObjectiveConfig, objective)
-    mc = tiny_config()
-    model = MMGenModel(mc)
-    _randomize(model)
-    loss_fn = MultimodalLoss(cfg, mc.patch_size, mc.image_grid, mc.latent_channels)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(batch.images.shape[0], 4, 4, 4, generator=g) * 0.5
-    return cfg, model, loss_fn, x0
-
-
 def test_text_loss_is_the_cross_entropy_of_the_labels(batch):
-    cfg, model, loss_fn, x0 = _setup(batch, image_weight=0.0)
+    cfg, model, loss_fn, x0 = objective_setup(batch, image_weight=0.0)
     seen = []
 
     def spy(**kw):
@@ -59,12 +46,14 @@ def test_boundary_groups_are_flow_matching(batch):
     target, so its mean equals flow matching's mean over images."""
     n_targets = int(batch.image_loss.sum())
     assert n_targets >= 2
-    _, model, imm_fn, x0 = _setup(batch, text_weight=0.0, imm={"boundary_fraction": 1.0, "particles": n_targets})
+    _, model, imm_fn, x0 = objective_setup(
+        batch, text_weight=0.0, imm={"boundary_fraction": 1.0, "particles": n_targets}
+    )
     noise = imm_fn.draw(batch, torch.Generator().manual_seed(2))
     assert all(noise.boundary) and torch.equal(noise.s, noise.t) and noise.sizes == [n_targets]
     loss, st = imm_fn(model, batch, x0, noise)
     # reference: the flow-matching objective with the same t and eps
-    _, _, fm_fn, _ = _setup(batch, text_weight=0.0, image="fm")
+    _, _, fm_fn, _ = objective_setup(batch, text_weight=0.0, image="fm")
     fm_noise = fm_fn.draw(batch, torch.Generator().manual_seed(9))
     fm_noise.t, fm_noise.s, fm_noise.r, fm_noise.eps, fm_noise.uncond = (
         noise.t,
@@ -80,7 +69,7 @@ def test_boundary_groups_are_flow_matching(batch):
 
 
 def test_no_text_targets_and_no_images_stay_finite(batch):
-    cfg, model, loss_fn, x0 = _setup(batch)
+    cfg, model, loss_fn, x0 = objective_setup(batch)
     b = replace(batch, labels=torch.full_like(batch.labels, IGNORE))
     loss, st = loss_fn(model, b, x0, loss_fn.draw(b, torch.Generator().manual_seed(3)))
     assert torch.isfinite(loss) and st["text_tokens"] == 0
@@ -98,7 +87,7 @@ def test_target_branch_carries_no_gradient(batch):
     y_r forward runs on a frozen duplicate of the model."""
     import copy
 
-    cfg, model, loss_fn, x0 = _setup(batch, text_weight=0.0)
+    cfg, model, loss_fn, x0 = objective_setup(batch, text_weight=0.0)
     noise = loss_fn.draw(batch, torch.Generator().manual_seed(4))
     loss, _ = loss_fn(model, batch, x0, noise)
     loss.backward()
@@ -186,7 +175,7 @@ def test_prompt_groups_hold_one_condition_and_dropped_targets_apart(class_batch)
     """Dropout is decided per target before grouping: a group holds targets of one prompt, all kept, or
     targets whose condition was dropped (whatever their prompt); mixed groups only come from the final pool."""
     batch, _ = class_batch
-    _, model, loss_fn, x0 = _setup(batch, imm={"group_by": "prompt", "particles": 3, "cond_dropout": 0.3})
+    _, model, loss_fn, x0 = objective_setup(batch, imm={"group_by": "prompt", "particles": 3, "cond_dropout": 0.3})
     keys = condition_keys(batch)
     noise = loss_fn.draw(batch, torch.Generator().manual_seed(5))
     order = noise.order.tolist()
@@ -218,8 +207,8 @@ def test_slot_order_reaches_every_target_input(class_batch):
     """With one particle per group, grouping by prompt only reorders the targets: the loss equals the one of
     position grouping given the same draws per target."""
     batch, _ = class_batch
-    _, model, by_prompt, x0 = _setup(batch, text_weight=0.0, imm={"group_by": "prompt", "particles": 1})
-    _, _, by_position, _ = _setup(batch, text_weight=0.0, imm={"particles": 1})
+    _, model, by_prompt, x0 = objective_setup(batch, text_weight=0.0, imm={"group_by": "prompt", "particles": 1})
+    _, _, by_position, _ = objective_setup(batch, text_weight=0.0, imm={"particles": 1})
     noise = by_prompt.draw(batch, torch.Generator().manual_seed(6))
     assert noise.order.tolist() != sorted(noise.order.tolist())  # a real permutation
     ref = by_position.draw(batch, torch.Generator().manual_seed(7))

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tiny_sizes
 from PIL import Image
 
 from mmgen.data.plan import KIND_CLEAN, KIND_NOISY, KIND_TEXT, TokenPlan
@@ -22,19 +22,7 @@ from mmgen.tokenizer.text import SPECIAL_IDS
 
 @pytest.fixture(scope="module")
 def pipe(tiny_assets, tmp_path_factory):
-    text, image, model = tiny_model(
-        tiny_assets,
-        depth=2,
-        width=64,
-        head_dim=16,
-        mlp_hidden=128,
-        latent_channels=4,
-        patch_size=2,
-        image_grid=(2, 2),
-        image_size=16,
-        downsample=4,
-        max_seq_len=160,
-    )
+    text, image, model = tiny_model(tiny_assets, **tiny_sizes(depth=2, width=64, image_size=16, max_seq_len=160))
     model.eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial weights everywhere, so every path matters
@@ -307,15 +295,11 @@ def test_text_after_an_image_sees_its_clean_copy(pipe, monkeypatch):
 
 
 def test_generation_benchmark_measures_the_same_work_both_ways(pipe):
-    """bench_generate's comparisons: cached and uncached greedy decoding produce the same tokens (the script
-    asserts it), and the prefix-cache comparison runs the cached sampler against per-step recompute."""
-    import importlib.util
-    from pathlib import Path
+    """bench_generate's comparisons (mmgen/eval/generation.py): cached and uncached greedy decoding produce the
+    same tokens (the harness asserts it), and the prefix-cache comparison runs the cached sampler against
+    per-step recompute."""
+    from mmgen.eval import generation as bench
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_generate.py"
-    spec = importlib.util.spec_from_file_location("bench_generate", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     cpu = torch.device("cpu")
     td = bench.text_decoding(pipe, prompt_tokens=20, new_tokens=6, repeats=1, device=cpu)
     assert td["same_tokens"] and td["new_tokens"] == 6 and td["prompt_tokens"] >= 20

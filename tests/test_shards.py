@@ -165,16 +165,11 @@ def test_too_few_shards_for_the_split(shapes_shards):
 def test_prepare_data_writes_a_seeded_shuffled_order(tmp_path):
     """Sources list their files sorted (CIFAR-10: class by class); prepare_data writes a seeded permutation,
     or the source order with --shuffle-seed -1."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
-    spec = importlib.util.spec_from_file_location("prepare_data", path)
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
+    from helpers import run_script
 
     def keys(out, *flags):
-        prepare.main(["--source", "shapes", "--limit", "40", "--shard-size", "10", "--out", str(out), *flags])
+        argv = ["--source", "shapes", "--limit", "40", "--shard-size", "10", "--out", str(out), *flags]
+        assert run_script("prepare_data", *argv) == 0
         return [d.key for d in read_documents(sorted(str(p) for p in out.glob("*.tar")))]
 
     source = keys(tmp_path / "source", "--shuffle-seed", "-1")

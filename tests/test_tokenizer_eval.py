@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, real_data
-from test_image_tokenizer import smooth_images, tiny
+from conftest import real_data
+from helpers import run_script
+from image_helpers import smooth_images, tiny
 
 from mmgen.tokenizer.image import ImageTokenizer
 from mmgen.tokenizer_study.kbit import KBitQuantizer
 from mmgen.tokenizer_study.metrics import frechet_distance, psnr_per_image, ssim_per_image, to_unit
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_psnr_is_per_image_then_averaged():
@@ -85,19 +78,9 @@ def test_eval_script_writes_json_markdown_and_figure(tmp_path, capsys):
     for kind in ("kl", "fsq"):
         ImageTokenizer(tiny(kind)).eval().save_pretrained(tmp_path / kind)
     out = tmp_path / "out"
-    _script("eval_tokenizer").main(
-        [
-            str(tmp_path / "kl"),
-            str(tmp_path / "fsq"),
-            "--images",
-            str(imgs),
-            "--out",
-            str(out),
-            "--no-fd",
-            "--figure",
-            "im1.png",
-        ]
-    )
+    argv = [str(tmp_path / "kl"), str(tmp_path / "fsq"), "--images", str(imgs), "--out", str(out), "--no-fd"]
+    code = run_script("eval_tokenizer", *argv, "--figure", "im1.png")
+    assert code == 0
     data = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in data["rows"]}
     assert set(rows) == {"kl", "fsq"} and rows["kl"]["images"] == 2
@@ -107,10 +90,9 @@ def test_eval_script_writes_json_markdown_and_figure(tmp_path, capsys):
     assert "| kl |" in (out / "results.md").read_text()
     assert Image.open(out / "crops.png").size[0] > 3 * 36  # original + two tokenizers side by side
 
-    with pytest.raises(SystemExit) as e:
-        (imgs / "broken.png").write_bytes(b"not an image")
-        _script("eval_tokenizer").main([str(tmp_path / "kl"), "--images", str(imgs), "--no-fd", "--out", str(out)])
-    assert e.value.code == 2 and "error: " in (err := capsys.readouterr().err) and "broken.png: cannot decode" in err
+    (imgs / "broken.png").write_bytes(b"not an image")
+    code = run_script("eval_tokenizer", str(tmp_path / "kl"), "--images", str(imgs), "--no-fd", "--out", str(out))
+    assert code == 2 and "error: " in (err := capsys.readouterr().err) and "broken.png: cannot decode" in err
 
 
 def test_feature_net_trains_and_gives_tile_features(tmp_path):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import run_script
 from PIL import Image
-from test_tokenizer_eval import _script
 
 from mmgen.errors import ConfigError
 from mmgen.tokenizer_study.patches import from_patches, nearest, patch_grid
@@ -125,32 +125,19 @@ def _write_pngs(folder, images: torch.Tensor) -> None:
         Image.fromarray(im.permute(1, 2, 0).numpy()).save(folder / f"im{i}.png")
 
 
-def test_eval_references_script_end_to_end(tmp_path):
+def test_eval_references_script_end_to_end(tmp_path, monkeypatch):
     _write_pngs(tmp_path / "fit", smooth(4, 40, 52, seed=0))  # not multiples of 8: centre-cropped for fitting
     _write_pngs(tmp_path / "test", smooth(2, 32, 48, seed=1))
-    mod = _script("eval_references")
     out = tmp_path / "refs" / "references"
-    res = mod.main(
-        [
-            "--rows",
-            "f8-pca4,f8-pca16,f8-kmeans4",
-            "--fit-folder",
-            str(tmp_path / "fit"),
-            "--images",
-            str(tmp_path / "test"),
-            "--out",
-            str(out),
-            "--kmeans-iters",
-            "3",
-            "--save",
-            str(tmp_path / "saved"),
-        ]
-    )
+    fit = ["--fit-folder", str(tmp_path / "fit"), "--kmeans-iters", "3"]
+    argv = ["--images", str(tmp_path / "test"), "--out", str(out), "--save", str(tmp_path / "saved")]
+    code = run_script("eval_references", "--rows", "f8-pca4,f8-pca16,f8-kmeans4", *fit, *argv)
+    assert code == 0
     data = json.loads(out.with_suffix(".json").read_text())
     rows = data["sets"][str(tmp_path / "test")]["rows"]
-    assert [r["name"] for r in rows] == ["f8-pca4", "f8-pca16", "f8-kmeans4"] and res["sets"].keys() == data[
-        "sets"
-    ].keys()
+    assert [r["name"] for r in rows] == ["f8-pca4", "f8-pca16", "f8-kmeans4"] and list(data["sets"]) == [
+        str(tmp_path / "test")
+    ]
     assert [r["bits_out"] for r in rows] == [64, 256, 2] and all(r["images"] == 2 and r["reference"] for r in rows)
     assert rows[1]["psnr"] > rows[0]["psnr"] > rows[2]["psnr"]
     assert rows[2]["code_codebook_size"] == 4 and rows[2]["fit"]["patches"] == 4 * 5 * 6
@@ -165,8 +152,9 @@ def test_eval_references_script_end_to_end(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| f8-kmeans4 | 8x8 | K=4 | 2 | 768 |" in md
     # the rate-distortion script takes the reference rows of one image set
-    rd = _script("rate_distortion")
-    rd.main([str(out.with_suffix(".json")), "--images", str(tmp_path / "test"), "--out", str(tmp_path / "rd.png")])
+    argv = [str(out.with_suffix(".json")), "--images", str(tmp_path / "test"), "--out", str(tmp_path / "rd.png")]
+    assert run_script("rate_distortion", *argv) == 0
     assert (tmp_path / "rd.png").stat().st_size > 0
+    monkeypatch.setenv("MMGEN_DEBUG", "1")  # the script raises its error instead of exiting
     with pytest.raises(ConfigError, match="--rows 'f8-pca': write each row as f<patch>-pca<channels>"):
-        mod.parse_rows("f8-pca16,f8-pca")
+        run_script("eval_references", "--rows", "f8-pca16,f8-pca", "--images", str(tmp_path / "test"))

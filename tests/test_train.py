@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import metrics, tiny_run
 
-from mmgen.config import ConfigError, RunConfig, load_config
+from mmgen.config import ConfigError, RunConfig
 from mmgen.errors import CheckpointError
 from mmgen.train.checkpoint import find_checkpoint
-
-
-def tiny_run(assets: Path, out: Path, *overrides: str) -> RunConfig:
-    base = [
-        f"text_tokenizer={assets / 'text'}",
-        f"image_tokenizer={assets / 'image'}",
-        "model.depth=2",
-        "model.aspect_ratio=32",
-        "model.head_dim=32",
-        "data.image_size=16",
-        "data.seq_len=96",
-        "data.rows=2",
-        f"train.output_dir={out}",
-        "train.steps=6",
-        "train.log_every=1",
-        "train.sample_every=0",
-        "train.ckpt_every=0",
-        "train.warmup_steps=2",
-        "train.grad_clip=0.0",
-        "sample.prompts=[a large red circle]",
-        "sample.steps=2",
-    ]
-    return load_config(RunConfig, None, base + list(overrides))
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
 def run(cfg: RunConfig, max_steps: int | None = None, resume: str = "auto"):

@@ -7,7 +7,6 @@ release trained with `data.shapes.holdout` never saw some colour-shape pairs, so
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from mmgen.config import ShapesConfig, read_yaml
 from mmgen.data.shapes import ShapesGenerator
 from mmgen.data.shapes_check import accuracy, check
+from mmgen.eval.steps import Measure, Point, sample
 
 
 def training_holdout(release: str | Path) -> list[str]:
@@ -43,11 +43,33 @@ def prompt_set(n: int, image_size: int, holdout: list[str], unseen: bool) -> tup
     return prompts, images
 
 
+def judged(images: list[np.ndarray], prompts: list[str]) -> dict[str, Any]:
+    """The checker's accuracy of images against the prompts they were drawn for."""
+    return accuracy([check(im, p) for im, p in zip(images, prompts)])
+
+
 def judge(
     pipe, prompts: list[str], steps: int, guidance: float, batch: int = 50, seed: int = 0
 ) -> tuple[dict[str, Any], list[np.ndarray], float]:
     """(accuracy, images, seconds): one image per prompt at `steps` network evaluations, judged."""
-    t0 = time.perf_counter()
-    images = pipe.text_to_image(prompts, batch=batch, seed=seed, steps=steps, guidance=guidance)
-    seconds = time.perf_counter() - t0
-    return accuracy([check(im, p) for im, p in zip(images, prompts)]), images, seconds
+    images, seconds = sample(pipe, prompts, steps, batch, seed, guidance=guidance)
+    return judged(images, prompts), images, seconds
+
+
+def measure(name: str) -> Measure:
+    """The quality-vs-steps measure of shapes points (label: prompt set and guidance): the judged accuracy and
+    the seconds, in a row and a line that starts with `name`."""
+
+    def row(point: Point, images: list[np.ndarray], seconds: float) -> tuple[dict, str]:
+        acc, n = judged(images, point.prompts), len(point.prompts)
+        row = {**point.label, "steps": point.steps, **acc, "seconds": round(seconds, 2)}
+        row["seconds_per_image"] = round(seconds / n, 4)
+        line = (
+            f"{name} {point.label['prompts']} g={point.label['guidance']:g} N={point.steps:3d}: correct "
+            f"{acc['correct']:.1%} | colour {acc['color']:.1%} shape {acc['shape']:.1%} size {acc['size']:.1%} "
+            f"count {acc['count']:.1%} relation {acc.get('relation', float('nan')):.1%} | "
+            f"{seconds / n * 1000:.0f} ms/image"
+        )
+        return row, line
+
+    return row
