@@ -186,9 +186,5 @@ class MMGenConfig(PretrainedConfig):
             init_std=m.init_std,
             init_image_from_text=m.init_image_from_text,
             attention=m.attention,
-            bos_token_id=special_ids["bos"],
-            eos_token_id=special_ids["eos"],
-            pad_token_id=special_ids["pad"],
-            boi_token_id=special_ids["boi"],
-            eoi_token_id=special_ids["eoi"],
+            **{f"{name}_token_id": special_ids[name] for name in ("bos", "eos", "pad", "boi", "eoi")},
         )
