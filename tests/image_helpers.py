@@ -13,6 +13,7 @@ import webdataset as wds
 from PIL import Image as PILImage
 
 from mmgen.config import ImageTokenizerRecipe
+from mmgen.tokenizer_study.image_data import Pool
 
 
 def tiny(kind: str = "kl", **kw) -> ImageTokenizerRecipe:
@@ -48,6 +49,13 @@ def smooth_images(n: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
     up = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
     up = (up + 0.05 * torch.randn(up.shape, generator=g)).clamp(0, 1)
     return list((up * 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def pools(n_train: int = 64, crop: int = 16) -> tuple[list[Pool], list[Pool]]:
+    """(train, validation) pools of smooth synthetic photos for a `tiny` recipe (f = 4)."""
+    return [Pool.of("synthetic", smooth_images(n_train), crop, 4)], [
+        Pool.of("synthetic", smooth_images(8, seed=1), crop, 4)
+    ]
 
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (240, 240, 240)}

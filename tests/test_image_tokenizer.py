@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
-from image_helpers import smooth_images, tiny
+from image_helpers import pools, smooth_images, tiny
 
 from mmgen.config import dump_config
 from mmgen.tokenizer.bottleneck import FSQBottleneck, VQBottleneck
 from mmgen.tokenizer.image import ImageTokenizer, load_image_tokenizer
 from mmgen.tokenizer_study.image_data import CropSampler, Pool, pad_to_multiple
 from mmgen.tokenizer_study.train import ensure_image_tokenizer, train_image_tokenizer
-
-
-def pools(n_train: int = 64, crop: int = 16) -> tuple[list[Pool], list[Pool]]:
-    return [Pool.of("synthetic", smooth_images(n_train), crop, 4)], [
-        Pool.of("synthetic", smooth_images(8, seed=1), crop, 4)
-    ]
 
 
 # ------------------------------------------------------------------------------------------ bottlenecks

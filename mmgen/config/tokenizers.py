@@ -59,6 +59,9 @@ class ImageTokenizerRecipe:
     width: int = 32
     channel_mult: list[int] = field(default_factory=list)  # log2(f) + 1 entries; [] = min(2^i, 4)
     blocks: int = 1  # residual blocks per level, encoder and decoder alike
+    # a linear f x f patch path beside both trunks (mmgen/tokenizer/patch_linear.py), started at the principal
+    # components of training patches, so training begins at the linear reference; off = the trunk alone
+    patch_linear: bool = False
     # kl: a diagonal Gaussian posterior with `latent_channels` channels
     latent_channels: int = 4
     kl_weight: float = 1e-4  # on the per-element mean KL to N(0, I)

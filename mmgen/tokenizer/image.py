@@ -24,6 +24,7 @@ from mmgen.errors import MissingInput, TokenizerError
 from mmgen.files import check_shapes, read_json
 from mmgen.tokenizer.autoencoder import Decoder, Encoder
 from mmgen.tokenizer.bottleneck import BottleneckOut, build_bottleneck
+from mmgen.tokenizer.patch_linear import PatchLinear
 from mmgen.tokenizer.text import resolve_artifact
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -45,6 +46,8 @@ class ImageTokenizer(nn.Module):
         self.decoder = Decoder(self.latent_channels, **trunk)
         self.register_buffer("latent_mean", torch.zeros(self.latent_channels))
         self.register_buffer("latent_std", torch.ones(self.latent_channels))
+        # recipe.patch_linear: a linear f x f patch path beside both trunks (`patch_linear.py`); off = no module
+        self.patch = PatchLinear(self.latent_channels, self.downsample) if recipe.patch_linear else None
 
     # ------------------------------------------------------------------ input checks
     def pixels_to_float(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -75,21 +78,34 @@ class ImageTokenizer(nn.Module):
             )
 
     # ------------------------------------------------------------------ the three paths
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 3, H, W] in [-1, 1] -> bottleneck input [N, in_channels, H/f, W/f]; the patch path adds to the
+        first C channels (KL: the mean, not the log-variance)."""
+        h = self.encoder(x)
+        if self.patch is None:
+            return h
+        c = self.latent_channels
+        return torch.cat([h[:, :c] + self.patch.encode(x), h[:, c:]], dim=1)
+
+    def _pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """z [N, C, h, w] -> unclamped pixels [N, 3, h f, w f]."""
+        return self.decoder(z) if self.patch is None else self.decoder(z) + self.patch.decode(z)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, BottleneckOut]:
         """Training path: x float [N, 3, H, W] in [-1, 1] -> (reconstruction, bottleneck output)."""
-        out = self.bottleneck(self.encoder(self.pixels_to_float(x)))
-        return self.decoder(out.z), out
+        out = self.bottleneck(self._features(self.pixels_to_float(x)))
+        return self._pixels(out.z), out
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Deterministic latents [N, C, H/f, W/f] float32 (KL: posterior mean; VQ/FSQ: code vectors)."""
-        return self.bottleneck.encode(self.encoder(self.pixels_to_float(pixels))).float()
+        return self.bottleneck.encode(self._features(self.pixels_to_float(pixels))).float()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [N, C, h, w] -> pixels [N, 3, h f, w f] float in [-1, 1]."""
         self._check_latents(z)
-        return self.decoder(z.float()).clamp(-1.0, 1.0)
+        return self._pixels(z.float()).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def indices(self, z: torch.Tensor) -> torch.Tensor:
@@ -104,7 +120,32 @@ class ImageTokenizer(nn.Module):
         """KL tokenizer: the posterior's KL to N(0, I) in bits per latent position [N, H/f, W/f]."""
         if self.kind != "kl":
             raise ValueError(f"rate_bits is defined for the continuous (kl) tokenizer, not {self.kind}")
-        return self.bottleneck.rate_bits(self.encoder(self.pixels_to_float(pixels)))
+        return self.bottleneck.rate_bits(self._features(self.pixels_to_float(pixels)))
+
+    @torch.no_grad()
+    def init_patch_pca(self, mean: torch.Tensor, components: torch.Tensor, eigenvalues: torch.Tensor) -> None:
+        """Start as the principal-component tokenizer of the patches: mean [D], components [C, D] (orthonormal
+        rows), their eigenvalues [C]. The patch path becomes the PCA encode / decode and the trunks' output layers
+        start at zero, so the first reconstruction is the PCA one (KL, deterministic path: exactly; the sampled
+        noise starts at std e^-6). VQ / FSQ get the same components with per-channel gains that keep them usable:
+        FSQ scales each channel to +-2 std (tanh's near-linear range), VQ whitens them (its codes are unit
+        vectors) and decodes a unit vector at the typical norm."""
+        if self.patch is None:
+            raise ValueError("init_patch_pca needs a recipe with patch_linear: true")
+        std = eigenvalues.float().clamp(min=1e-12).sqrt()
+        enc_gain = dec_gain = torch.ones_like(std)
+        if self.kind == "fsq":
+            b = self.bottleneck
+            enc_gain = 2 * std
+            dec_gain = enc_gain * (b._half_width / b._half_l).cpu()  # z = bounded / half_width ~ h half_l / half_width
+        elif self.kind == "vq":
+            enc_gain, dec_gain = std, std * len(std) ** 0.5  # a whitened vector has norm ~ sqrt(C)
+        self.patch.init_pca(mean, components, enc_gain, dec_gain)
+        for conv in (self.encoder.conv_out, self.decoder.conv_out):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        if self.kind == "kl":
+            self.encoder.conv_out.bias[self.latent_channels :] = -12.0  # log-variance: posterior std e^-6
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.config import to_dict
+from mmgen.config import ImageTokenizerRecipe, to_dict
 from mmgen.errors import MissingInput
 from mmgen.tokenizer.image import ImageTokenizer
 
@@ -51,7 +51,9 @@ def resolve_resume(folder: Path, resume: str | None) -> Path | None:
 def load_checkpoint(path: Path, model: ImageTokenizer, opt: torch.optim.Optimizer) -> int:
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved, now = state["recipe"], to_dict(model.recipe)
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # a field added after the checkpoint was written (patch_linear) counts as its default there
+    saved = {k: saved.get(k, getattr(ImageTokenizerRecipe, k, None)) for k in now}
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved[k] != now[k])
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {path}: the recipe changed ({diff}); use --resume none to start over")

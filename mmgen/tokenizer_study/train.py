@@ -28,6 +28,9 @@ from mmgen.tokenizer.text import resolve_artifact
 from mmgen.tokenizer_study.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from mmgen.tokenizer_study.image_data import CropSampler, Pool, build_pools
 from mmgen.tokenizer_study.metrics import psnr_per_image, to_unit
+from mmgen.tokenizer_study.references import PCAReference
+
+PCA_INIT_PATCHES = 4096  # f x f patches of the first training batches that the patch path's PCA start is fitted on
 
 
 def tokenizer_loss(
@@ -88,6 +91,25 @@ def latent_statistics(
     return mean.float(), std.float()
 
 
+def init_patch_linear(model: ImageTokenizer, images: list[torch.Tensor]) -> PCAReference:
+    """Fit the principal components of the f x f patches of `images` (uint8 [N, 3, H, W] each) with as many
+    components as latent channels, and start `model` (recipe.patch_linear) as that PCA tokenizer."""
+    pca = PCAReference.fit(images, model.downsample, model.latent_channels)
+    model.init_patch_pca(pca.mean, pca.components, torch.tensor(pca.fit_info["eigenvalues"]))
+    return pca
+
+
+def pca_init_crops(sampler: CropSampler, downsample: int, patches: int = PCA_INIT_PATCHES) -> list[torch.Tensor]:
+    """The training batches of steps 0, 1, ... (a pure function of the seed) until they hold `patches` f x f
+    patches."""
+    crops: list[torch.Tensor] = []
+    n = 0
+    while n < patches:
+        crops.append(sampler(len(crops))[1])  # uint8 [B, 3, c, c]
+        n += len(crops[-1]) * (crops[-1].shape[2] // downsample) * (crops[-1].shape[3] // downsample)
+    return crops
+
+
 # ------------------------------------------------------------------------------------------------ train
 @dataclass
 class _Session:
@@ -124,6 +146,8 @@ def _open_session(
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt)
         print(f"resumed from {ckpt} at step {start}")
+    elif recipe.patch_linear:  # a fresh run starts at the principal-component tokenizer of the training patches
+        init_patch_linear(model, pca_init_crops(sampler, recipe.downsample))
     return _Session(recipe, out, sampler, val, model, opt, start)
 
 
