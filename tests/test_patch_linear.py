@@ -104,3 +104,34 @@ def test_save_load_round_trip_keeps_the_patch_path(tmp_path):
     assert again.patch is not None and {"patch.enc.weight", "patch.dec.bias"} <= set(again.state_dict())
     x = images(2, 5)
     assert torch.equal(again.decode(again.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_channels_and_patch_path_flow_into_the_multimodal_model(tiny_assets, tmp_path):
+    """A 16-channel patch-linear tokenizer in a training run: the model config takes the tokenizer's channels
+    and downsampling (patch_dim = channels x patch^2), and a training step on its latents is finite."""
+    import shutil
+
+    from helpers import tiny_run
+
+    from mmgen.config import ImageTokenizerRecipe
+    from mmgen.train.loop import Trainer
+
+    assets = tmp_path / "assets"
+    shutil.copytree(tiny_assets / "text", assets / "text")
+    recipe = ImageTokenizerRecipe(
+        name="tiny16",
+        kind="kl",
+        downsample=4,
+        width=8,
+        channel_mult=[1, 1, 1],
+        latent_channels=16,
+        patch_linear=True,
+        sources=["shapes"],
+    )
+    torch.manual_seed(0)
+    ImageTokenizer(recipe).save_pretrained(assets / "image")
+    trainer = Trainer(tiny_run(assets, tmp_path / "run"))
+    mc = trainer.mconf
+    assert mc.latent_channels == 16 and mc.patch_dim == 16 * mc.patch_size**2
+    last = trainer.train_step(trainer._micro_batches(iter(trainer.data)))
+    assert np.isfinite(last["loss"]) and last["image_targets"] > 0
