@@ -23,7 +23,7 @@ from mmgen.data.plan import KIND_TEXT
 from mmgen.models.attention import AttentionMask, Backend, MaskMemo, MaskPlan, resolve_backend
 from mmgen.models.config import MMGenConfig  # re-exported: `from mmgen.models.model import MMGenConfig`
 from mmgen.models.layers import RMSNorm, TimeEmbedding, rope_axis, rope_cos_sin, rope_inv_freq
-from mmgen.models.mot import MoTBlock, Routing
+from mmgen.models.mot import ImageTimes, MoTBlock, Routing
 
 
 @dataclass
@@ -154,10 +154,10 @@ class MMGenModel(PreTrainedModel):
         image_tokens: torch.Tensor | None,
         t: torch.Tensor | None,
         s: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, ImageTimes | None]:
         """The residual stream h [N, D] in stream order: text rows from ids, image rows from patches + their time
-        embedding (+ their grid position's embedding); and temb [N_image, D], SiLU'd, for the adaLN (None when
-        there are no image rows)."""
+        embedding (+ their grid position's embedding); and the image rows' time embedding, SiLU'd, for the adaLN
+        (None when there are no image rows)."""
         h = self.embed.weight.new_empty(route.batch * route.length, self.config.width)
         if route.n_text > 0:
             h[route.text_rows] = self.embed(route.group(input_ids)[route.text_rows])
@@ -166,25 +166,25 @@ class MMGenModel(PreTrainedModel):
         if image_tokens is None or t is None or s is None:
             raise ValueError("the plan has image tokens: pass image_tokens, t and s")
         rows = route.image_rows
-        temb = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [N_image, D]
-        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.to(h.dtype)
+        temb, index = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [U, D]
+        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.index_select(0, index).to(h.dtype)
         if self.image_pos is not None:  # an image token sits at (p, p + row, p + col): see data/packing.py
             row_col = route.group((pos[1:] - pos[:1]).movedim(0, -1))[rows]  # [N_image, 2]
             h[rows] += self.image_pos[row_col[:, 0] * self.config.image_grid[1] + row_col[:, 1]].to(h.dtype)
-        return h, nn.functional.silu(temb).to(h.dtype)
+        return h, ImageTimes(nn.functional.silu(temb).to(h.dtype), index)
 
     def _heads(
         self,
         h: torch.Tensor,
         route: Routing,
-        temb: torch.Tensor | None,
+        temb: ImageTimes | None,
         is_image: torch.Tensor,
         text_positions: torch.Tensor | None,
     ) -> MMGenOutput:
         """The image head (adaLN-modulated norm, then G) at image rows and the LM head at the selected text rows."""
         out = MMGenOutput()
         if route.n_image > 0:
-            shift, scale = self.image_final_mod(temb).chunk(2, dim=-1)
+            shift, scale = temb.per_row(self.image_final_mod(temb.emb)).chunk(2, dim=-1)
             g = self.image_out(self.image_norm(h[route.image_rows]) * (1 + scale) + shift)
             img = g.new_zeros(route.batch * route.length, g.shape[-1])
             img[route.image_rows] = g
@@ -212,11 +212,12 @@ class MMGenModel(PreTrainedModel):
         for layer in self.layers:
             layer.compile(**compile_kwargs)
 
-    def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """Embed each distinct (t, s) once (an image copy shares its times), then index per token."""
+    def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding [U, D] of each distinct (t, s) pair among [N] rows (an image copy shares its times), and
+        [N] the pair of each row."""
         pairs = torch.stack([t, s], dim=-1)
         uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
-        return self.time(uniq[:, 0], uniq[:, 1])[inv]
+        return self.time(uniq[:, 0], uniq[:, 1]), inv
 
     def num_parameters_by_expert(self) -> dict[str, int]:
         counts = {"text": 0, "image": 0, "shared": 0}

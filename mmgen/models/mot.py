@@ -22,6 +22,34 @@ from mmgen.models.attention import AttentionMask
 from mmgen.models.layers import RMSNorm, SwiGLU, apply_rope
 
 
+class _Permute(torch.autograd.Function):
+    """x.index_select(0, idx) for a permutation idx whose inverse is inv. A permutation's adjoint is its
+    inverse, so the backward is one more gather, not the sort-and-scatter-add that the backward of advanced
+    indexing (`x[idx]`) runs on CUDA."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, idx: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inv)
+        return x.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(0, inv), None, None
+
+
+class ImageTimes(NamedTuple):
+    """The flow-map time embedding of the image rows, stored once per distinct (t, s): an image copy's tokens
+    share their times, so the adaLN projections run on a few hundred rows instead of every image token."""
+
+    emb: torch.Tensor  # [U, D] SiLU'd embedding of each distinct (t, s)
+    index: torch.Tensor  # [N_image] which of the U each image row has
+
+    def per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """[U, ...] -> [N_image, ...]."""
+        return x.index_select(0, self.index)
+
+
 class Group(NamedTuple):
     """A run of stream rows that one expert processes with one kind of adaLN modulation."""
 
@@ -84,11 +112,11 @@ class Routing:
     def group(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [N, ...] in stream order."""
         x = x.reshape(self.batch * self.length, *x.shape[2:])
-        return x if self.perm is None else x[self.perm]
+        return x if self.perm is None else _Permute.apply(x, self.perm, self.inv)
 
     def ungroup(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] stream order -> [B, L, ...] sequence order."""
-        x = x if self.inv is None else x[self.inv]
+        x = x if self.inv is None else _Permute.apply(x, self.inv, self.perm)
         return x.reshape(self.batch, self.length, *x.shape[1:])
 
     def rows_of(self, seq_idx: torch.Tensor) -> torch.Tensor:
@@ -126,11 +154,11 @@ class MoTBlock(nn.Module):
             nn.init.zeros_(self.image_mod.weight)
             nn.init.zeros_(self.image_mod.bias)
 
-    def _mods(self, temb: torch.Tensor | None, route: Routing, n: int) -> dict[str, Modulation]:
+    def _mods(self, temb: ImageTimes | None, route: Routing, n: int) -> dict[str, Modulation]:
         """Per modulation mode, the adaLN vectors for its group's rows (no entry: an unmodulated group)."""
         if self.image_mod is None or temb is None or route.n_image == 0:
             return {}
-        img = self.image_mod(temb)  # [N_image, 6 D]
+        img = temb.per_row(self.image_mod(temb.emb))  # [U, 6 D] -> [N_image, 6 D]
         out = {}
         for group in route.groups:
             if group.modulation == "image":
@@ -147,11 +175,10 @@ class MoTBlock(nn.Module):
         route: Routing,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
-        temb: torch.Tensor | None,
+        temb: ImageTimes | None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """h [N, D] in stream order; rope cos/sin [B, L, Dh/2]; temb [N_image, D] per image row (already
-        SiLU'd); kv: cache buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
+        """h [N, D] in stream order; rope cos/sin [B, L, Dh/2]; temb: the image rows' time embedding; kv: cache buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
         N, D = h.shape
         H, Dh = self.n_heads, self.head_dim
         mods = self._mods(temb, route, N)
