@@ -207,3 +207,28 @@ def test_model_config_errors():
         model = MMGenModel(tiny_config())
         z = torch.zeros(1, 4, dtype=torch.long)
         model(z, torch.tensor([[0, 1, 1, 0]]), z, z, torch.zeros(3, 1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stream_gathers_have_the_gradients_of_indexing(dtype):
+    """The stream permutation and the per-(t, s) broadcast have hand-written backwards (an inverse gather; an
+    fp32 sum of repeated rows): their gradients equal those of plain advanced indexing."""
+    from mmgen.models.mot import _Broadcast, _Permute
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g).to(dtype).requires_grad_()
+    perm = torch.randperm(7, generator=g)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(7)
+    up = torch.randn(7, 5, generator=g).to(dtype)
+    (gx_ref,) = torch.autograd.grad((x[perm] * up).sum(), x)
+    (gx,) = torch.autograd.grad((_Permute.apply(x, perm, inv) * up).sum(), x)
+    assert torch.equal(_Permute.apply(x, perm, inv), x[perm])
+    assert torch.equal(gx, gx_ref)
+
+    index = torch.randint(0, 7, (40,), generator=g)
+    up = torch.randn(40, 5, generator=g).to(dtype)
+    (gb_ref,) = torch.autograd.grad((x.float()[index] * up.float()).sum(), x)
+    (gb,) = torch.autograd.grad((_Broadcast.apply(x, index) * up).sum(), x)
+    assert gb.dtype == dtype
+    torch.testing.assert_close(gb, gb_ref.to(dtype), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-5)

@@ -102,6 +102,10 @@ _compiled_flex = None
 
 def _flex():
     global _compiled_flex
+    if torch.compiler.is_compiling():  # inside a compiled block: inline it (no nested compile, no global guard)
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
 
