@@ -42,3 +42,22 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert [r["steps"] for r in steps["sample"]["images_per_s"]] == [1, 4]
     lines = res.stdout.strip().splitlines()
     assert lines[-1] == f"-> {out}" and any(ln.startswith("GPU check on CPU") for ln in lines[-12:])
+
+
+def test_profile_step_on_cpu(tmp_path, capsys):
+    """scripts/profile_step.py on the CPU: variant throughput, then the profiled aten ops, grouped (the shares sum
+    to one, the matmuls are found, the top list is sorted) and an unknown variant is refused by name."""
+    from helpers import run_script
+
+    out = tmp_path / "prof.json"
+    args = ("--preset", "tiny", "--rows", "1", "--seq-len", "128", "--steps", "1", "--warmup", "1")
+    assert run_script("profile_step", *args, "--variants", "mot-flex,dense-sdpa", "--out", str(out)) == 0
+    rep = json.loads(out.read_text())
+    assert set(rep["variants"]) == {"mot-flex", "dense-sdpa"} and rep["variants"]["mot-flex"]["mfu"] is None
+    prof = rep["profile"]
+    assert prof["device_busy_fraction"] is None and prof["steps"] == 2
+    assert abs(sum(prof["category_share"].values()) - 1) < 1e-3 and prof["category_share"]["matmul"] > 0
+    top = [r["ms_per_step"] for r in prof["top"]]
+    assert top == sorted(top, reverse=True) and "matmul" in {r["category"] for r in prof["top"]}
+    assert run_script("profile_step", *args, "--variants", "mot-flux", "--out", str(out)) == 2
+    assert "unknown variant(s) mot-flux" in capsys.readouterr().err
