@@ -37,15 +37,18 @@ VARIANTS = {
     "dense-sdpa": {"experts": "dense", "attention": "sdpa"},
 }
 # kernel / op name substrings -> category, first match wins (lower case)
+# kernel / op name -> category, first match wins (lower case). Inductor names a fused kernel after the ops it
+# fuses (triton_poi/red/per_fused_...): one with a norm in it counts as a norm, the others as fused elementwise
 CATEGORIES = [
-    ("attention", ("flex", "fmha", "flash", "attention", "triton_tem")),
+    ("attention", ("flex_attention", "fmha", "flash", "attention")),
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "aten::mm", "aten::bmm", "addmm", "linear")),
-    ("norm", ("rms_norm", "rmsnorm", "layer_norm", "norm")),
+    ("norm", ("rms_norm", "rmsnorm", "layer_norm")),
+    ("fused elementwise", ("triton_poi", "triton_red", "triton_per")),
     (
         "index/copy",
         ("index", "gather", "scatter", "sort", "radix", "unique", "copy", "cat", "stack", "memcpy", "memset"),
     ),
-    ("elementwise", ("elementwise", "vectorized", "triton_poi", "triton_red", "triton_per", "reduce", "aten::")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "aten::")),
 ]
 
 
@@ -76,8 +79,8 @@ def profile(model, x: dict, device: torch.device, amp, steps: int) -> dict:
     cuda = device.type == "cuda"
     rows = []
     for e in prof.key_averages():
-        if cuda:
-            if e.device_type != torch.autograd.DeviceType.CUDA:
+        if cuda:  # kernels only: GPU-side user annotations (compiled regions) span kernels and would count twice
+            if e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False):
                 continue
             us = e.self_device_time_total
         else:

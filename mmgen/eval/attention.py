@@ -32,7 +32,11 @@ _DOC_SHIFT, _COPY_SHIFT = 16, 2  # code = (doc + 1) << 16 | (copy + 1) << 2 | no
 def packed_codes(plan: MaskPlan) -> torch.Tensor:
     """[B, L] int32: each token's document, image copy (image index and kind), noisy flag and isolation (an
     unconditional noisy copy) in one integer, so a mask_mod reads one value per query and one per key."""
+    if plan.q_offset:
+        raise ValueError("packed codes serve full-sequence masks (q_offset 0)")
     doc, kind, image = plan.doc.long(), plan.kind.long(), plan.image.long()
+    if int(kind.min()) < 0 or int(kind.max()) > 3 or int(doc.min()) < -1:
+        raise ValueError("packed codes need kinds in 0..3 and documents >= -1 (padding)")
     noisy = kind == KIND_NOISY
     copy = torch.where(image >= 0, image * 4 + kind, torch.full_like(image, -1))
     if int(doc.max()) + 1 >= 1 << 15 or int(copy.max()) + 1 >= 1 << (_DOC_SHIFT - _COPY_SHIFT):

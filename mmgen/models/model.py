@@ -23,7 +23,7 @@ from mmgen.data.plan import KIND_TEXT
 from mmgen.models.attention import AttentionMask, Backend, MaskMemo, MaskPlan, resolve_backend
 from mmgen.models.config import MMGenConfig  # re-exported: `from mmgen.models.model import MMGenConfig`
 from mmgen.models.layers import RMSNorm, TimeEmbedding, rope_axis, rope_cos_sin, rope_inv_freq
-from mmgen.models.mot import ImageTimes, MoTBlock, Routing
+from mmgen.models.mot import Broadcast, ImageTimes, MoTBlock, Routing
 
 
 @dataclass
@@ -167,7 +167,7 @@ class MMGenModel(PreTrainedModel):
             raise ValueError("the plan has image tokens: pass image_tokens, t and s")
         rows = route.image_rows
         temb, index = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [U, D]
-        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + temb.index_select(0, index).to(h.dtype)
+        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + Broadcast.apply(temb, index).to(h.dtype)
         if self.image_pos is not None:  # an image token sits at (p, p + row, p + col): see data/packing.py
             row_col = route.group((pos[1:] - pos[:1]).movedim(0, -1))[rows]  # [N_image, 2]
             h[rows] += self.image_pos[row_col[:, 0] * self.config.image_grid[1] + row_col[:, 1]].to(h.dtype)

@@ -38,7 +38,7 @@ class _Permute(torch.autograd.Function):
         return grad.index_select(0, inv), None, None
 
 
-class _Broadcast(torch.autograd.Function):
+class Broadcast(torch.autograd.Function):
     """x.index_select(0, index) for an index with many repeats ([U, C] -> [N, C], N >> U). The backward sums
     the rows that share a source in fp32: index_add_ on bf16 runs as compare-and-swap loops on CUDA, which cost
     9 of a base step's 124 ms on an H100 (scripts/profile_step.py), fp32 atomics a fraction of that."""
@@ -51,6 +51,8 @@ class _Broadcast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None
         (index,) = ctx.saved_tensors
         out = grad.new_zeros((ctx.rows, *grad.shape[1:]), dtype=torch.float32)
         return out.index_add_(0, index, grad.float()).to(grad.dtype), None
@@ -65,7 +67,7 @@ class ImageTimes(NamedTuple):
 
     def per_row(self, x: torch.Tensor) -> torch.Tensor:
         """[U, ...] -> [N_image, ...]."""
-        return _Broadcast.apply(x, self.index)
+        return Broadcast.apply(x, self.index)
 
 
 class Group(NamedTuple):
