@@ -62,7 +62,7 @@ def model_card(
     init = Path(config["train"].get("init_from") or "")
     init = init.relative_to(Path.cwd()) if init.is_absolute() and init.is_relative_to(Path.cwd()) else init
     stage = (
-        f"\n- A second stage: initialised from the EMA weights of `{init.as_posix()}`; the steps, tokens and wall"
+        f"\n- Continued training: initialised from the EMA weights of `{init.as_posix()}`; the steps, tokens and wall"
         " time below are this stage's."
         if str(init) not in ("", ".")
         else ""
