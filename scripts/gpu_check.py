@@ -6,7 +6,7 @@ tiny sizes (a dry run of the code paths, for CI; its numbers say nothing about a
   1. tests: `pytest -m gpu tests/test_gpu.py` (flex == sdpa in bf16 on packed documents, compiled == eager,
      cached sampling == recompute, a training step finite);
   2. forward + backward at seq 4096, small and base presets, bf16 autocast: tokens/s, MFU (against the bf16
-     dense peak of the card found, `BF16_PEAK_TFLOPS`; attention FLOPs counted over the keys each query may
+     dense peak of the card found, `mmgen.eval.timing.BF16_PEAK_TFLOPS`; attention FLOPs counted over the keys each query may
      see, i.e. the useful work), peak memory; MoT with FlexAttention vs MoT with the dense-mask SDPA, and MoT
      vs dense (both flex) -- the harness of mmgen/eval/backbone.py (scripts/bench_backbone.py);
   3. the small preset trained for about `--train-seconds` through `accelerate launch scripts/train.py` on the
@@ -39,13 +39,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# bf16 dense (no sparsity) peak TFLOPS by device-name substring, first match wins
-BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
 TARGETS = {"mfu_base_flex": 0.35, "flex_over_sdpa": 1.5, "mot_over_dense": 0.9}  # the "must show"
-
-
-def peak_tflops(name: str) -> float | None:
-    return next((v for k, v in BF16_PEAK_TFLOPS if k in name), None)
 
 
 def sizes(cpu: bool) -> dict:
@@ -97,19 +91,15 @@ def step_tests(args) -> dict:
 
 
 def step_bench(args, device, sz) -> dict:
-    from mmgen.eval.backbone import Sizes, flops_per_token, time_variants, visible_keys
+    from mmgen.eval.backbone import Sizes, flops_per_token, time_variants, variants_for, visible_keys
     from mmgen.eval.presets import TEXT_TOKENIZER
+    from mmgen.eval.timing import bf16_peak_tflops
     from mmgen.models.attention import MaskPlan, block_mask
     from mmgen.tokenizer.text import ensure_text_tokenizer
 
     tok = ensure_text_tokenizer(TEXT_TOKENIZER)
-    flex = "sdpa" if args.cpu else "flex"  # torch has no FlexAttention backward on a CPU
-    variants = {
-        "mot-flex": {"experts": "mot", "attention": flex},
-        "mot-sdpa": {"experts": "mot", "attention": "sdpa"},
-        "dense-flex": {"experts": "dense", "attention": flex},
-    }
-    peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    variants = variants_for(["mot-flex", "mot-sdpa", "dense-flex"], device)  # flex runs SDPA on the CPU
+    peak = bf16_peak_tflops(device)
     sizes = Sizes(sz["rows"], sz["seq_len"], sz["steps"], sz["warmup"])
     rows = []
     for preset in sz["presets"]:
@@ -155,7 +145,7 @@ def step_bench(args, device, sz) -> dict:
     }
     if peak is None and device.type == "cuda":
         out["note"] = (
-            f"no bf16 peak known for '{torch.cuda.get_device_name(device)}': MFU not computed (add it to BF16_PEAK_TFLOPS)"
+            f"no bf16 peak known for '{torch.cuda.get_device_name(device)}': MFU not computed (add it to mmgen.eval.timing.BF16_PEAK_TFLOPS)"
         )
     if args.cpu:
         out["note"] = "CPU dry run: 'flex' variants run SDPA (no FlexAttention backward on a CPU); no MFU, no memory"

@@ -22,21 +22,13 @@ from pathlib import Path
 
 import torch
 
-from mmgen.eval.backbone import Sizes, flops_per_token, time_variants, visible_keys
+from mmgen.eval.backbone import VARIANTS, Sizes, flops_per_token, time_variants, variants_for, visible_keys
 from mmgen.eval.presets import TEXT_TOKENIZER
-from mmgen.eval.timing import device_name, sync
+from mmgen.eval.timing import bf16_peak_tflops, device_name, sync
 from mmgen.files import save_json
 from mmgen.tokenizer.text import ensure_text_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
-VARIANTS = {
-    "mot-flex": {"experts": "mot", "attention": "flex"},
-    "mot-sdpa": {"experts": "mot", "attention": "sdpa"},
-    "dense-flex": {"experts": "dense", "attention": "flex"},
-    "dense-sdpa": {"experts": "dense", "attention": "sdpa"},
-}
-# kernel / op name substrings -> category, first match wins (lower case)
 # kernel / op name -> category, first match wins (lower case). Inductor names a fused kernel after the ops it
 # fuses (triton_poi/red/per_fused_...): one with a norm in it counts as a norm, the others as fused elementwise
 CATEGORIES = [
@@ -126,19 +118,16 @@ def main() -> None:
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     amp = torch.bfloat16 if dtype == "bf16" else None
     names = args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    variants = {n: dict(VARIANTS[n]) for n in names}
-    if device.type != "cuda":  # torch has no FlexAttention backward on a CPU: time SDPA under the same names
-        for v in variants.values():
-            v["attention"] = "sdpa"
+    try:
+        variants = variants_for(names, device)  # off CUDA the flex variants time SDPA under the same names
+    except ValueError as e:
+        ap.error(str(e))
     tok = ensure_text_tokenizer(TEXT_TOKENIZER)
     sizes = Sizes(args.rows, args.seq_len, args.steps, args.warmup)
     run = time_variants(tok, args.preset, variants, sizes, device, amp, args.compile, args.image_size)
     keys = visible_keys(run.batch)
     name = device_name(device)
-    peak = next((v for k, v in BF16_PEAK_TFLOPS if k in name), None) if device.type == "cuda" else None
+    peak = bf16_peak_tflops(device)
     res = {}
     for v, ts in run.seconds.items():
         tps = run.tokens / statistics.median(ts)

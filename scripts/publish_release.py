@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 from mmgen.cli import cli_main
 from mmgen.config import read_yaml
 from mmgen.errors import CheckpointError, MissingInput
-from mmgen.eval.shapes import merge_reports
 from mmgen.sampling.pipeline import MMGenPipeline
 from mmgen.sampling.release import SAMPLING_FILE
 
@@ -59,12 +58,11 @@ def model_card(
     shapes = config["data"]["shapes"]
     holdout = shapes.get("holdout") or []
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
-    init = Path(config["train"].get("init_from") or "")
-    init = init.relative_to(Path.cwd()) if init.is_absolute() and init.is_relative_to(Path.cwd()) else init
+    init = config["train"].get("init_from")
     stage = (
-        f"\n- Continued training: initialised from the EMA weights of `{init.as_posix()}`; the steps, tokens and wall"
-        " time below are this stage's."
-        if str(init) not in ("", ".")
+        f"\n- Continued training: initialised from the EMA weights of `{init}`; the steps, tokens and wall time below"
+        " are this stage's."
+        if init
         else ""
     )
     return f"""# {out.name}: the mmgen default model
@@ -109,9 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="training run folder (with release/, config.yaml, metrics.jsonl)")
     ap.add_argument("--out", required=True, help="release folder to write, e.g. releases/shapes")
-    ap.add_argument(
-        "--eval", required=True, nargs="+", help="scripts/eval_shapes.py JSON(s) of this run's release (and baselines)"
-    )
+    ap.add_argument("--eval", required=True, help="scripts/eval_shapes.py JSON of this run's release (and baselines)")
     ap.add_argument("--wall", required=True, help="training wall time and machine, for the model card")
     ap.add_argument("--command", default="", help="the training command (default: from the run's config)")
     ap.add_argument("--bf16", action="store_true", help="store the weights in bf16")
@@ -140,7 +136,7 @@ def main() -> None:
             f"publish again from a complete run/release"
         )
     (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": args.steps, "guidance": args.guidance}, indent=1))
-    report = merge_reports([json.loads(Path(p).read_text()) for p in args.eval])
+    report = json.loads(Path(args.eval).read_text())
     command = args.command or f"accelerate launch scripts/train.py --config {run / 'config.yaml'}"
     (tmp / "README.md").write_text(
         model_card(

@@ -213,7 +213,7 @@ def test_model_config_errors():
 def test_stream_gathers_have_the_gradients_of_indexing(dtype):
     """The stream permutation and the per-(t, s) broadcast have hand-written backwards (an inverse gather; an
     fp32 sum of repeated rows): their gradients equal those of plain advanced indexing."""
-    from mmgen.models.mot import Broadcast, _Permute
+    from mmgen.models.mot import _Broadcast, _Permute
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 5, generator=g).to(dtype).requires_grad_()
@@ -229,6 +229,6 @@ def test_stream_gathers_have_the_gradients_of_indexing(dtype):
     index = torch.randint(0, 7, (40,), generator=g)
     up = torch.randn(40, 5, generator=g).to(dtype)
     (gb_ref,) = torch.autograd.grad((x.float()[index] * up.float()).sum(), x)
-    (gb,) = torch.autograd.grad((Broadcast.apply(x, index) * up).sum(), x)
+    (gb,) = torch.autograd.grad((_Broadcast.apply(x, index) * up).sum(), x)
     assert gb.dtype == dtype
     torch.testing.assert_close(gb, gb_ref.to(dtype), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-5)

@@ -154,15 +154,3 @@ def test_no_holdout_draws_what_it_always_drew():
 def test_bad_holdout_names_the_pair(holdout, match):
     with pytest.raises(ValueError, match=match):
         ShapesConfig(holdout=holdout)
-
-
-def test_merge_reports_puts_models_side_by_side_and_refuses_other_prompts():
-    from mmgen.eval.shapes import merge_reports
-
-    base = {"n_prompts": 200, "guidance": [3.0], "holdout": ["red triangle"], "prompt_sets": {"seen": 200}}
-    a = {**base, "models": {"runs/a/release": {"objective": "imm"}}, "checker_on_real_images": {"seen": 1}}
-    b = {**base, "models": {"runs/b/release": {"objective": "fm"}}, "checker_on_real_images": {"seen": 1}}
-    merged = merge_reports([a, b])
-    assert list(merged["models"]) == ["runs/a/release", "runs/b/release"] and merged["n_prompts"] == 200
-    with pytest.raises(ValueError, match="differ in guidance"):
-        merge_reports([a, {**b, "guidance": [7.0]}])

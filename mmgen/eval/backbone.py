@@ -16,6 +16,23 @@ from mmgen.eval.presets import bench_config, preset
 from mmgen.eval.timing import train_steps
 from mmgen.models.model import MMGenConfig, MMGenModel
 
+VARIANTS = {  # backbone variants the benchmarks compare: ModelConfig overrides
+    "mot-flex": {"experts": "mot", "attention": "flex"},
+    "mot-sdpa": {"experts": "mot", "attention": "sdpa"},
+    "dense-flex": {"experts": "dense", "attention": "flex"},
+    "dense-sdpa": {"experts": "dense", "attention": "sdpa"},
+}
+
+
+def variants_for(names: list[str], device: torch.device) -> dict[str, dict]:
+    """The overrides of the named `VARIANTS`; off CUDA the flex ones run SDPA under the same names (torch has no
+    FlexAttention backward on a CPU)."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    cuda = torch.device(device).type == "cuda"
+    return {n: {**VARIANTS[n], **({} if cuda else {"attention": "sdpa"})} for n in names}
+
 
 def packed_batch(tok, cfg: MMGenConfig, rows: int, seq_len: int) -> TokenPlan:
     packer = Packer(tok, PackSpec.from_config(cfg, rows=rows, seq_len=seq_len))

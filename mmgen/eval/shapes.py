@@ -73,16 +73,3 @@ def measure(name: str) -> Measure:
         return row, line
 
     return row
-
-
-def merge_reports(reports: list[dict]) -> dict:
-    """One evaluation report from several `scripts/eval_shapes.py` JSONs of the same prompts (e.g. the release
-    and its flow-matching baseline, evaluated separately): their `models` side by side."""
-    first = reports[0]
-    for r in reports[1:]:
-        for key in ("n_prompts", "guidance", "holdout", "prompt_sets"):
-            if r[key] != first[key]:
-                raise ValueError(
-                    f"the evaluations differ in {key} ({first[key]} vs {r[key]}): evaluate on the same prompts"
-                )
-    return {**first, "models": {k: v for r in reports for k, v in r["models"].items()}}

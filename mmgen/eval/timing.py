@@ -21,6 +21,18 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# bf16 dense (no sparsity) peak TFLOPS by device-name substring, first match wins: the MFU denominator
+BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    """The bf16 dense peak of a CUDA device by its name (None: a CPU, or a card not in `BF16_PEAK_TFLOPS`)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK_TFLOPS if k in name), None)
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously; a CPU has nothing to wait for)."""
     if device.type == "cuda":

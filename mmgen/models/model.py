@@ -23,7 +23,7 @@ from mmgen.data.plan import KIND_TEXT
 from mmgen.models.attention import AttentionMask, Backend, MaskMemo, MaskPlan, resolve_backend
 from mmgen.models.config import MMGenConfig  # re-exported: `from mmgen.models.model import MMGenConfig`
 from mmgen.models.layers import RMSNorm, TimeEmbedding, rope_axis, rope_cos_sin, rope_inv_freq
-from mmgen.models.mot import Broadcast, ImageTimes, MoTBlock, Routing
+from mmgen.models.mot import ImageTimes, MoTBlock, Routing
 
 
 @dataclass
@@ -166,12 +166,12 @@ class MMGenModel(PreTrainedModel):
         if image_tokens is None or t is None or s is None:
             raise ValueError("the plan has image tokens: pass image_tokens, t and s")
         rows = route.image_rows
-        temb, index = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # [U, D]
-        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + Broadcast.apply(temb, index).to(h.dtype)
+        times = self._time_embedding(route.group(t)[rows].float(), route.group(s)[rows].float())  # emb [U, D]
+        h[rows] = self.image_in(route.group(image_tokens)[rows].to(h.dtype)) + times.per_row(times.emb).to(h.dtype)
         if self.image_pos is not None:  # an image token sits at (p, p + row, p + col): see data/packing.py
             row_col = route.group((pos[1:] - pos[:1]).movedim(0, -1))[rows]  # [N_image, 2]
             h[rows] += self.image_pos[row_col[:, 0] * self.config.image_grid[1] + row_col[:, 1]].to(h.dtype)
-        return h, ImageTimes(nn.functional.silu(temb).to(h.dtype), index)
+        return h, times._replace(emb=nn.functional.silu(times.emb).to(h.dtype))
 
     def _heads(
         self,
@@ -212,12 +212,12 @@ class MMGenModel(PreTrainedModel):
         for layer in self.layers:
             layer.compile(**compile_kwargs)
 
-    def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The embedding [U, D] of each distinct (t, s) pair among [N] rows (an image copy shares its times), and
-        [N] the pair of each row."""
+    def _time_embedding(self, t: torch.Tensor, s: torch.Tensor) -> ImageTimes:
+        """The embedding (fp32, before the SiLU) of each distinct (t, s) pair among the rows (an image copy shares
+        its times) and the pair of each row."""
         pairs = torch.stack([t, s], dim=-1)
         uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
-        return self.time(uniq[:, 0], uniq[:, 1]), inv
+        return ImageTimes(self.time(uniq[:, 0], uniq[:, 1]), inv)
 
     def num_parameters_by_expert(self) -> dict[str, int]:
         counts = {"text": 0, "image": 0, "shared": 0}

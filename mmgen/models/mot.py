@@ -38,7 +38,7 @@ class _Permute(torch.autograd.Function):
         return grad.index_select(0, inv), None, None
 
 
-class Broadcast(torch.autograd.Function):
+class _Broadcast(torch.autograd.Function):
     """x.index_select(0, index) for an index with many repeats ([U, C] -> [N, C], N >> U). The backward sums
     the rows that share a source in fp32: index_add_ on bf16 runs as compare-and-swap loops on CUDA, which cost
     9 of a base step's 124 ms on an H100 (scripts/profile_step.py), fp32 atomics a fraction of that."""
@@ -62,12 +62,12 @@ class ImageTimes(NamedTuple):
     """The flow-map time embedding of the image rows, stored once per distinct (t, s): an image copy's tokens
     share their times, so the adaLN projections run on a few hundred rows instead of every image token."""
 
-    emb: torch.Tensor  # [U, D] SiLU'd embedding of each distinct (t, s)
+    emb: torch.Tensor  # [U, D] embedding of each distinct (t, s) (SiLU'd where the blocks receive it)
     index: torch.Tensor  # [N_image] which of the U each image row has
 
     def per_row(self, x: torch.Tensor) -> torch.Tensor:
         """[U, ...] -> [N_image, ...]."""
-        return Broadcast.apply(x, self.index)
+        return _Broadcast.apply(x, self.index)
 
 
 class Group(NamedTuple):
@@ -198,7 +198,8 @@ class MoTBlock(nn.Module):
         temb: ImageTimes | None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """h [N, D] in stream order; rope cos/sin [B, L, Dh/2]; temb: the image rows' time embedding; kv: cache buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
+        """h [N, D] in stream order; rope cos/sin [B, L, Dh/2]; temb: the image rows' time embedding; kv: cache
+        buffers [B, H, Lk, Dh] whose last L slots receive this forward's keys and values."""
         N, D = h.shape
         H, Dh = self.n_heads, self.head_dim
         mods = self._mods(temb, route, N)
