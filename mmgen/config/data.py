@@ -27,6 +27,10 @@ class ShapesConfig:
     # "colour shape" pairs the train split never draws (e.g. "red triangle"), so prompts that ask for them
     # test generalisation to unseen combinations; the test split draws every pair
     holdout: list[str] = field(default_factory=list)
+    # documents per drawn caption: documents i*repeat .. i*repeat + repeat-1 share layout and captions and differ
+    # in placement, and a stream deals them to one worker in a row, so with imm.group_by = prompt an IMM group
+    # holds `repeat` images of one caption instead of one image each of M captions
+    repeat: int = 1
 
     RANGES: ClassVar[dict[str, Range]] = {
         "image_size": Range(16, 1024),
@@ -36,6 +40,7 @@ class ShapesConfig:
         "p_image_caption": UNIT,
         "p_interleaved": UNIT,
         "seed": AT_LEAST_0,
+        "repeat": Range(1, 64),
     }
 
     def __post_init__(self) -> None:

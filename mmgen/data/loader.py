@@ -31,15 +31,17 @@ class DocumentSource(Protocol):
 
 
 class ShapesStream:
-    """The procedural shapes documents, dealt to (rank, worker) by index: endless, one 'epoch'."""
+    """The procedural shapes documents, dealt to (rank, worker) by index: endless, one 'epoch'. The `repeat`
+    documents of one drawn caption go to one worker in a row (so they share a micro-batch)."""
 
     def __init__(self, cfg: ShapesConfig, split: Split):
         self.gen = ShapesGenerator(cfg)
         self.split = split
 
     def global_index(self, worker: int, i: int) -> int:
-        s = self.split
-        return (i * s.world_size + s.rank) * s.num_workers + worker
+        s, R = self.split, self.gen.cfg.repeat
+        drawn, copy = divmod(i, R)
+        return ((drawn * s.world_size + s.rank) * s.num_workers + worker) * R + copy
 
     def items(self, worker: int, start: tuple[int, int] = (0, 0)) -> Iterator[Item]:
         i = start[1]

@@ -84,6 +84,19 @@ def relation_of(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "left of" if dx < 0 else "right of"
 
 
+def _orient(a: dict[str, Any], b: dict[str, Any], wanted: str) -> None:
+    """Move both centres by a symmetry of the unit square (a transpose, then a flip) so that `a` is `wanted`
+    of `b`. Margins and the centre offset's length are kept, so a valid placement stays valid."""
+    vertical = wanted in ("above", "below")
+    if (relation_of(a, b) in ("above", "below")) != vertical:
+        for o in (a, b):
+            o["center"] = o["center"][::-1]
+    if relation_of(a, b) != wanted:
+        axis = 1 if vertical else 0
+        for o in (a, b):
+            o["center"][axis] = 1.0 - o["center"][axis]
+
+
 def describe(obj: dict[str, Any]) -> str:
     return f"a {obj['size']} {obj['color']} {obj['shape']}"
 
@@ -152,24 +165,32 @@ class ShapesGenerator:
         m = obj["radius"] * 1.3 + 0.01  # margin keeps the whole shape (triangle apex included) inside
         obj["center"] = [float(rng.uniform(m, 1 - m)), float(rng.uniform(m, 1 - m))]
 
-    def sample_gt(self, rng: np.random.Generator, n_objects: int | None = None) -> dict[str, Any]:
+    def sample_gt(
+        self, rng: np.random.Generator, n_objects: int | None = None, place: np.random.Generator | None = None
+    ) -> dict[str, Any]:
+        """Attributes from `rng`, positions from `place` (default: `rng`). With a separate `place` the relation
+        is drawn from `rng` as well, so every placement generator gives the same caption."""
+        place = rng if place is None else place
         if n_objects is None:
             n_objects = 2 if rng.random() < self.cfg.p_two_objects else 1
         a = self._attributes(rng)
         if n_objects == 1:
-            self._place(rng, a)
+            self._place(place, a)
             return {"objects": [a], "relation": None}
         b = self._attributes(rng)
         while (a["shape"], a["color"]) == (b["shape"], b["color"]):  # two objects must be distinguishable
             b = self._attributes(rng)
+        wanted = None if place is rng else RELATIONS[rng.integers(len(RELATIONS))]
         for _ in range(1000):
-            self._place(rng, a)
-            self._place(rng, b)
+            self._place(place, a)
+            self._place(place, b)
             dx = abs(a["center"][0] - b["center"][0])
             dy = abs(a["center"][1] - b["center"][1])
             apart = max(dx, dy) >= 1.15 * (a["radius"] + b["radius"])  # separated along the relation's axis
             clear = max(dx, dy) >= 1.6 * min(dx, dy)  # the relation is unambiguous
             if apart and clear:
+                if wanted is not None:
+                    _orient(a, b, wanted)
                 return {"objects": [a, b], "relation": relation_of(a, b)}
         raise RuntimeError("could not place two shapes; lower the sizes or raise image_size")
 
@@ -187,25 +208,29 @@ class ShapesGenerator:
         return Image(pixels=pixels, meta={"gt": gt, "caption": caption(gt)})
 
     def document(self, index: int, render: bool = True) -> Document:
-        """Document number `index`; `render=False` skips drawing the images (text only, for tokenizers)."""
+        """Document number `index`; `render=False` skips drawing the images (text only, for tokenizers). With
+        `repeat` R, documents index // R share their draw of layout, attributes and relation (their text), and
+        copy index % R places the objects with its own generator."""
         self._render = render
         c = self.cfg
-        rng = self.rng(index)
+        drawn, copy = divmod(index, c.repeat)
+        rng = self.rng(drawn)
+        place = None if c.repeat == 1 else np.random.default_rng([c.seed, self._split, drawn, copy + 1])
         p = np.array([c.p_caption_image, c.p_image_caption, c.p_interleaved], dtype=np.float64)
         layout = int(rng.choice(3, p=p / p.sum()))
         key = f"shapes-{c.split}-{index:09d}"
         if layout == 0:
-            gt = self.sample_gt(rng)
+            gt = self.sample_gt(rng, place=place)
             return Document(key, [caption(gt), self._img(gt)], {"layout": "caption_image"})
         if layout == 1:
-            gt = self.sample_gt(rng)
+            gt = self.sample_gt(rng, place=place)
             return Document(key, [self._img(gt), f"this is {caption(gt)}"], {"layout": "image_caption"})
-        return self._interleaved(key, rng)
+        return self._interleaved(key, rng, place)
 
-    def _interleaved(self, key: str, rng: np.random.Generator) -> Document:
+    def _interleaved(self, key: str, rng: np.random.Generator, place: np.random.Generator | None) -> Document:
         """Two images with text between them; the second refers to the first (same shape, changed attribute)."""
         c = self.cfg
-        first = self.sample_gt(rng, n_objects=1)
+        first = self.sample_gt(rng, n_objects=1, place=place)
         a = first["objects"][0]
         kind = int(rng.integers(3))
         b = dict(a)
@@ -221,7 +246,7 @@ class ShapesGenerator:
             b["center"] = [float(np.clip(v, m, 1 - m)) for v in a["center"]]
             bridge = f"the same {a['shape']} but {b['size']}"
         else:
-            second = self.sample_gt(rng, n_objects=1)
+            second = self.sample_gt(rng, n_objects=1, place=place)
             b = second["objects"][0]
             bridge = f"and then {describe(b)}"
         gt_b = {"objects": [b], "relation": None}
