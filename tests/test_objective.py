@@ -219,3 +219,29 @@ def test_slot_order_reaches_every_target_input(class_batch):
     torch.testing.assert_close(
         by_prompt(model, batch, x0, noise)[0], by_position(model, batch, x0, ref)[0], rtol=1e-5, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("repeat", [1, 4])
+def test_shapes_repeat_gives_groups_of_one_caption(text_tokenizer, repeat):
+    """With data.shapes.repeat = M the M copies of a caption share a micro-batch, so grouping by prompt forms
+    groups of one caption; with repeat 1 nearly every caption is unique in its batch and lands in the pool."""
+    from mmgen.config import ShapesConfig
+    from mmgen.data.loader import ShapesStream
+    from mmgen.data.packing import Packer, PackSpec
+    from mmgen.data.shards import Split
+    from mmgen.models.model import MMGenConfig
+
+    spec = PackSpec.from_config(MMGenConfig(image_grid=(2, 2), image_size=16), rows=8, seq_len=128)
+    cfg = ShapesConfig(image_size=16, repeat=repeat, p_image_caption=0, p_interleaved=0)
+    batch = next(Packer(text_tokenizer, spec).batches(ShapesStream(cfg, Split()).items(0)))
+    keys = condition_keys(batch)
+    order, sizes = prompt_groups(keys, 4)
+    pure, a = 0, 0
+    for size in sizes:
+        pure += size * (len({keys[j] for j in order[a : a + size]}) == 1)
+        a += size
+    assert len(keys) >= 16
+    if repeat == 4:
+        assert len(keys) - pure <= 3  # at most the batch's last caption is cut short and pooled
+    else:
+        assert pure <= len(keys) // 2

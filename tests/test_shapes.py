@@ -154,3 +154,51 @@ def test_no_holdout_draws_what_it_always_drew():
 def test_bad_holdout_names_the_pair(holdout, match):
     with pytest.raises(ValueError, match=match):
         ShapesConfig(holdout=holdout)
+
+
+# ------------------------------------------------------------------ repeat: several placements of one caption
+def _texts(doc) -> list[str]:
+    return [s if isinstance(s, str) else s.meta["caption"] for s in doc.segments]
+
+
+def test_repeat_shares_the_text_and_draws_new_placements():
+    R = 4
+    g = ShapesGenerator(ShapesConfig(repeat=R))
+    for drawn in range(40):  # every layout, one and two objects, all four relations
+        docs = [g.document(drawn * R + c) for c in range(R)]
+        assert all(_texts(d) == _texts(docs[0]) for d in docs), _texts(docs[0])
+        centers = {
+            tuple(s.meta["gt"]["objects"][0]["center"]) for d in docs for s in d.segments[:2] if not isinstance(s, str)
+        }
+        assert len(centers) == R  # each copy is placed by its own generator
+        for d in docs:
+            for s in d.segments:
+                if isinstance(s, str):
+                    continue
+                gt = s.meta["gt"]
+                assert caption(gt) == s.meta["caption"]  # the relation holds for the moved placement
+                if gt["relation"] is not None:
+                    assert relation_of(*gt["objects"]) == gt["relation"]
+                assert _coverage(s.pixels, gt["objects"][0]["color"]) > 0  # drawn inside the canvas
+    texts = " | ".join(" ".join(_texts(g.document(i * R))) for i in range(200))
+    assert all(f" {r} " in texts for r in ("above", "below", "left of", "right of"))
+
+
+def test_repeat_one_is_the_stream_it_always_was():
+    assert _digest(ShapesConfig(repeat=1)) == "b676196fb02059e4"
+
+
+def test_stream_deals_the_copies_of_a_caption_to_one_worker_in_a_row():
+    from mmgen.data.loader import ShapesStream
+    from mmgen.data.shards import Split
+
+    R = 3
+    stream = ShapesStream(ShapesConfig(repeat=R), Split(rank=1, world_size=2, num_workers=2))
+    for worker in (0, 1):
+        idx = [stream.global_index(worker, i) for i in range(4 * R)]
+        for k in range(4):  # positions k*R .. k*R+R-1 are the R copies of one drawn caption
+            block = idx[k * R : (k + 1) * R]
+            assert block == list(range(block[0], block[0] + R)) and block[0] % R == 0
+    plain = ShapesStream(ShapesConfig(), Split(rank=1, world_size=2, num_workers=2))
+    seen = {plain.global_index(w, i) for w in (0, 1) for i in range(50)}
+    assert len(seen) == 100  # the two workers of one rank never share an index
