@@ -31,8 +31,9 @@ def test_flow_map_is_identity_at_equal_times():
 
 
 # ------------------------------------------------------------------------------------------------ MMD
-def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Brute force: k(a, b) = exp(-w max(||a - b||, 1e-8) / D), V-statistic MMD^2 per group."""
+def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Brute force: k(a, b) = exp(-w max(||a - b||, 1e-8) / D); MMD^2 per group, the V-statistic over all
+    pairs (i, j) or the U-statistic over pairs i != j."""
     G, M, D = y_t.shape
     out = []
     for g in range(G):
@@ -41,22 +42,42 @@ def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> tor
             d = max(math.sqrt(sum((float(a[i]) - float(b[i])) ** 2 for i in range(D))), 1e-8)
             return math.exp(-float(w[g]) * d / D)
 
-        tt = sum(k(y_t[g, i], y_t[g, j]) for i in range(M) for j in range(M)) / M**2
-        rr = sum(k(y_r[g, i], y_r[g, j]) for i in range(M) for j in range(M)) / M**2
-        tr = sum(k(y_t[g, i], y_r[g, j]) for i in range(M) for j in range(M)) / M**2
-        out.append(tt + rr - 2 * tr)
+        pairs = [(i, j) for i in range(M) for j in range(M) if i != j or not unbiased]
+        tt = sum(k(y_t[g, i], y_t[g, j]) for i, j in pairs) / len(pairs)
+        rr = sum(k(y_r[g, i], y_r[g, j]) for i, j in pairs) / len(pairs)
+        tr = sum(k(y_t[g, i], y_r[g, j]) + k(y_t[g, j], y_r[g, i]) for i, j in pairs) / len(pairs)
+        out.append(tt + rr - tr)
     return torch.tensor(out, dtype=torch.float64)
 
 
-def test_laplace_mmd2_matches_double_loop():
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_laplace_mmd2_matches_double_loop(unbiased):
     g = torch.Generator().manual_seed(1)
     y_t = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
     y_r = torch.randn(3, 4, 5, generator=g, dtype=torch.float64) + 0.3
     w = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
-    got = laplace_mmd2(y_t, y_r, w)
-    ref = mmd2_reference(y_t, y_r, w)
+    got = laplace_mmd2(y_t, y_r, w, unbiased=unbiased)
+    ref = mmd2_reference(y_t, y_r, w, unbiased=unbiased)
     assert torch.allclose(got, ref, atol=1e-10), (got, ref)
-    assert (ref > 0).all()
+    assert unbiased or (ref > 0).all()  # the U-statistic may fall below 0 on four particles
+    one = laplace_mmd2(y_t[:, :1], y_r[:, :1], w, unbiased=unbiased)  # a group of one
+    assert torch.equal(one, torch.zeros(3, dtype=torch.float64)) if unbiased else (one > 0).all()
+
+
+def test_unbiased_mmd2_is_centred_and_the_paper_estimator_rewards_clustered_particles():
+    """Two sets drawn from one distribution: MMD^2_u averages 0, the all-pairs form 2 (1 - E k) / M > 0.
+    And for fixed targets, the all-pairs form prefers particles shrunk towards their mean to particles drawn
+    from the targets' own distribution; the unbiased form does not (the blur IMM shows at large strides)."""
+    g = torch.Generator().manual_seed(3)
+    G, M, D = 4000, 4, 8
+    w = torch.full((G,), 4.0, dtype=torch.float64)
+    y_t, y_r = (torch.randn(G, M, D, generator=g, dtype=torch.float64) for _ in range(2))
+    u, v = laplace_mmd2(y_t, y_r, w, unbiased=True), laplace_mmd2(y_t, y_r, w)
+    assert abs(float(u.mean())) < 3 * float(u.std()) / G**0.5
+    assert float(v.mean()) > 10 * float(v.std()) / G**0.5
+    shrunk = 0.7 * y_t
+    assert float(laplace_mmd2(shrunk, y_r, w).mean()) < float(v.mean())  # the V form rewards the shrink
+    assert float(laplace_mmd2(shrunk, y_r, w, unbiased=True).mean()) > float(u.mean())  # the U form does not
 
 
 def test_laplace_mmd2_zero_for_identical_sets_and_grows_with_shift():

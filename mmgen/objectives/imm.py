@@ -77,11 +77,17 @@ def kernel_weight(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Ten
     return (1.0 / ((t - s).clamp_min(1e-12) * cfg.sigma_d)).clamp_max(cfg.kernel_weight_max)
 
 
-def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """Group MMD^2 with k(a, b) = exp(-w ||a - b||_2 / D) on whole particles.
 
     y_t, y_r: [G, M, D] (each particle flattened: all latent tokens of one image); w: [G]. Returns [G]:
-    mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j).
+    mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j)   (the paper's, all i, j)
+    or with `unbiased` the U-statistic over pairs i != j (Gretton et al. 2012, MMD^2_u):
+    mean_{i!=j} [k(y_t^i, y_t^j) + k(y_r^i, y_r^j) - k(y_t^i, y_r^j) - k(y_t^j, y_r^i)].
+    Why it matters: the first form's diagonal k(y, y) = 1 carries no gradient, so the repulsion between a
+    group's y_t is weighted 1/M^2 against an attraction of 2/M^2 per pair; its expectation exceeds MMD^2 by
+    (2 - E k(y_t, y_t') - E k(y_r, y_r')) / M, which is smaller the more the y_t cluster: it rewards
+    under-dispersed particles, most where the kernel is wide (large strides). A group of one has no pair: 0.
     """
     D = y_t.shape[-1]
     z = torch.cat([y_t, y_r], dim=1)  # [G, 2M, D]
@@ -89,13 +95,18 @@ def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor) -> torch
     dist = sq.clamp_min(1e-16).sqrt()  # distance clamped at 1e-8; no gradient through the clamp at 0
     k = torch.exp(-w[:, None, None] * dist / D)
     M = y_t.shape[1]
-    return k[:, :M, :M].mean((1, 2)) + k[:, M:, M:].mean((1, 2)) - 2 * k[:, :M, M:].mean((1, 2))
+    if not unbiased:
+        return k[:, :M, :M].mean((1, 2)) + k[:, M:, M:].mean((1, 2)) - 2 * k[:, :M, M:].mean((1, 2))
+    pairs = 1.0 - torch.eye(M, dtype=k.dtype, device=k.device)  # i != j
+    h = k[:, :M, :M] + k[:, M:, M:] - k[:, :M, M:] - k[:, M:, :M]
+    return (h * pairs).sum((1, 2)) / max(M * (M - 1), 1)
 
 
 def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
     """lambda(t) MMD^2 per group ([G]); y_* [G, M, ...] are flattened per particle, computed in fp32."""
     G, M = y_t.shape[:2]
-    mmd = laplace_mmd2(y_t.float().reshape(G, M, -1), y_r.float().reshape(G, M, -1), kernel_weight(t, s, cfg))
+    w = kernel_weight(t, s, cfg)
+    mmd = laplace_mmd2(y_t.float().reshape(G, M, -1), y_r.float().reshape(G, M, -1), w, unbiased=cfg.mmd == "u")
     return weighting(t, cfg) * mmd
 
 
