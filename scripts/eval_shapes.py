@@ -3,24 +3,28 @@
 
     python scripts/eval_shapes.py --model runs/shapes_tiny/release --steps 1 2 4 8
     python scripts/eval_shapes.py --model runs/shapes_imm/release --model runs/shapes_fm/release --steps 1 2 4 8 16 32
+    python scripts/eval_shapes.py --model releases/shapes --steps 1 4 --seed 0 1 2     # + the mean over noise seeds
 
 The judge is the analytic checker `mmgen.data.shapes_check` (colour blobs, shape by template IoU, size by
 area, relation by centroids). Its own accuracy on real procedural images of the same prompts is reported
 first, so its verdicts can be trusted. Prompts are the captions of held-out (split=test) shapes images.
-Writes results/eval_shapes.json (or --out) and prints a table.
+Writes results/eval_shapes.json (or --out) and prints a table. With several noise seeds every point is sampled
+once per seed, and each model also gets `mean_over_seeds`: per point, the mean and standard deviation of each
+accuracy over the seeds (one image per prompt and seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config.schema import AT_LEAST_1, GUIDANCE, MAX_SAMPLER_STEPS, Range
-from mmgen.eval.shapes import judged, measure, prompt_set, training_holdout
+from mmgen.eval.shapes import judged, mean_over_seeds, measure, prompt_set, training_holdout
 from mmgen.eval.steps import Point, releases, sweep
 from mmgen.files import save_json
 from mmgen.sampling.pipeline import MMGenPipeline
@@ -37,7 +41,7 @@ def main() -> None:
     ap.add_argument("--n-unseen", type=int, default=100, help="prompts with a held-out pair (data.shapes.holdout)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[GUIDANCE])
     ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=[0], help="noise seed(s)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=str(REPO / "results" / "eval_shapes.json"))
     args = ap.parse_args()
@@ -71,15 +75,20 @@ def main() -> None:
             f"checker on {len(prompts)} real held-out images ({name} pairs): {real_acc['correct']:.1%} fully "
             f"correct (shape {real_acc['shape']:.1%}, colour {real_acc['color']:.1%}, size {real_acc['size']:.1%})"
         )
+    sheets = Path(args.out).with_suffix("")
     for path, pipe, kind in releases(args.model, first):
         label = Path(path).parent.name if Path(path).name == "release" else Path(path).name  # runs/X/release
         points = [
             Point(n, prompts, {"guidance": g}, {"prompts": name, "guidance": g}, f"{label}-{name}-g{g:g}-N{n}")
             for (name, (prompts, _)), g, n in itertools.product(sets.items(), args.guidance, args.steps)
         ]
-        entry: dict = {"objective": kind, "holdout": training_holdout(path)}
-        sheets = Path(args.out).with_suffix("")
-        entry["results"] = sweep(pipe, points, measure(f"{path} ({kind})"), sheets, args.batch, args.seed)
+        entry: dict = {"objective": kind, "holdout": training_holdout(path), "results": []}
+        for seed in args.seed:  # the first seed's sheets keep their names; later seeds' get a suffix
+            tagged = [replace(p, sheet=p.sheet + (f"-seed{seed}" if seed != args.seed[0] else "")) for p in points]
+            rows = sweep(pipe, tagged, measure(f"{path} ({kind}) seed {seed}"), sheets, args.batch, seed)
+            entry["results"] += [{**row, "seed": seed} for row in rows]
+        if len(args.seed) > 1:
+            entry["mean_over_seeds"] = mean_over_seeds(entry["results"])
         report["models"][path] = entry
     save_json(report, args.out)
 

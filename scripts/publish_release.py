@@ -29,20 +29,27 @@ from mmgen.sampling.release import SAMPLING_FILE
 
 
 def _table(report: dict) -> str:
-    """Markdown rows 'prompts | guidance | N | fully correct | colour | shape | size | relation' per model."""
+    """Markdown rows 'prompts | guidance | N | fully correct | colour | shape | size | relation' per model; with
+    several noise seeds, each accuracy is the mean over the seeds and 'fully correct' lists each seed."""
     lines = []
     for path, entry in report["models"].items():
+        means = entry.get("mean_over_seeds")
+        seeds = f", mean over noise seeds {', '.join(map(str, means[0]['seeds']))}" if means else ""
         lines += [
-            f"\n`{path}` ({entry['objective']}):\n",
-            "| prompts | guidance | N | fully correct | colour | shape | size | relation | ms / image |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"\n`{path}` ({entry['objective']}{seeds}):\n",
+            "| prompts | guidance | N | fully correct | colour | shape | size | relation |"
+            + ("" if means else " ms / image |"),
+            "|---|---|---|---|---|---|---|---|" + ("" if means else "---|"),
         ]
-        for r in entry["results"]:
+        for r in means or entry["results"]:
             n = report["prompt_sets"][r["prompts"]]
+            correct = f"**{r['correct']:.1%}**"
+            if means:
+                correct += f" ({' / '.join(f'{v:.1%}' for v in r['correct_per_seed'])})"
             lines.append(
-                f"| {r['prompts']} ({n}) | {r['guidance']:g} | {r['steps']} | **{r['correct']:.1%}** | "
-                f"{r['color']:.1%} | {r['shape']:.1%} | {r['size']:.1%} | {r.get('relation', float('nan')):.1%} "
-                f"| {1000 * r['seconds_per_image']:.0f} |"
+                f"| {r['prompts']} ({n}) | {r['guidance']:g} | {r['steps']} | {correct} | "
+                f"{r['color']:.1%} | {r['shape']:.1%} | {r['size']:.1%} | {r.get('relation', float('nan')):.1%} |"
+                + ("" if means else f" {1000 * r['seconds_per_image']:.0f} |")
             )
     return "\n".join(lines)
 

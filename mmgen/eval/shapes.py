@@ -73,3 +73,25 @@ def measure(name: str) -> Measure:
         return row, line
 
     return row
+
+
+ACCURACIES = ("correct", "color", "shape", "size", "count", "relation")
+
+
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """Rows of one point (prompt set, guidance, N) sampled with several noise seeds -> one row per point with
+    each accuracy's mean, its standard deviation over the seeds (ddof 1) and the per-seed values."""
+    points: dict[tuple, list[dict]] = {}
+    for r in rows:
+        points.setdefault((r["prompts"], r["guidance"], r["steps"]), []).append(r)
+    out = []
+    for (prompts, guidance, steps), group in points.items():
+        row: dict = {"prompts": prompts, "guidance": guidance, "steps": steps, "seeds": [r["seed"] for r in group]}
+        for key in ACCURACIES:
+            values = [r[key] for r in group if r.get(key) is not None]
+            if values:
+                row[key] = float(np.mean(values))
+                row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                row[f"{key}_per_seed"] = values
+        out.append(row)
+    return out
