@@ -35,7 +35,7 @@ release: setup
 		train.init_from=runs/shapes_release_fm/release train.output_dir=runs/shapes_cont_fm
 	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml
 	$(PY) scripts/eval_shapes.py --model runs/shapes_imm_from_fm/release --model runs/shapes_cont_fm/release \
-		--steps 1 2 4 8 16 --guidance 3 --n 200 --n-unseen 100 --threads 1 --out results/shapes_release.json
+		--steps 1 2 4 8 16 --guidance 3 --n 200 --n-unseen 100 --seed 0 1 2 --threads 1 --out results/shapes_release.json
 	$(PY) scripts/publish_release.py --run runs/shapes_imm_from_fm --out releases/shapes \
 		--eval results/shapes_release.json --wall "$(WALL)" --command "make release"
 

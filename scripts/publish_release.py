@@ -72,6 +72,8 @@ def model_card(
         if init
         else ""
     )
+    seeds = sorted({r.get("seed", 0) for e in report["models"].values() for r in e["results"]})
+    per_seed = f" and noise seed ({', '.join(map(str, seeds))}; a rate is their mean)" if len(seeds) > 1 else ""
     return f"""# {out.name}: the mmgen default model
 
 A {mc["depth"]}-layer Mixture-of-Transformers (width {mc["width"]}, {last["params_total"] / 1e6:.2f} M parameters,
@@ -102,7 +104,7 @@ images = pipe.text_to_image(["a large red circle"])  # sampling.json: {defaults}
 ## Evaluation
 
 `python scripts/eval_shapes.py --model {out.as_posix()} ...` on held-out prompts (test split), one image
-per prompt, judged by the analytic checker `mmgen/data/shapes_check.py` (its accuracy on the real images of
+per prompt{per_seed}, judged by the analytic checker `mmgen/data/shapes_check.py` (its accuracy on the real images of
 the same prompts: {report["checker_on_real_images"]["seen"]["correct"]:.1%}). *seen*: prompts whose
 colour-shape pairs all occur in training; *unseen*: prompts with at least one held-out pair.
 {_table(report)}
