@@ -87,7 +87,8 @@ def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased
     Why it matters: the first form's diagonal k(y, y) = 1 carries no gradient, so the repulsion between a
     group's y_t is weighted 1/M^2 against an attraction of 2/M^2 per pair; its expectation exceeds MMD^2 by
     (2 - E k(y_t, y_t') - E k(y_r, y_r')) / M, which is smaller the more the y_t cluster: it rewards
-    under-dispersed particles, most where the kernel is wide (large strides). A group of one has no pair: 0.
+    under-dispersed particles, most where the kernel is wide (large strides). Measured, the unbiased form does
+    not sharpen 1-step samples (docs/inference_first.md); the paper's is the default. A group of one: 0.
     """
     D = y_t.shape[-1]
     z = torch.cat([y_t, y_r], dim=1)  # [G, 2M, D]
