@@ -186,6 +186,8 @@ def test_repeat_shares_the_text_and_draws_new_placements():
 
 def test_repeat_one_is_the_stream_it_always_was():
     assert _digest(ShapesConfig(repeat=1)) == "b676196fb02059e4"
+    with pytest.raises(ValueError, match="repeat .* must be >= 1, got 0"):
+        ShapesConfig(repeat=0)
 
 
 def test_stream_deals_the_copies_of_a_caption_to_one_worker_in_a_row():

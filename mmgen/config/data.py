@@ -47,6 +47,7 @@ class ShapesConfig:
         _check(self.image_size >= 16, f"image_size must be >= 16, got {self.image_size}")
         _check(len(self.shapes) > 0 and len(self.colors) > 0, "shapes and colors must not be empty")
         _check(0.0 <= self.p_two_objects <= 1.0, "p_two_objects must lie in [0, 1]")
+        _check(self.repeat >= 1, f"repeat (documents per drawn caption) must be >= 1, got {self.repeat}")
         total = self.p_caption_image + self.p_image_caption + self.p_interleaved
         _check(total > 0, "the layout probabilities must not all be 0")
         for pair in self.holdout:
