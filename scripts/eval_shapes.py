@@ -24,6 +24,7 @@ import torch
 
 from mmgen.cli import check_option, cli_main, output_folder
 from mmgen.config.schema import AT_LEAST_1, GUIDANCE, MAX_SAMPLER_STEPS, Range
+from mmgen.errors import ConfigError
 from mmgen.eval.shapes import judged, mean_over_seeds, measure, prompt_set, training_holdout
 from mmgen.eval.steps import Point, releases, sweep
 from mmgen.files import save_json
@@ -51,6 +52,8 @@ def main() -> None:
         *(("--steps", n, Range(1, MAX_SAMPLER_STEPS)) for n in args.steps),
     ):
         check_option(flag, value, allowed)
+    if len(set(args.seed)) != len(args.seed):
+        raise ConfigError(f"--seed {' '.join(map(str, args.seed))} names a seed twice; give each noise seed once")
     output_folder(Path(args.out).parent, "--out (its folder)")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -406,6 +406,12 @@ ROWS = [
         "--steps 5000 is out of range (allowed: [1, 1000])",
     ),
     (
+        "evalshapes-seed-twice",
+        "eval_shapes",
+        ["--model", "{release}", "--seed", "0", "0", "--out", "{tmp}/e.json"],
+        "--seed 0 0 names a seed twice; give each noise seed once",
+    ),
+    (
         "evalcifar-per-class",
         "eval_cifar",
         ["--model", "{release}", "--per-class", "-1", "--out", "{tmp}/e.json"],

@@ -299,3 +299,16 @@ def test_boundary_weighting_lambda_scales_each_boundary_group_by_lambda_t():
         fm = (g(expand_as(c_in(tt, 0.5), x_t) * x_t, tt, tt) - (eps - x) / 0.5).pow(2).reshape(4, -1).mean(1)
     assert torch.allclose(losses["constant"], (0.5 * fm).mean())
     assert torch.allclose(losses["lambda"], (0.5 * weighting(tg, lam) * fm).mean())
+
+
+def test_imm_mmd_option_selects_the_estimator_in_group_loss():
+    from mmgen.objectives.imm import group_loss, kernel_weight
+
+    g = torch.Generator().manual_seed(4)
+    y_t, y_r = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)  # [G, M, C, h, w]
+    t, s = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.1, 0.2, 0.25])
+    for mmd, unbiased in (("v", False), ("u", True)):
+        cfg = ImmConfig(mmd=mmd)
+        want = weighting(t, cfg) * laplace_mmd2(y_t.flatten(2), y_r.flatten(2), kernel_weight(t, s, cfg), unbiased)
+        assert torch.allclose(group_loss(y_t, y_r, t, s, cfg), want)
+    assert not torch.allclose(group_loss(y_t, y_r, t, s, ImmConfig(mmd="u")), group_loss(y_t, y_r, t, s, ImmConfig()))

@@ -179,13 +179,30 @@ def test_repeat_shares_the_text_and_draws_new_placements():
                 assert caption(gt) == s.meta["caption"]  # the relation holds for the moved placement
                 if gt["relation"] is not None:
                     assert relation_of(*gt["objects"]) == gt["relation"]
-                assert _coverage(s.pixels, gt["objects"][0]["color"]) > 0  # drawn inside the canvas
+                for o in gt["objects"]:  # inside the margin that keeps the whole shape on the canvas
+                    m = o["radius"] * 1.3 + 0.01
+                    assert all(m - 1e-9 <= v <= 1 - m + 1e-9 for v in o["center"]), o
+                if gt["relation"] is not None:  # the placement rules of sample_gt still hold after _orient
+                    a, b = gt["objects"]
+                    dx, dy = (abs(a["center"][k] - b["center"][k]) for k in (0, 1))
+                    assert max(dx, dy) >= 1.15 * (a["radius"] + b["radius"]) and max(dx, dy) >= 1.6 * min(dx, dy)
     texts = " | ".join(" ".join(_texts(g.document(i * R))) for i in range(200))
     assert all(f" {r} " in texts for r in ("above", "below", "left of", "right of"))
 
 
+CENTERS_DIGEST = "fd571f1119bb3476"  # the object centres of documents 0-99, recorded at b9574f0
+
+
 def test_repeat_one_is_the_stream_it_always_was():
     assert _digest(ShapesConfig(repeat=1)) == "b676196fb02059e4"
+    g = ShapesGenerator(ShapesConfig(repeat=1))  # placements too (recorded before the repeat option existed)
+    centers = [
+        [round(v, 6) for o in s.meta["gt"]["objects"] for v in o["center"]]
+        for i in range(100)
+        for s in g.document(i).segments
+        if not isinstance(s, str)
+    ]
+    assert hashlib.sha256(repr(centers).encode()).hexdigest()[:16] == CENTERS_DIGEST
     with pytest.raises(ValueError, match="repeat .* must be >= 1, got 0"):
         ShapesConfig(repeat=0)
 
@@ -201,6 +218,11 @@ def test_stream_deals_the_copies_of_a_caption_to_one_worker_in_a_row():
         for k in range(4):  # positions k*R .. k*R+R-1 are the R copies of one drawn caption
             block = idx[k * R : (k + 1) * R]
             assert block == list(range(block[0], block[0] + R)) and block[0] % R == 0
-    plain = ShapesStream(ShapesConfig(), Split(rank=1, world_size=2, num_workers=2))
-    seen = {plain.global_index(w, i) for w in (0, 1) for i in range(50)}
-    assert len(seen) == 100  # the two workers of one rank never share an index
+    for R in (1, 3):  # every (rank, worker) stream together covers each document index exactly once
+        seen = [
+            ShapesStream(ShapesConfig(repeat=R), Split(rank=r, world_size=2, num_workers=3)).global_index(w, i)
+            for r in range(2)
+            for w in range(3)
+            for i in range(10 * R)
+        ]
+        assert sorted(seen) == list(range(60 * R))

@@ -95,9 +95,9 @@ class ImmConfig:
     sigma_d: float = 0.5
     kernel_weight_max: float = 1e4  # clamp of w(s, t) = 1 / ((t - s) sigma_d)
     cond_dropout: float = 0.1
-    # mmgen extension ("v" = the paper's estimator, every pair i, j): "u" = the unbiased MMD^2_u (pairs i != j),
-    # whose repulsion between a group's particles is not shrunk by (M - 1) / M (see imm.laplace_mmd2); measured
-    # worse at N = 1 on the 2-D ring and moons and on shapes (docs/inference_first.md), so not the default
+    # mmgen extension ("v" = the paper's estimator, every pair i, j): "u" = the unbiased MMD^2_u (pairs i != j,
+    # no self-pairs and no paired cross terms; see imm.laplace_mmd2); measured worse at N = 1 on the 2-D ring
+    # and moons and on shapes (docs/inference_first.md), so not the default
     mmd: Literal["v", "u"] = "v"
     # mmgen extension ("position" = the paper's random groups): "prompt" groups targets that share their text
     # context, so each group's MMD compares M particles of one conditional distribution (see groups.py)

@@ -215,6 +215,7 @@ class ShapesGenerator:
         c = self.cfg
         drawn, copy = divmod(index, c.repeat)
         rng = self.rng(drawn)
+        # copy + 1, not copy: a seed sequence ignores a trailing 0, so [seed, split, drawn, 0] would replay rng
         place = None if c.repeat == 1 else np.random.default_rng([c.seed, self._split, drawn, copy + 1])
         p = np.array([c.p_caption_image, c.p_image_caption, c.p_interleaved], dtype=np.float64)
         layout = int(rng.choice(3, p=p / p.sum()))

@@ -84,11 +84,11 @@ def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased
     mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j)   (the paper's, all i, j)
     or with `unbiased` the U-statistic over pairs i != j (Gretton et al. 2012, MMD^2_u):
     mean_{i!=j} [k(y_t^i, y_t^j) + k(y_r^i, y_r^j) - k(y_t^i, y_r^j) - k(y_t^j, y_r^i)].
-    Why it matters: the first form's diagonal k(y, y) = 1 carries no gradient, so the repulsion between a
-    group's y_t is weighted 1/M^2 against an attraction of 2/M^2 per pair; its expectation exceeds MMD^2 by
-    (2 - E k(y_t, y_t') - E k(y_r, y_r')) / M, which is smaller the more the y_t cluster: it rewards
-    under-dispersed particles, most where the kernel is wide (large strides). Measured, the unbiased form does
-    not sharpen 1-step samples (docs/inference_first.md); the paper's is the default. A group of one: 0.
+    The first form sums M^2 pairs, of which the M self-pairs k(y, y) = 1 carry no gradient: for independent
+    particles its expectation exceeds MMD^2 by (2 - E k(y_t, y_t') - E k(y_r, y_r')) / M, smaller the more the
+    particles cluster. In IMM y_t^i and y_r^i share their (x, noise), so its cross diagonal k(y_t^i, y_r^i) is
+    a paired attraction as well, which the i != j form drops too. Measured, the unbiased form does not sharpen
+    1-step samples (docs/inference_first.md); the paper's is the default. A group of one: 0.
     """
     D = y_t.shape[-1]
     z = torch.cat([y_t, y_r], dim=1)  # [G, 2M, D]
