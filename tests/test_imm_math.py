@@ -31,7 +31,9 @@ def test_flow_map_is_identity_at_equal_times():
 
 
 # ------------------------------------------------------------------------------------------------ MMD
-def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+def mmd2_reference(
+    y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased: bool = False, no_self: bool = False
+) -> torch.Tensor:
     """Brute force: k(a, b) = exp(-w max(||a - b||, 1e-8) / D); MMD^2 per group, the V-statistic over all
     pairs (i, j) or the U-statistic over pairs i != j."""
     G, M, D = y_t.shape
@@ -42,10 +44,11 @@ def mmd2_reference(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbias
             d = max(math.sqrt(sum((float(a[i]) - float(b[i])) ** 2 for i in range(D))), 1e-8)
             return math.exp(-float(w[g]) * d / D)
 
-        pairs = [(i, j) for i in range(M) for j in range(M) if i != j or not unbiased]
+        pairs = [(i, j) for i in range(M) for j in range(M) if i != j or not (unbiased or no_self)]
+        cross = pairs if not no_self else [(i, j) for i in range(M) for j in range(M)]
         tt = sum(k(y_t[g, i], y_t[g, j]) for i, j in pairs) / len(pairs)
         rr = sum(k(y_r[g, i], y_r[g, j]) for i, j in pairs) / len(pairs)
-        tr = sum(k(y_t[g, i], y_r[g, j]) + k(y_t[g, j], y_r[g, i]) for i, j in pairs) / len(pairs)
+        tr = sum(k(y_t[g, i], y_r[g, j]) + k(y_t[g, j], y_r[g, i]) for i, j in cross) / len(cross)
         out.append(tt + rr - tr)
     return torch.tensor(out, dtype=torch.float64)
 
@@ -62,6 +65,22 @@ def test_laplace_mmd2_matches_double_loop(unbiased):
     assert unbiased or (ref > 0).all()  # the U-statistic may fall below 0 on four particles
     one = laplace_mmd2(y_t[:, :1], y_r[:, :1], w, unbiased=unbiased)  # a group of one
     assert torch.equal(one, torch.zeros(3, dtype=torch.float64)) if unbiased else (one > 0).all()
+
+
+def test_no_self_mmd2_matches_double_loop_and_keeps_the_paired_cross_terms():
+    g = torch.Generator().manual_seed(5)
+    y_t = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    y_r = y_t + 0.1 * torch.randn(3, 4, 5, generator=g, dtype=torch.float64)  # paired, like IMM's y_t and y_r
+    w = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
+    got = laplace_mmd2(y_t, y_r, w, no_self=True)
+    assert torch.allclose(got, mmd2_reference(y_t, y_r, w, no_self=True), atol=1e-10)
+    # all pairs = the M self-pairs (k = 1) + the i != j pairs, so V - no_self = (2 - a_tt - a_rr) / M with
+    # a_tt + a_rr = no_self + 2 c (c: the mean cross kernel over all pairs)
+    M, D = 4, 5
+    c = torch.exp(-w[:, None, None] * torch.cdist(y_t, y_r) / D).mean((1, 2))
+    v = laplace_mmd2(y_t, y_r, w)
+    assert torch.allclose(v - got, (2 - got - 2 * c) / M, atol=1e-10)
+    assert not torch.allclose(got, laplace_mmd2(y_t, y_r, w, unbiased=True))  # the paired cross terms count
 
 
 def test_unbiased_mmd2_is_centred_and_the_paper_estimator_rewards_clustered_particles():
@@ -307,8 +326,9 @@ def test_imm_mmd_option_selects_the_estimator_in_group_loss():
     g = torch.Generator().manual_seed(4)
     y_t, y_r = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)  # [G, M, C, h, w]
     t, s = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.1, 0.2, 0.25])
-    for mmd, unbiased in (("v", False), ("u", True)):
+    for mmd, unbiased, no_self in (("v", False, False), ("u", True, False), ("no_self", False, True)):
         cfg = ImmConfig(mmd=mmd)
-        want = weighting(t, cfg) * laplace_mmd2(y_t.flatten(2), y_r.flatten(2), kernel_weight(t, s, cfg), unbiased)
+        w = kernel_weight(t, s, cfg)
+        want = weighting(t, cfg) * laplace_mmd2(y_t.flatten(2), y_r.flatten(2), w, unbiased, no_self)
         assert torch.allclose(group_loss(y_t, y_r, t, s, cfg), want)
     assert not torch.allclose(group_loss(y_t, y_r, t, s, ImmConfig(mmd="u")), group_loss(y_t, y_r, t, s, ImmConfig()))

@@ -96,9 +96,10 @@ class ImmConfig:
     kernel_weight_max: float = 1e4  # clamp of w(s, t) = 1 / ((t - s) sigma_d)
     cond_dropout: float = 0.1
     # mmgen extension ("v" = the paper's estimator, every pair i, j): "u" = the unbiased MMD^2_u (pairs i != j,
-    # no self-pairs and no paired cross terms; see imm.laplace_mmd2); measured worse at N = 1 on the 2-D ring
-    # and moons and on shapes (docs/inference_first.md), so not the default
-    mmd: Literal["v", "u"] = "v"
+    # no self-pairs and no paired cross terms), "no_self" = self-pairs left out, every cross pair kept (see
+    # imm.laplace_mmd2); "u" measured worse at N = 1 on the 2-D ring and moons and on shapes
+    # (docs/inference_first.md), so not the default
+    mmd: Literal["v", "u", "no_self"] = "v"
     # mmgen extension ("position" = the paper's random groups): "prompt" groups targets that share their text
     # context, so each group's MMD compares M particles of one conditional distribution (see groups.py)
     group_by: Literal["position", "prompt"] = "position"
