@@ -6,8 +6,8 @@ tiny sizes (a dry run of the code paths, for CI; its numbers say nothing about a
   1. tests: `pytest -m gpu tests/test_gpu.py` (flex == sdpa in bf16 on packed documents, compiled == eager,
      cached sampling == recompute, a training step finite);
   2. forward + backward at seq 4096, small and base presets, bf16 autocast: tokens/s, MFU (against the bf16
-     dense peak of the card found, `mmgen.eval.timing.BF16_PEAK_TFLOPS`; attention FLOPs counted over the keys each query may
-     see, i.e. the useful work), peak memory; MoT with FlexAttention vs MoT with the dense-mask SDPA, and MoT
+     dense peak of the card found, `mmgen.eval.timing.BF16_PEAK_TFLOPS`; attention FLOPs counted over the keys
+     each query may see, i.e. the useful work), peak memory; MoT with FlexAttention vs MoT with the dense-mask SDPA, and MoT
      vs dense (both flex) -- the harness of mmgen/eval/backbone.py (scripts/bench_backbone.py);
   3. the small preset trained for about `--train-seconds` through `accelerate launch scripts/train.py` on the
      shapes stream (ZeRO-2 through DeepSpeed when it imports; bf16, flex): tokens/s and the loss curve; the
@@ -145,7 +145,8 @@ def step_bench(args, device, sz) -> dict:
     }
     if peak is None and device.type == "cuda":
         out["note"] = (
-            f"no bf16 peak known for '{torch.cuda.get_device_name(device)}': MFU not computed (add it to mmgen.eval.timing.BF16_PEAK_TFLOPS)"
+            f"no bf16 peak known for '{torch.cuda.get_device_name(device)}': MFU not computed "
+            "(add it to mmgen.eval.timing.BF16_PEAK_TFLOPS)"
         )
     if args.cpu:
         out["note"] = "CPU dry run: 'flex' variants run SDPA (no FlexAttention backward on a CPU); no MFU, no memory"

@@ -59,11 +59,11 @@ def test_laplace_mmd2_matches_double_loop(unbiased):
     y_t = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
     y_r = torch.randn(3, 4, 5, generator=g, dtype=torch.float64) + 0.3
     w = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
-    got = laplace_mmd2(y_t, y_r, w, unbiased=unbiased)
+    got = laplace_mmd2(y_t, y_r, w, "u" if unbiased else "v")
     ref = mmd2_reference(y_t, y_r, w, unbiased=unbiased)
     assert torch.allclose(got, ref, atol=1e-10), (got, ref)
     assert unbiased or (ref > 0).all()  # the U-statistic may fall below 0 on four particles
-    one = laplace_mmd2(y_t[:, :1], y_r[:, :1], w, unbiased=unbiased)  # a group of one
+    one = laplace_mmd2(y_t[:, :1], y_r[:, :1], w, "u" if unbiased else "v")  # a group of one
     assert torch.equal(one, torch.zeros(3, dtype=torch.float64)) if unbiased else (one > 0).all()
 
 
@@ -72,7 +72,7 @@ def test_no_self_mmd2_matches_double_loop_and_keeps_the_paired_cross_terms():
     y_t = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
     y_r = y_t + 0.1 * torch.randn(3, 4, 5, generator=g, dtype=torch.float64)  # paired, like IMM's y_t and y_r
     w = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
-    got = laplace_mmd2(y_t, y_r, w, no_self=True)
+    got = laplace_mmd2(y_t, y_r, w, "no_self")
     assert torch.allclose(got, mmd2_reference(y_t, y_r, w, no_self=True), atol=1e-10)
     # all pairs = the M self-pairs (k = 1) + the i != j pairs, so V - no_self = (2 - a_tt - a_rr) / M with
     # a_tt + a_rr = no_self + 2 c (c: the mean cross kernel over all pairs)
@@ -80,7 +80,7 @@ def test_no_self_mmd2_matches_double_loop_and_keeps_the_paired_cross_terms():
     c = torch.exp(-w[:, None, None] * torch.cdist(y_t, y_r) / D).mean((1, 2))
     v = laplace_mmd2(y_t, y_r, w)
     assert torch.allclose(v - got, (2 - got - 2 * c) / M, atol=1e-10)
-    assert not torch.allclose(got, laplace_mmd2(y_t, y_r, w, unbiased=True))  # the paired cross terms count
+    assert not torch.allclose(got, laplace_mmd2(y_t, y_r, w, "u"))  # the paired cross terms count
 
 
 def test_unbiased_mmd2_is_centred_and_the_paper_estimator_rewards_clustered_particles():
@@ -91,12 +91,12 @@ def test_unbiased_mmd2_is_centred_and_the_paper_estimator_rewards_clustered_part
     G, M, D = 4000, 4, 8
     w = torch.full((G,), 4.0, dtype=torch.float64)
     y_t, y_r = (torch.randn(G, M, D, generator=g, dtype=torch.float64) for _ in range(2))
-    u, v = laplace_mmd2(y_t, y_r, w, unbiased=True), laplace_mmd2(y_t, y_r, w)
+    u, v = laplace_mmd2(y_t, y_r, w, "u"), laplace_mmd2(y_t, y_r, w)
     assert abs(float(u.mean())) < 3 * float(u.std()) / G**0.5
     assert float(v.mean()) > 10 * float(v.std()) / G**0.5
     shrunk = 0.7 * y_t
     assert float(laplace_mmd2(shrunk, y_r, w).mean()) < float(v.mean())  # the V form rewards the shrink
-    assert float(laplace_mmd2(shrunk, y_r, w, unbiased=True).mean()) > float(u.mean())  # the U form does not
+    assert float(laplace_mmd2(shrunk, y_r, w, "u").mean()) > float(u.mean())  # the U form does not
 
 
 def test_laplace_mmd2_zero_for_identical_sets_and_grows_with_shift():
@@ -326,9 +326,10 @@ def test_imm_mmd_option_selects_the_estimator_in_group_loss():
     g = torch.Generator().manual_seed(4)
     y_t, y_r = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)  # [G, M, C, h, w]
     t, s = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.1, 0.2, 0.25])
-    for mmd, unbiased, no_self in (("v", False, False), ("u", True, False), ("no_self", False, True)):
+    for mmd in ("v", "u", "no_self"):
         cfg = ImmConfig(mmd=mmd)
-        w = kernel_weight(t, s, cfg)
-        want = weighting(t, cfg) * laplace_mmd2(y_t.flatten(2), y_r.flatten(2), w, unbiased, no_self)
+        want = weighting(t, cfg) * laplace_mmd2(y_t.flatten(2), y_r.flatten(2), kernel_weight(t, s, cfg), mmd)
         assert torch.allclose(group_loss(y_t, y_r, t, s, cfg), want)
     assert not torch.allclose(group_loss(y_t, y_r, t, s, ImmConfig(mmd="u")), group_loss(y_t, y_r, t, s, ImmConfig()))
+    with pytest.raises(ValueError, match="unknown MMD estimator 'w'"):
+        laplace_mmd2(y_t.flatten(2), y_r.flatten(2), torch.ones(3), "w")

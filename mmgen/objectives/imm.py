@@ -77,16 +77,14 @@ def kernel_weight(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Ten
     return (1.0 / ((t - s).clamp_min(1e-12) * cfg.sigma_d)).clamp_max(cfg.kernel_weight_max)
 
 
-def laplace_mmd2(
-    y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, unbiased: bool = False, no_self: bool = False
-) -> torch.Tensor:
+def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, estimator: str = "v") -> torch.Tensor:
     """Group MMD^2 with k(a, b) = exp(-w ||a - b||_2 / D) on whole particles.
 
     y_t, y_r: [G, M, D] (each particle flattened: all latent tokens of one image); w: [G]. Returns [G]:
-    mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j)   (the paper's, all i, j)
-    or with `unbiased` the U-statistic over pairs i != j (Gretton et al. 2012, MMD^2_u):
+    "v": mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j)   (the paper's, all i, j);
+    "u": the U-statistic over pairs i != j (Gretton et al. 2012, MMD^2_u):
     mean_{i!=j} [k(y_t^i, y_t^j) + k(y_r^i, y_r^j) - k(y_t^i, y_r^j) - k(y_t^j, y_r^i)].
-    or with `no_self` the self-pairs alone left out: mean_{i!=j} k(y_t^i, y_t^j) + mean_{i!=j} k(y_r^i, y_r^j)
+    "no_self": the self-pairs alone left out: mean_{i!=j} k(y_t^i, y_t^j) + mean_{i!=j} k(y_r^i, y_r^j)
     - 2 mean_ij k(y_t^i, y_r^j) (every cross pair kept, the paired ones included).
     The first form sums M^2 pairs, of which the M self-pairs k(y, y) = 1 carry no gradient: for independent
     particles its expectation exceeds MMD^2 by (2 - E k(y_t, y_t') - E k(y_r, y_r')) / M, smaller the more the
@@ -100,13 +98,15 @@ def laplace_mmd2(
     dist = sq.clamp_min(1e-16).sqrt()  # distance clamped at 1e-8; no gradient through the clamp at 0
     k = torch.exp(-w[:, None, None] * dist / D)
     M = y_t.shape[1]
-    if not (unbiased or no_self):
+    if estimator == "v":
         return k[:, :M, :M].mean((1, 2)) + k[:, M:, M:].mean((1, 2)) - 2 * k[:, :M, M:].mean((1, 2))
     pairs = 1.0 - torch.eye(M, dtype=k.dtype, device=k.device)  # i != j
     n = max(M * (M - 1), 1)
-    if no_self:
+    if estimator == "no_self":
         own = ((k[:, :M, :M] + k[:, M:, M:]) * pairs).sum((1, 2)) / n
         return own - 2 * k[:, :M, M:].mean((1, 2))
+    if estimator != "u":
+        raise ValueError(f"unknown MMD estimator {estimator!r}: v, u or no_self")
     h = k[:, :M, :M] + k[:, M:, M:] - k[:, :M, M:] - k[:, M:, :M]
     return (h * pairs).sum((1, 2)) / n
 
@@ -116,7 +116,7 @@ def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.T
     G, M = y_t.shape[:2]
     w = kernel_weight(t, s, cfg)
     y_t, y_r = y_t.float().reshape(G, M, -1), y_r.float().reshape(G, M, -1)
-    mmd = laplace_mmd2(y_t, y_r, w, unbiased=cfg.mmd == "u", no_self=cfg.mmd == "no_self")
+    mmd = laplace_mmd2(y_t, y_r, w, cfg.mmd)
     return weighting(t, cfg) * mmd
 
 
