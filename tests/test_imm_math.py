@@ -333,3 +333,20 @@ def test_imm_mmd_option_selects_the_estimator_in_group_loss():
     assert not torch.allclose(group_loss(y_t, y_r, t, s, ImmConfig(mmd="u")), group_loss(y_t, y_r, t, s, ImmConfig()))
     with pytest.raises(ValueError, match="unknown MMD estimator 'w'"):
         laplace_mmd2(y_t.flatten(2), y_r.flatten(2), torch.ones(3), "w")
+
+
+def test_kernel_norm_sqrt_dim_is_the_paper_kernel_with_w_scaled_by_sqrt_d():
+    """exp(-w ||a - b|| / sqrt(D)) = exp(-(w sqrt(D)) ||a - b|| / D): the option only rescales the exponent, and
+    group_loss reads it from imm.kernel_norm."""
+    from mmgen.objectives.imm import group_loss, kernel_weight
+
+    g = torch.Generator().manual_seed(5)
+    y_t, y_r = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)  # D = 32
+    t, s = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.1, 0.2, 0.25])
+    w = kernel_weight(t, s, ImmConfig())
+    a, b = y_t.flatten(2), y_r.flatten(2)
+    assert torch.allclose(laplace_mmd2(a, b, w, norm="sqrt_dim"), laplace_mmd2(a, b, w * 32**0.5))
+    cfg = ImmConfig(kernel_norm="sqrt_dim")
+    assert torch.allclose(group_loss(y_t, y_r, t, s, cfg), weighting(t, cfg) * laplace_mmd2(a, b, w * 32**0.5))
+    with pytest.raises(ValueError, match="unknown kernel norm 'd'"):
+        laplace_mmd2(a, b, w, norm="d")

@@ -94,6 +94,10 @@ class ImmConfig:
     min_gap: float = 1e-4
     sigma_d: float = 0.5
     kernel_weight_max: float = 1e4  # clamp of w(s, t) = 1 / ((t - s) sigma_d)
+    # mmgen extension ("dim" = the paper's k = exp(-w ||a - b|| / D)): "sqrt_dim" divides by sqrt(D) instead.
+    # ||a - b|| grows like sqrt(D), so the paper's exponent shrinks like 1 / sqrt(D): about 1 on 2-D targets,
+    # about 0.1 on a 256-number shapes latent, where the kernel is nearly linear (see imm.laplace_mmd2)
+    kernel_norm: Literal["dim", "sqrt_dim"] = "dim"
     cond_dropout: float = 0.1
     # mmgen extension ("v" = the paper's estimator, every pair i, j): "u" = the unbiased MMD^2_u (pairs i != j,
     # no self-pairs and no paired cross terms), "no_self" = self-pairs left out, every cross pair kept (see

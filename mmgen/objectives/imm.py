@@ -77,8 +77,11 @@ def kernel_weight(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Ten
     return (1.0 / ((t - s).clamp_min(1e-12) * cfg.sigma_d)).clamp_max(cfg.kernel_weight_max)
 
 
-def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, estimator: str = "v") -> torch.Tensor:
-    """Group MMD^2 with k(a, b) = exp(-w ||a - b||_2 / D) on whole particles.
+def laplace_mmd2(
+    y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, estimator: str = "v", norm: str = "dim"
+) -> torch.Tensor:
+    """Group MMD^2 with k(a, b) = exp(-w ||a - b||_2 / D) on whole particles (norm "dim", the paper's; "sqrt_dim":
+    / sqrt(D), an exponent of the same size at any D: distances between particles grow like sqrt(D)).
 
     y_t, y_r: [G, M, D] (each particle flattened: all latent tokens of one image); w: [G]. Returns [G]:
     "v": mean_ij k(y_t^i, y_t^j) + mean_ij k(y_r^i, y_r^j) - 2 mean_ij k(y_t^i, y_r^j)   (the paper's, all i, j);
@@ -93,10 +96,13 @@ def laplace_mmd2(y_t: torch.Tensor, y_r: torch.Tensor, w: torch.Tensor, estimato
     1-step samples (docs/inference_first.md); the paper's is the default. A group of one: 0.
     """
     D = y_t.shape[-1]
+    if norm not in ("dim", "sqrt_dim"):
+        raise ValueError(f"unknown kernel norm {norm!r}: dim or sqrt_dim")
+    scale = float(D) if norm == "dim" else float(D) ** 0.5
     z = torch.cat([y_t, y_r], dim=1)  # [G, 2M, D]
     sq = (z.unsqueeze(2) - z.unsqueeze(1)).pow(2).sum(-1)  # [G, 2M, 2M], exact (no Gram-matrix cancellation)
     dist = sq.clamp_min(1e-16).sqrt()  # distance clamped at 1e-8; no gradient through the clamp at 0
-    k = torch.exp(-w[:, None, None] * dist / D)
+    k = torch.exp(-w[:, None, None] * dist / scale)
     M = y_t.shape[1]
     if estimator == "v":
         return k[:, :M, :M].mean((1, 2)) + k[:, M:, M:].mean((1, 2)) - 2 * k[:, :M, M:].mean((1, 2))
@@ -116,7 +122,7 @@ def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.T
     G, M = y_t.shape[:2]
     w = kernel_weight(t, s, cfg)
     y_t, y_r = y_t.float().reshape(G, M, -1), y_r.float().reshape(G, M, -1)
-    mmd = laplace_mmd2(y_t, y_r, w, cfg.mmd)
+    mmd = laplace_mmd2(y_t, y_r, w, cfg.mmd, cfg.kernel_norm)
     return weighting(t, cfg) * mmd
 
 
