@@ -350,3 +350,35 @@ def test_kernel_norm_sqrt_dim_is_the_paper_kernel_with_w_scaled_by_sqrt_d():
     assert torch.allclose(group_loss(y_t, y_r, t, s, cfg), weighting(t, cfg) * laplace_mmd2(a, b, w * 32**0.5))
     with pytest.raises(ValueError, match="unknown kernel norm 'd'"):
         laplace_mmd2(a, b, w, norm="d")
+
+
+def test_r_mapping_midpoint_halves_the_jump():
+    cfg = ImmConfig(r_mapping="midpoint")
+    t, s, r = sample_times(4096, cfg, torch.Generator().manual_seed(0))
+    assert torch.allclose(r, torch.maximum(s, torch.minimum(t - cfg.min_gap, (t + s) / 2)))
+    assert (s <= r).all() and (r <= t - cfg.min_gap + 1e-7).all()
+
+
+def test_x_r_model_takes_the_target_from_the_networks_own_jump():
+    """imm_loss with imm.x_r = model equals the loss rebuilt by hand with y_r = f(f(x_t, t, r), r, s)."""
+    from mmgen.experiments.mlp2d import TimeMLP
+    from mmgen.flowmap import apply_flow_map, flow_map, interpolate, network_input
+    from mmgen.objectives.imm import group_loss, imm_loss
+
+    torch.manual_seed(0)
+    net = TimeMLP(2, 32, 2)
+    x = torch.randn(16, 2)
+    cfg = ImmConfig(x_r="model", r_mapping="midpoint")
+    loss, _ = imm_loss(net, x, cfg, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t, s, r = (v.repeat_interleave(4) for v in sample_times(4, cfg, g))
+    eps = torch.randn(x.shape, generator=g) * cfg.sigma_d
+    x_t = interpolate(x, eps, t)
+    y_t = flow_map(x_t, t, s, net(network_input(x_t, t, cfg.sigma_d), t, s), cfg.sigma_d)
+    with torch.no_grad():
+        y_r = apply_flow_map(net, apply_flow_map(net, x_t, t, r, cfg.sigma_d), r, s, cfg.sigma_d)
+    want = group_loss(y_t.view(4, 4, 2), y_r.view(4, 4, 2), t[::4], s[::4], cfg).mean()
+    torch.testing.assert_close(loss, want)
+    assert not torch.allclose(
+        loss, imm_loss(net, x, ImmConfig(r_mapping="midpoint"), torch.Generator().manual_seed(3))[0]
+    )

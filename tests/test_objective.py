@@ -245,3 +245,40 @@ def test_shapes_repeat_gives_groups_of_one_caption(text_tokenizer, repeat):
         assert len(keys) - pure <= 3  # at most the batch's last caption is cut short and pooled
     else:
         assert pure <= len(keys) // 2
+
+
+def test_x_r_model_feeds_the_target_branch_the_networks_own_jump(batch):
+    """imm.x_r = model: a second no-gradient forward at the noisy inputs with second time r gives the jump
+    x_r = f(x_t, t, r); the target forward then reads c_in(r) x_r at time r instead of the DDIM step."""
+    from mmgen.flowmap import ddim, flow_map, network_input
+    from mmgen.models.patches import patchify
+
+    cfg, model, loss_fn, x0 = objective_setup(batch, text_weight=0.0, imm={"x_r": "model"})
+    noise = loss_fn.draw(batch, torch.Generator().manual_seed(4))
+    calls = []
+
+    def recorded(**kw):
+        calls.append(kw)
+        return model(**kw)
+
+    loss_fn(recorded, batch, x0, noise)
+    assert len(calls) == 3
+    first, jump, target = calls
+    noisy = batch.kind == KIND_NOISY
+    assert torch.equal(jump["image_tokens"], first["image_tokens"]) and torch.equal(jump["t"], first["t"])
+    assert set(first["s"][noisy].tolist()) == set(noise.s.tolist())
+    assert set(jump["s"][noisy].tolist()) == set(noise.r.tolist()) == set(target["t"][noisy].tolist())
+
+    prep = loss_fn._prepare(batch, x0, noise)
+    with torch.no_grad():
+        g_jump = loss_fn._g(model(**jump).image, batch, prep)
+    sd = loss_fn.sigma_d
+
+    def target_tokens(x_r):
+        noisy_r = torch.zeros_like(prep.noisy)
+        noisy_r[prep.targets] = patchify(network_input(x_r, noise.r, sd), loss_fn.p)
+        return loss_fn._inputs(batch, prep, noisy_r, prep.t)["image_tokens"]
+
+    own = target_tokens(flow_map(prep.x_t, noise.t, noise.r, g_jump, sd))
+    torch.testing.assert_close(target["image_tokens"], own)
+    assert not torch.allclose(target["image_tokens"], target_tokens(ddim(prep.x_t, prep.x, noise.t, noise.r)))

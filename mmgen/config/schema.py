@@ -98,6 +98,14 @@ class ImmConfig:
     # ||a - b|| grows like sqrt(D), so the paper's exponent shrinks like 1 / sqrt(D): about 1 on 2-D targets,
     # about 0.1 on a 256-number shapes latent, where the kernel is nearly linear (see imm.laplace_mmd2)
     kernel_norm: Literal["dim", "sqrt_dim"] = "dim"
+    # mmgen extension ("eta" = the paper's constant eta decrement, gap set by k): "midpoint" sets r = (t + s) / 2,
+    # so a jump's target is built from jumps of half its length and the map from T to 0 is log2 doublings
+    # away from the boundary instead of about 2^k decrements
+    r_mapping: Literal["eta", "midpoint"] = "eta"
+    # mmgen extension ("ddim" = the paper's x_r = DDIM(x_t, x, t -> r) with the data x): "model" takes the
+    # network's own jump x_r = f_theta-(x_t, t, r) (no gradient; one more forward), a target that depends on x_t
+    # alone: no conditional-velocity noise (t - r)(eps - x - v) in y_r
+    x_r: Literal["ddim", "model"] = "ddim"
     cond_dropout: float = 0.1
     # mmgen extension ("v" = the paper's estimator, every pair i, j): "u" = the unbiased MMD^2_u (pairs i != j,
     # no self-pairs and no paired cross terms), "no_self" = self-pairs left out, every cross pair kept (see

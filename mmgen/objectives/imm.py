@@ -35,7 +35,10 @@ def eta_inv(e: torch.Tensor) -> torch.Tensor:
 
 
 def r_from_ts(t: torch.Tensor, s: torch.Tensor, cfg: ImmConfig) -> torch.Tensor:
-    """r = max(s, min(t - gap, eta^-1(eta(t) - (eta(T) - eta(eps)) / 2^k))): a constant decrement in eta."""
+    """r = max(s, min(t - gap, eta^-1(eta(t) - (eta(T) - eta(eps)) / 2^k))): a constant decrement in eta
+    (imm.r_mapping = eta); imm.r_mapping = midpoint: r = max(s, min(t - gap, (t + s) / 2))."""
+    if cfg.r_mapping == "midpoint":
+        return torch.maximum(s, torch.minimum(t - cfg.min_gap, (t + s) / 2))
     step = eta(torch.tensor(cfg.t_max, dtype=torch.float64)) - eta(torch.tensor(cfg.t_min, dtype=torch.float64))
     step = float(step) / 2**cfg.k
     r = eta_inv((eta(t.double()) - step).clamp_min(0.0)).to(t.dtype)
@@ -126,6 +129,16 @@ def group_loss(y_t: torch.Tensor, y_r: torch.Tensor, t: torch.Tensor, s: torch.T
     return weighting(t, cfg) * mmd
 
 
+def x_r_of(
+    net: Net, x_t: torch.Tensor, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cfg: ImmConfig
+) -> torch.Tensor:
+    """The target branch's input at time r: DDIM(x_t, x, t -> r) with the data x (imm.x_r = ddim, the paper's), or
+    the network's own jump f(x_t, t, r) (imm.x_r = model); call without gradient."""
+    if cfg.x_r == "model":
+        return apply_flow_map(net, x_t, t, r, cfg.sigma_d)
+    return ddim(x_t, x, t, r)
+
+
 def imm_loss(
     net: Net, x: torch.Tensor, cfg: ImmConfig, generator: torch.Generator | None = None, step: int = 0
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -158,7 +171,8 @@ def imm_loss(
         rows = mmd.repeat_interleave(M)
         y_t = flow_map(x_t[rows], t[rows], s[rows], g_t[rows], cfg.sigma_d)
         with torch.no_grad():
-            y_r = apply_flow_map(net, ddim(x_t, x, t, r)[rows], r[rows], s[rows], cfg.sigma_d)
+            x_r = x_r_of(net, x_t[rows], x[rows], t[rows], r[rows], cfg)
+            y_r = apply_flow_map(net, x_r, r[rows], s[rows], cfg.sigma_d)
         n = int(mmd.sum())
         per_group[mmd] = group_loss(y_t.view(n, M, -1), y_r.view(n, M, -1), t[rows][::M], s[rows][::M], cfg)
     return per_group.mean(), {"imm": float(per_group.detach().mean()), "t_mean": float(t.mean())}

@@ -173,12 +173,15 @@ class MultimodalLoss:
         return _Prepared(targets, clean, noisy, t, s, uncond, x, x_t, eps)
 
     @staticmethod
-    def _inputs(batch: TokenPlan, prep: _Prepared, noisy: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
-        """Model inputs in the dense [B, L] layout; `noisy` and `t` override the noisy copies' values/times."""
+    def _inputs(
+        batch: TokenPlan, prep: _Prepared, noisy: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """Model inputs in the dense [B, L] layout; `noisy`, `t` (and `s`) override the noisy copies' values/times."""
         kind, image, patch = batch.kind, batch.image, batch.patch
         is_noisy, is_clean = kind == KIND_NOISY, kind == KIND_CLEAN
         dense = to_dense(prep.clean, image, patch, is_clean) + to_dense(noisy, image, patch, is_noisy)
-        t_tok, s_tok = per_token(t, image, is_noisy), per_token(prep.s, image, is_noisy)
+        s = prep.s if s is None else s
+        t_tok, s_tok = per_token(t, image, is_noisy), per_token(s, image, is_noisy)
         return replace(batch, image_tokens=dense, t=t_tok, s=s_tok, uncond=prep.uncond).model_inputs()
 
     def _g(self, out_image: torch.Tensor, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:
@@ -235,13 +238,19 @@ class MultimodalLoss:
             return total
         t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
         y_t = flow_map(prep.x_t, t_i, s_i, g_t, sd)
-        x_r = ddim(prep.x_t, prep.x, t_i, r_i)
         with torch.no_grad():  # theta-: the same weights, stop-gradient; only the noisy copies change
+            none = torch.zeros_like(batch.labels, dtype=torch.bool)
+            if cfg.x_r == "model":  # the network's own jump t -> r (one more forward, its second time r)
+                s_m = prep.s.clone()
+                s_m[prep.targets] = r_i
+                out_m = model(**self._inputs(batch, prep, prep.noisy, prep.t, s_m), text_positions=none)
+                x_r = flow_map(prep.x_t, t_i, r_i, self._g(out_m.image, batch, prep), sd)
+            else:
+                x_r = ddim(prep.x_t, prep.x, t_i, r_i)
             noisy_r = torch.zeros_like(prep.noisy)
             noisy_r[prep.targets] = patchify(network_input(x_r, r_i, sd), self.p)
             t_r = prep.t.clone()
             t_r[prep.targets] = r_i
-            none = torch.zeros_like(batch.labels, dtype=torch.bool)
             out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
             y_r = flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
         for size in sorted(set(sizes)):  # one batched kernel per group size (a few distinct sizes)
