@@ -60,3 +60,31 @@ def test_a_bad_sampling_file_names_itself(release, content, match):
             MMGenPipeline.from_pretrained(release)
     finally:
         (release / "sampling.json").unlink()
+
+
+def test_guidance_by_steps_sets_the_guidance_of_its_step_counts(release):
+    plain = _trained_head(MMGenPipeline.from_pretrained(release))
+    spec = {"steps": 4, "guidance": 3.0, "guidance_by_steps": {"1": 1.0, "2": 1.5}}
+    (release / "sampling.json").write_text(json.dumps(spec))
+    try:
+        pipe = _trained_head(MMGenPipeline.from_pretrained(release))
+        assert (_image(pipe, steps=1) == _image(plain, steps=1, guidance=1.0)).all()
+        assert (_image(pipe, steps=2) == _image(plain, steps=2, guidance=1.5)).all()
+        assert (_image(pipe) == _image(plain, steps=4, guidance=3.0)).all()  # no entry: the release's guidance
+        assert (_image(pipe, steps=1, guidance=3.0) == _image(plain, steps=1, guidance=3.0)).all()  # explicit wins
+        assert (_image(pipe, steps=1) != _image(plain, steps=1, guidance=3.0)).any()
+    finally:
+        (release / "sampling.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "by_steps, match",
+    [({"one": 1.0}, "must map step counts"), ({"0": 1.0}, "steps 0 is out of range"), ([1.0], "must map step")],
+)
+def test_a_bad_guidance_by_steps_names_the_file(release, by_steps, match):
+    (release / "sampling.json").write_text(json.dumps({"guidance_by_steps": by_steps}))
+    try:
+        with pytest.raises(CheckpointError, match=match):
+            MMGenPipeline.from_pretrained(release)
+    finally:
+        (release / "sampling.json").unlink()

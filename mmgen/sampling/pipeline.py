@@ -172,7 +172,7 @@ class MMGenPipeline:
             raise PromptError(
                 f"unknown option(s) {sorted(unknown)}; known: {sorted(SamplingOptions.__dataclass_fields__)}"
             )
-        opts = SamplingOptions(**{**self.defaults, **options})
+        opts = SamplingOptions(**{**self.release_defaults(options), **options})
         try:
             opts.validate()
         except ValueError as e:
@@ -180,6 +180,18 @@ class MMGenPipeline:
         parsed = [parse_prompt(p, i) for i, p in enumerate(prompts)]
         rows = self.sampler.run(parsed, opts)
         return [Result(p, r.segments) for p, r in zip(parsed, rows)]
+
+    def release_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The defaults a call with `options` gets: sampling.json's fields, with the guidance its
+        guidance_by_steps names for the call's number of steps, unless the call sets guidance itself."""
+        from mmgen.sampling.release import GUIDANCE_BY_STEPS
+
+        defaults = dict(self.defaults)
+        by_steps = defaults.pop(GUIDANCE_BY_STEPS, {})
+        steps = options.get("steps", defaults.get("steps", SamplingOptions.steps))
+        if "guidance" not in options and str(steps) in by_steps:
+            defaults["guidance"] = by_steps[str(steps)]
+        return defaults
 
     def text_to_image(self, prompts: list[str], batch: int = 50, seed: int = 0, **options: Any) -> list[np.ndarray]:
         """One image per prompt (image first, no text), in batches of `batch`; batch i uses seed + its first

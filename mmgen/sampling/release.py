@@ -12,6 +12,9 @@ from mmgen.errors import CheckpointError, MissingInput, PromptError
 from mmgen.files import check_shapes, read_json
 
 SAMPLING_FILE = "sampling.json"  # the release's sampling defaults (steps, guidance, ...): what its card measured
+# sampling.json may also map a number of steps to its own guidance ({"1": 1.0, "2": 1.5}): a flow map's 1-step
+# jump does not survive the extrapolation of classifier-free guidance that a 4-step sample needs
+GUIDANCE_BY_STEPS = "guidance_by_steps"
 FIX = "copy the release folder again, or export it again from its run (train.py writes release/ at the end)"
 
 
@@ -70,7 +73,7 @@ def load_sampling_defaults(path: str | Path) -> dict:
     if not file.is_file():
         return {}
     defaults = read_json(file, CheckpointError, FIX)
-    known = set(SamplingOptions.__dataclass_fields__)
+    known = set(SamplingOptions.__dataclass_fields__) | {GUIDANCE_BY_STEPS}
     if not isinstance(defaults, dict) or set(defaults) - known:
         raise CheckpointError(
             f"{file}: expected an object of sampling options ({', '.join(sorted(known))}), got "
@@ -79,7 +82,12 @@ def load_sampling_defaults(path: str | Path) -> dict:
     try:
         if "guidance_interval" in defaults:
             defaults["guidance_interval"] = tuple(defaults["guidance_interval"])
-        SamplingOptions(**defaults).validate()
+        by_steps = defaults.get(GUIDANCE_BY_STEPS, {})
+        if not isinstance(by_steps, dict) or not all(k.isdigit() for k in by_steps):
+            raise ValueError(f'{GUIDANCE_BY_STEPS} must map step counts ("1", "2", ...) to guidance weights')
+        for steps, guidance in by_steps.items():
+            SamplingOptions(steps=int(steps), guidance=guidance).validate()
+        SamplingOptions(**{k: v for k, v in defaults.items() if k != GUIDANCE_BY_STEPS}).validate()
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: {e}; {FIX}") from e
     return defaults
