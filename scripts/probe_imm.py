@@ -7,7 +7,9 @@ run config's data:
    mean; an exact flow map's jump to s = 0 differs from the velocity by the curvature of the path. For scale,
    the model's own 16-step sampler from the same x_t to 0, written as a G (`ode16_vs_velocity`: how far an
    exact jump lies from the velocity; `jump_vs_ode16`: how far the model's 1-step jump lies from it).
-2. **Gradient shares.** The norm of the image loss's gradient from MMD groups alone (imm.boundary_fraction = 0)
+2. **Kernel exponent.** w(s, t) ||a - b|| / D of the Laplace kernel at the 1-step jump, median over pairs of
+   images (and with sqrt(D), imm.kernel_norm = sqrt_dim): near 0 the kernel is nearly linear.
+3. **Gradient shares.** The norm of the image loss's gradient from MMD groups alone (imm.boundary_fraction = 0)
    and from boundary groups alone (= 1, flow matching at s = t), per loss unit, on the same batches: how much
    of an IMM step the MMD term steers when both are mixed.
 
@@ -79,6 +81,20 @@ def s_dependence(tr: Trainer, batches: list, x0s: list) -> dict:
     return out
 
 
+def kernel_exponent(tr: Trainer, x0s: list, batches: list) -> dict:
+    """Median of w(s, t) ||a - b|| / D (the paper's kernel) and / sqrt(D) over pairs of target latents, at the
+    1-step jump (t = T, s = 0), where the particles are images: how far from linear the kernel is."""
+    from mmgen.objectives.imm import kernel_weight
+
+    x = torch.cat([x0[b.image_loss] for x0, b in zip(x0s, batches)]).flatten(1)
+    half = x.shape[0] // 2
+    d = (x[:half] - x[half : 2 * half]).norm(dim=1).median()
+    imm = tr.cfg.objective.imm
+    w = float(kernel_weight(torch.tensor([imm.t_max]), torch.tensor([0.0]), imm))
+    D = x.shape[1]
+    return {"D": D, "median_distance": float(d), "w": w, "dim": w * float(d) / D, "sqrt_dim": w * float(d) / D**0.5}
+
+
 def gradient_shares(tr: Trainer, batches: list, x0s: list) -> dict:
     fn, model = tr.loss_fn, tr.engine.model
     base = fn.cfg
@@ -122,7 +138,11 @@ def main() -> None:
             batches = [next(it) for _ in range(args.batches)]
             x0s = [build.clean_latents(b, tr.image_tok, tr.loss_fn.sigma_d, "cpu") for b in batches]
             tr.engine.model.eval()
-            entry = {"s_dependence": s_dependence(tr, batches, x0s), "gradients": gradient_shares(tr, batches, x0s)}
+            entry = {
+                "kernel_exponent": kernel_exponent(tr, x0s, batches),
+                "s_dependence": s_dependence(tr, batches, x0s),
+                "gradients": gradient_shares(tr, batches, x0s),
+            }
         result["models"][release] = entry
         print(release, entry, flush=True)
     save_json(result, args.out)
