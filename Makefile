@@ -37,10 +37,10 @@ release: setup
 	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml
 	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml objective.image=fm \
 		train.output_dir=runs/shapes_fm_stage3
-	$(PY) scripts/eval_shapes.py --model runs/shapes_imm_from_fm/release --model runs/shapes_fm_stage3/release \
+	$(PY) scripts/eval_shapes.py --model runs/shapes_imm_bf0/release --model runs/shapes_fm_stage3/release \
 		--model runs/shapes_cont_fm/release \
-		--steps 1 2 4 8 16 --guidance 3 --n 200 --n-unseen 100 --seed 0 1 2 --threads 1 --out results/shapes_release.json
-	$(PY) scripts/publish_release.py --run runs/shapes_imm_from_fm --out releases/shapes \
+		--steps 1 2 4 8 16 --guidance 1 3 --n 200 --n-unseen 100 --seed 0 1 2 --threads 1 --out results/shapes_release.json
+	$(PY) scripts/publish_release.py --run runs/shapes_imm_bf0 --out releases/shapes --guidance-by-steps 1=1 2=1 \
 		--eval results/shapes_release.json --wall "$(WALL)" --command "make release"
 
 test: setup lint

@@ -25,7 +25,7 @@ from mmgen.cli import cli_main
 from mmgen.config import read_yaml
 from mmgen.errors import CheckpointError, MissingInput
 from mmgen.sampling.pipeline import MMGenPipeline
-from mmgen.sampling.release import SAMPLING_FILE
+from mmgen.sampling.release import GUIDANCE_BY_STEPS, SAMPLING_FILE, load_sampling_defaults
 
 
 def _table(report: dict) -> str:
@@ -122,6 +122,13 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="store the weights in bf16")
     ap.add_argument("--steps", type=int, default=4, help="the release's default network evaluations (sampling.json)")
     ap.add_argument("--guidance", type=float, default=3.0, help="the release's default guidance (sampling.json)")
+    ap.add_argument(
+        "--guidance-by-steps",
+        nargs="*",
+        default=[],
+        metavar="N=W",
+        help="guidance W for N network evaluations (sampling.json guidance_by_steps), e.g. 1=1 2=1.5",
+    )
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
     if not (run / "release" / "model.safetensors").is_file():
@@ -144,14 +151,20 @@ def main() -> None:
             f"the published weights sample differently from the run's ({diff:.3f} / 255 per pixel); "
             f"publish again from a complete run/release"
         )
-    (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": args.steps, "guidance": args.guidance}, indent=1))
+    defaults: dict = {"steps": args.steps, "guidance": args.guidance}
+    if args.guidance_by_steps:
+        try:
+            pairs = [item.split("=") for item in args.guidance_by_steps]
+            defaults[GUIDANCE_BY_STEPS] = {str(int(n)): float(w) for n, w in pairs}
+        except ValueError as e:
+            raise SystemExit(
+                f"--guidance-by-steps takes N=W pairs such as 1=1 2=1.5, got {args.guidance_by_steps}"
+            ) from e
+    (tmp / SAMPLING_FILE).write_text(json.dumps(defaults, indent=1))
+    load_sampling_defaults(tmp)  # the file must load: a bad weight or step count fails here, not in a user's call
     report = json.loads(Path(args.eval).read_text())
     command = args.command or f"accelerate launch scripts/train.py --config {run / 'config.yaml'}"
-    (tmp / "README.md").write_text(
-        model_card(
-            run, tmp, out, report, args.wall, command, args.bf16, {"steps": args.steps, "guidance": args.guidance}
-        )
-    )
+    (tmp / "README.md").write_text(model_card(run, tmp, out, report, args.wall, command, args.bf16, defaults))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
