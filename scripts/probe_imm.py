@@ -17,12 +17,14 @@ run config's data:
         --config configs/train/shapes_release_imm_from_fm.yaml --out results/shapes_ablation/probe_imm.json
 
 Each --model is a release folder loaded into the run config's model (train.init_from); the text loss is left out.
+Runs on the CPU (a few minutes per model at the tiny preset).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 from pathlib import Path
 
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the probe's tensors live on the CPU
     result: dict = {"config": args.config, "overrides": args.overrides, "batches": args.batches, "models": {}}
     for release in args.model:
         with tempfile.TemporaryDirectory() as tmp:

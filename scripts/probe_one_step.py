@@ -12,7 +12,8 @@ The run is an ordinary run folder (checkpoints, metrics.jsonl, release/): the tr
 replaced by ||f(x_T, T, 0) - x_teacher||^2 per image, where x_teacher is the teacher's Euler (one-time model) or
 pushforward (flow map) sampler from x_T over --teacher-steps steps, conditional only (the student's targets whose
 condition is dropped get the teacher's unconditional endpoint, so guidance still works on the student). The text
-loss is kept, so the student stays a language model.
+loss is kept, so the student stays a language model (both at weight 1; objective.text_weight / image_weight are
+not read).
 """
 
 from __future__ import annotations
@@ -72,12 +73,14 @@ class OneStepDistillation(Trainer):
             times = time_grid(self.teacher_steps, T, 0.0).tolist()
             for t, s in zip(times[:-1], times[1:]):
                 g = self._g(self.teacher, b, prep, x, t, s if self.two_time else t)
-                x = flow_map(x, torch.full((n,), t), torch.full((n,), s), g, fn.sigma_d)
+                x = flow_map(
+                    x, torch.full((n,), t, device=x.device), torch.full((n,), s, device=x.device), g, fn.sigma_d
+                )
         with e.autocast():
             where_text, text_y = text_targets(b.labels)
             out = e.model(**fn._inputs(b, prep, prep.noisy, prep.t), text_positions=where_text)
             text_sum = ntp_loss_sum(out.logits, text_y.to(x0.device))
-            y = flow_map(prep.x_t, noise.t, noise.s, fn._g(out.image, b, prep), fn.sigma_d)
+            y = flow_map(prep.x_t, noise.t.to(x.device), noise.s.to(x.device), fn._g(out.image, b, prep), fn.sigma_d)
             img = (y.float() - x.float()).pow(2).flatten(1).mean(1).sum()
             n_text = max(1, int(where_text.sum()))
             loss = text_sum / n_text + img / max(n, 1)

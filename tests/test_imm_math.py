@@ -357,6 +357,8 @@ def test_r_mapping_midpoint_halves_the_jump():
     t, s, r = sample_times(4096, cfg, torch.Generator().manual_seed(0))
     assert torch.allclose(r, torch.maximum(s, torch.minimum(t - cfg.min_gap, (t + s) / 2)))
     assert (s <= r).all() and (r <= t - cfg.min_gap + 1e-7).all()
+    fixed = r_from_ts(torch.tensor([0.9, 0.3, 0.5]), torch.tensor([0.1, 0.0, 0.49995]), cfg)
+    torch.testing.assert_close(fixed, torch.tensor([0.5, 0.15, 0.49995]))  # the last: r = s (gap below min_gap)
 
 
 def test_x_r_model_takes_the_target_from_the_networks_own_jump():

@@ -88,3 +88,16 @@ def test_a_bad_guidance_by_steps_names_the_file(release, by_steps, match):
             MMGenPipeline.from_pretrained(release)
     finally:
         (release / "sampling.json").unlink()
+
+
+def test_guidance_by_steps_applies_to_the_files_own_steps_and_normalises_keys(release):
+    """steps from sampling.json itself pick their guidance too (over the file's own guidance); "01" means 1."""
+    plain = _trained_head(MMGenPipeline.from_pretrained(release))
+    (release / "sampling.json").write_text(json.dumps({"steps": 1, "guidance": 3.0, "guidance_by_steps": {"01": 1.0}}))
+    try:
+        pipe = _trained_head(MMGenPipeline.from_pretrained(release))
+        assert pipe.defaults["guidance_by_steps"] == {"1": 1.0}
+        assert (_image(pipe) == _image(plain, steps=1, guidance=1.0)).all()
+        assert (_image(pipe, steps=2) == _image(plain, steps=2, guidance=3.0)).all()
+    finally:
+        (release / "sampling.json").unlink()
