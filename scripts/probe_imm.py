@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 from pathlib import Path
 
@@ -131,12 +130,13 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the probe's tensors live on the CPU
     result: dict = {"config": args.config, "overrides": args.overrides, "batches": args.batches, "models": {}}
     for release in args.model:
         with tempfile.TemporaryDirectory() as tmp:
             over = [*args.overrides, f"train.init_from={release}", f"train.output_dir={Path(tmp) / 'run'}"]
             tr = Trainer(load_config(RunConfig, args.config, over))
+            if tr.engine.device.type != "cpu":
+                raise SystemExit(f"probe_imm.py runs on the CPU, not {tr.engine.device}: set CUDA_VISIBLE_DEVICES=''")
             it = iter(tr.data)
             batches = [next(it) for _ in range(args.batches)]
             x0s = [build.clean_latents(b, tr.image_tok, tr.loss_fn.sigma_d, "cpu") for b in batches]

@@ -189,9 +189,8 @@ class MMGenPipeline:
         defaults = dict(self.defaults)
         by_steps = defaults.pop(GUIDANCE_BY_STEPS, {})
         steps = options.get("steps", defaults.get("steps", SamplingOptions.steps))
-        key = str(int(steps)) if isinstance(steps, (int, float)) and steps == int(steps) else str(steps)
-        if "guidance" not in options and key in by_steps:
-            defaults["guidance"] = by_steps[key]
+        if "guidance" not in options and steps in by_steps:
+            defaults["guidance"] = by_steps[steps]
         return defaults
 
     def text_to_image(self, prompts: list[str], batch: int = 50, seed: int = 0, **options: Any) -> list[np.ndarray]:

@@ -87,8 +87,8 @@ def load_sampling_defaults(path: str | Path) -> dict:
             raise ValueError(f'{GUIDANCE_BY_STEPS} must map step counts ("1", "2", ...) to guidance weights')
         for steps, guidance in by_steps.items():
             SamplingOptions(steps=int(steps), guidance=guidance).validate()
-        if by_steps:
-            defaults[GUIDANCE_BY_STEPS] = {str(int(k)): v for k, v in by_steps.items()}  # "01" -> "1"
+        if by_steps:  # JSON keys are strings: "1" (or "01") -> 1, so a lookup by the number of steps finds it
+            defaults[GUIDANCE_BY_STEPS] = {int(k): v for k, v in by_steps.items()}
         SamplingOptions(**{k: v for k, v in defaults.items() if k != GUIDANCE_BY_STEPS}).validate()
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: {e}; {FIX}") from e
