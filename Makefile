@@ -25,22 +25,26 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) scripts/demo.py
 
-# Retrain the shipped model from scratch (configs/train/shapes_release_imm_from_fm.yaml says why three stages):
-# about 2.5 h on one core, resumable (each stage resumes from its latest checkpoint); then the flow-matching
-# comparator at the same budget (stage 3 with objective.image=fm, ~30 min), the evaluation of the release beside
-# it and beside the flow-matching model it started from, and the publication. WALL="..." states the wall time.
+# Retrain the shipped model from scratch (configs/train/shapes_release_imm_from_fm.yaml and
+# shapes_release_distill.yaml say why four stages): about 3.7 h on one core, resumable (each stage resumes from its
+# latest checkpoint); then the flow-matching comparator at the same steps (stages 3-4 with objective.image=fm,
+# ~50 min), the evaluation of the release beside it and beside the IMM stage it distils, and the publication.
+# WALL="..." states the wall time.
 WALL ?= not recorded (make release WALL="..." states it)
 release: setup
 	$(PY) scripts/train.py --config configs/train/shapes_release.yaml objective.image=fm train.output_dir=runs/shapes_release_fm
 	$(PY) scripts/train.py --config configs/train/shapes_release_stage2.yaml objective.image=fm \
 		train.init_from=runs/shapes_release_fm/release train.output_dir=runs/shapes_cont_fm
 	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml
+	$(PY) scripts/train.py --config configs/train/shapes_release_distill.yaml
 	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml objective.image=fm \
 		train.output_dir=runs/shapes_fm_stage3
-	$(PY) scripts/eval_shapes.py --model runs/shapes_imm_bf0/release --model runs/shapes_fm_stage3/release \
-		--model runs/shapes_cont_fm/release \
+	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml objective.image=fm \
+		train.init_from=runs/shapes_fm_stage3/release train.steps=2500 train.lr=3e-4 train.output_dir=runs/shapes_fm_stage4
+	$(PY) scripts/eval_shapes.py --model runs/shapes_distill/release --model runs/shapes_fm_stage4/release \
+		--model runs/shapes_imm_bf0/release --model runs/shapes_fm_stage3/release \
 		--steps 1 2 4 8 16 --guidance 1 3 --n 200 --n-unseen 100 --seed 0 1 2 --threads 1 --out results/shapes_release.json
-	$(PY) scripts/publish_release.py --run runs/shapes_imm_bf0 --out releases/shapes --guidance-by-steps 1=1 2=1 \
+	$(PY) scripts/publish_release.py --run runs/shapes_distill --out releases/shapes --guidance-by-steps 1=1 2=1 \
 		--eval results/shapes_release.json --wall "$(WALL)" --command "make release"
 
 test: setup lint

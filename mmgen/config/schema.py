@@ -165,12 +165,27 @@ class FlowMatchingConfig:
 
 
 @dataclass
+class DistillConfig:
+    """mmgen extension, off by default: beside the image objective, regress the flow map's 1-step jump
+    f(x_T, T, 0) on a frozen teacher's guided few-step sample from the same noise, so guidance and steps are
+    distilled into one evaluation (mmgen/train/distill.py). The teacher is a release of the same tokenizers."""
+
+    teacher: str = ""  # release folder ("" = off); e.g. the IMM model this run starts from
+    steps: int = 4  # the teacher's sampling steps (pushforward for a flow map, Euler for flow matching)
+    guidance: float = 1.0  # the teacher's guidance on G (1 = conditional only)
+    weight: float = 1.0  # of the per-image squared error, averaged over the step's targets
+
+    RANGES: ClassVar[dict[str, Range]] = {"steps": Range(1, 64), "guidance": Range(0, 100), "weight": AT_LEAST_0}
+
+
+@dataclass
 class ObjectiveConfig:
     image: Literal["imm", "fm"] = "imm"
     text_weight: float = 1.0
     image_weight: float = 1.0
     imm: ImmConfig = field(default_factory=ImmConfig)
     fm: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     RANGES: ClassVar[dict[str, Range]] = {"text_weight": AT_LEAST_0, "image_weight": AT_LEAST_0}
 

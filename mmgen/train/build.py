@@ -136,3 +136,22 @@ def clean_latents(batch: TokenPlan, image_tok, sigma_d: float, device: torch.dev
     images = batch.images.to(device)
     z = images if images.is_floating_point() else image_tok.encode(images)
     return image_tok.normalize(z) * sigma_d
+
+
+def distillation(cfg: RunConfig, loss_fn, mconf: MMGenConfig, device: torch.device):
+    """objective.distill's term (None when no teacher is set): the teacher release, checked against the run's
+    tokens, frozen on the run's device."""
+    d = cfg.objective.distill
+    if not d.teacher:
+        return None
+    if cfg.objective.image != "imm":
+        raise ConfigError(
+            "objective.distill trains a flow map's 1-step jump f(x_T, T, 0): set objective.image=imm, or leave "
+            "objective.distill.teacher empty"
+        )
+    from mmgen.sampling.release import load_release
+    from mmgen.train.distill import JumpDistillation, check_teacher
+
+    teacher = load_release(d.teacher, device)[0]
+    check_teacher(teacher.config, mconf, d.teacher)
+    return JumpDistillation(d, loss_fn, teacher, mconf.t_max)

@@ -85,6 +85,7 @@ class Trainer:
         self.loss_fn = MultimodalLoss(
             cfg.objective, self.mconf.patch_size, self.mconf.image_grid, self.mconf.latent_channels
         )
+        self.distill = build.distillation(cfg, self.loss_fn, self.mconf, e.device)
         self.ema = EMA(e.param_shards(), cfg.train.ema_decay)
         self.step = 0
         self.bad_in_a_row = 0
@@ -154,6 +155,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7919 + e.rank)
         # every micro-batch's draws first (on the CPU batch): the IMM groups fix the loss normaliser
         noises = [self.loss_fn.draw(b, gen, self.step) for b in micro]
+        jumps = [self.distill.draw(b, gen, self.step) for b in micro] if self.distill else [None] * len(micro)
         # text targets, loss units, image targets, IMM groups compared by MMD (boundary groups aside), global
         counts = [0.0, 0.0, 0.0, 0.0]
         for b, noise in zip(micro, noises):
@@ -166,12 +168,16 @@ class Trainer:
         norm = LossNorm(g_text, g_units)
         e.set_lr(learning_rate(self.step, cfg.train))
         bad = False
-        sums = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0}
-        for i, (b, noise) in enumerate(zip(micro, noises)):
+        sums = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0, "distill_loss": 0.0}
+        for i, (b, noise, jump) in enumerate(zip(micro, noises, jumps)):
             x0 = build.clean_latents(b, self.image_tok, self.loss_fn.sigma_d, e.device)
             b = b.to(e.device)
             with e.autocast():
                 loss, st = self.loss_fn(e.model, b, x0, noise, norm)
+                if jump is not None:  # objective.distill: normalised by the global number of targets
+                    d_sum = self.distill(e.model, b, x0, jump)
+                    loss = loss + cfg.objective.distill.weight * d_sum / max(g_targets, 1)
+                    sums["distill_loss"] += float(d_sum.detach())
             bad |= e.any_rank(not math.isfinite(float(loss.detach())))
             e.backward(loss, last=i == len(micro) - 1)
             sums["loss"] += float(loss.detach())
@@ -181,11 +187,13 @@ class Trainer:
         bad = bad or e.skipped_by_deepspeed()
         if not bad:
             self.ema.update(e.param_shards())
-        tot = e.all_reduce([sums["loss"], sums["text_loss"], sums["image_loss"]])
+        tot = e.all_reduce([sums["loss"], sums["text_loss"], sums["image_loss"], sums["distill_loss"]])
+        distill = {"distill_loss": tot[3] / max(g_targets, 1)} if self.distill else {}
         return {
             "loss": tot[0],
             "text_loss": tot[1] / max(g_text, 1),
             "image_loss": tot[2] / max(g_units, 1),
+            **distill,
             "grad_norm": grad_norm if grad_norm is not None else float("nan"),
             "lr": learning_rate(self.step, cfg.train),
             "skipped": float(bad),
@@ -264,8 +272,9 @@ class Trainer:
             params_total=self.params_total,
         )
         self.log.write(last)
+        distill = f"distill {last['distill_loss']:.4f} " if "distill_loss" in last else ""
         bar.set_postfix_str(
-            f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} "
+            f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} {distill}"
             f"{last['tokens_per_s']:.0f} tok/s {last['mem_mb']:.0f} MB"
         )
 

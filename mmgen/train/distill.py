@@ -1,0 +1,104 @@
+"""Distilling a teacher's guided few-step sampler into the flow map's 1-step jump (objective.distill).
+
+IMM trains the jump f(x_T, T, 0) through moment matching only, and on a 256-number latent that signal is weak
+(docs/results.md, "The 1-step map"); and guidance, which the few-step samplers need, does not carry over to one
+step (a guided 1-step map overshoots). This term gives the jump a direct target: for every image target of a
+micro-batch, from the same x_T,
+
+    x_teacher = the teacher's sampler over `steps` steps, guidance w on G:  G_w = G_u + w (G_c - G_u)
+    loss      = || f_theta(x_T, T, 0) - x_teacher ||^2   (mean over the latent, summed over targets)
+
+The teacher is frozen (a release: typically the IMM model the run starts from, so the run distils its own
+guided 4-step sampler). A target whose condition is dropped (condition dropout) gets the teacher's unconditional
+endpoint, so the student's unconditional branch stays what guidance needs at N >= 2. The student is the same
+network in the same packed batch: the forward reads the caption through the batch's attention mask exactly as
+the image objective's does; only the noisy copies and their times change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from mmgen.config import ConfigError
+from mmgen.config.schema import DistillConfig
+from mmgen.data.plan import KIND_TEXT, TokenPlan
+from mmgen.flowmap import flow_map, network_input
+from mmgen.models.patches import patchify, per_token
+from mmgen.objectives.multimodal import MultimodalLoss, Noise, _Prepared
+from mmgen.sampling.flow_map import cfg_combine, time_grid
+
+
+class JumpDistillation:
+    def __init__(self, cfg: DistillConfig, loss_fn: MultimodalLoss, teacher: torch.nn.Module, t_max: float):
+        self.cfg = cfg
+        self.fn = loss_fn
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.two_time = teacher.config.image_objective == "imm"  # a flow map (pushforward) or a velocity (Euler)
+        self.t_max = t_max  # the student's T: the jump starts there, and so does the teacher's sampler
+
+    def draw(self, batch: TokenPlan, generator: torch.Generator, step: int) -> Noise:
+        """The micro-batch's noise for the jump: the image objective's draws (noise, condition dropout), with
+        every target at t = T, s = r = 0."""
+        noise = self.fn.draw(batch, generator, step)
+        noise.t, noise.s, noise.r = (torch.full_like(noise.t, v) for v in (self.t_max, 0.0, 0.0))
+        return noise
+
+    def _g(self, model, batch: TokenPlan, prep: _Prepared, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+        """G of `model` at every target's noisy copy x [n, C, h, w] at time t, second time s."""
+        fn = self.fn
+        noisy = torch.zeros_like(prep.noisy)
+        noisy[prep.targets] = patchify(network_input(x, torch.full_like(x[:, 0, 0, 0], t), fn.sigma_d), fn.p)
+        t_img, s_img = prep.t.clone(), prep.s.clone()
+        t_img[prep.targets], s_img[prep.targets] = t, s
+        none = torch.zeros_like(batch.labels, dtype=torch.bool)
+        out = model(**fn._inputs(batch, prep, noisy, t_img, s_img), text_positions=none)
+        return fn._g(out.image, batch, prep)
+
+    @torch.no_grad()
+    def teacher_endpoints(self, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:
+        """The teacher's sample [n, C, h, w] from each target's x_T down to 0 over cfg.steps uniform steps."""
+        w, n = self.cfg.guidance, prep.targets.numel()
+        unguided = prep
+        if w != 1.0:  # the guidance's second branch: every target's copy unconditional
+            drop = torch.zeros(prep.t.shape[0], dtype=torch.bool, device=prep.t.device)
+            drop[prep.targets] = True
+            unguided = replace(prep, uncond=per_token(drop, batch.image, batch.kind != KIND_TEXT))
+        x = prep.x_t
+        times = time_grid(self.cfg.steps, self.t_max, 0.0).tolist()
+        for t, s in zip(times[:-1], times[1:]):
+            s_in = s if self.two_time else t  # a one-time model is called at s = t (its Euler step)
+            g = self._g(self.teacher, batch, prep, x, t, s_in)
+            if w != 1.0:
+                g = cfg_combine(g, self._g(self.teacher, batch, unguided, x, t, s_in), w)
+            tt, ss = (torch.full((n,), v, device=x.device) for v in (t, s))
+            x = flow_map(x, tt, ss, g, self.fn.sigma_d)
+        return x
+
+    def __call__(self, model, batch: TokenPlan, x0: torch.Tensor, noise: Noise) -> torch.Tensor:
+        """Sum over the micro-batch's targets of the per-image mean squared error of the student's jump."""
+        prep = self.fn._prepare(batch, x0, noise)
+        if prep.targets.numel() == 0:
+            return x0.new_zeros(())
+        target = self.teacher_endpoints(batch, prep)
+        g = self._g(model, batch, prep, prep.x_t, self.t_max, 0.0)
+        y = flow_map(prep.x_t, noise.t.to(x0.device), noise.s.to(x0.device), g, self.fn.sigma_d)
+        return (y.float() - target.float()).pow(2).flatten(1).mean(1).sum()
+
+
+def check_teacher(teacher_config, student_config, where: str) -> None:
+    """The teacher must read and write the student's tokens: same vocabulary and the same latent images."""
+
+    def value(config, key):
+        v = getattr(config, key)
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    keys = ("vocab_size", "latent_channels", "patch_size", "image_grid", "sigma_d")
+    diff = [f"{k} {value(teacher_config, k)} (this run: {value(student_config, k)})" for k in keys]
+    diff = [d for d, k in zip(diff, keys) if value(teacher_config, k) != value(student_config, k)]
+    if diff:
+        raise ConfigError(
+            f"objective.distill.teacher={where!r} was trained for other tokens: {', '.join(diff)}; use a teacher "
+            f"release trained with this run's tokenizers and image size"
+        )

@@ -1,0 +1,81 @@
+"""objective.distill: the teacher's guided sampler, the 1-step jump's regression in the trainer, bad teachers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import tiny_release
+from helpers import metrics, objective_setup, tiny_run
+
+from mmgen.config import ConfigError
+from mmgen.config.schema import DistillConfig
+from mmgen.data.plan import KIND_TEXT
+from mmgen.train.distill import JumpDistillation
+
+
+def _endpoints(batch, model, loss_fn, x0, guidance: float, steps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the teacher's endpoints, which targets had their condition dropped) from fixed draws."""
+    d = JumpDistillation(DistillConfig(teacher="-", steps=steps, guidance=guidance), loss_fn, model, t_max=0.994)
+    noise = d.draw(batch, torch.Generator().manual_seed(3), 0)
+    return d.teacher_endpoints(batch, loss_fn._prepare(batch, x0, noise)), noise.uncond
+
+
+def test_teacher_guidance_is_cfg_on_g_and_its_unconditional_branch_ignores_the_caption(batch):
+    _, model, loss_fn, x0 = objective_setup(batch, imm={"cond_dropout": 0.4})
+    e0, dropped = _endpoints(batch, model, loss_fn, x0, 0.0)
+    e1, _ = _endpoints(batch, model, loss_fn, x0, 1.0)
+    e3, _ = _endpoints(batch, model, loss_fn, x0, 3.0)
+    assert dropped.any() and (~dropped).any()
+    # one step of f(x, t, s) = a x + b G is affine in G, so guidance w moves the endpoint along e1 - e0
+    torch.testing.assert_close(e3, e0 + 3.0 * (e1 - e0), rtol=1e-4, atol=1e-5)
+    # a target whose condition is dropped gets the unconditional endpoint at every guidance
+    torch.testing.assert_close(e3[dropped], e0[dropped], rtol=0, atol=1e-6)
+    assert (e1[~dropped] - e0[~dropped]).abs().amax() > 1e-3  # and the others do depend on the condition
+    # the unconditional branch does not read the captions; the conditional one does
+    text = batch.kind == KIND_TEXT
+    other = replace(batch, input_ids=torch.where(text, (batch.input_ids + 7) % 300, batch.input_ids))
+    e0_other, _ = _endpoints(other, model, loss_fn, x0, 0.0)
+    e1_other, _ = _endpoints(other, model, loss_fn, x0, 1.0)
+    torch.testing.assert_close(e0_other, e0, rtol=0, atol=1e-6)
+    assert (e1_other[~dropped] - e1[~dropped]).abs().amax() > 1e-4
+
+
+def test_a_model_distilled_from_itself_in_one_step_starts_at_zero_loss(tiny_assets, tmp_path):
+    """Teacher = the run's starting weights, one teacher step, no guidance: the teacher's sample is the student's
+    own jump f(x_T, T, 0), so the first step's distillation loss is 0; with two teacher steps it is not."""
+    from mmgen.train.loop import Trainer
+
+    Trainer(tiny_run(tiny_assets, tmp_path / "start", "train.steps=2")).train()
+    release = tmp_path / "start" / "release"
+    losses = {}
+    for steps in (1, 2):
+        out = tmp_path / f"distill{steps}"
+        cfg = tiny_run(
+            tiny_assets,
+            out,
+            "train.steps=2",
+            f"train.init_from={release}",
+            f"objective.distill.teacher={release}",
+            f"objective.distill.steps={steps}",
+        )
+        Trainer(cfg).train()
+        rows = metrics(out)
+        assert all(r["loss"] == r["loss"] and "distill_loss" in r for r in rows)
+        losses[steps] = rows[0]["distill_loss"]
+    assert losses[1] < 1e-12 and losses[2] > 1e-8, losses
+
+
+def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):
+    from mmgen.train.loop import Trainer
+
+    other = tiny_release(tiny_assets, tmp_path / "other")  # 32-px images: a 4x4 latent grid, the run's is 2x2
+    with pytest.raises(
+        ConfigError, match=r"image_grid \(4, 4\) \(this run: \(2, 2\)\).*this run's tokenizers and image size"
+    ):
+        Trainer(tiny_run(tiny_assets, tmp_path / "a", f"objective.distill.teacher={other}"))
+    with pytest.raises(ConfigError, match="set objective.image=imm"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "b", "objective.image=fm", f"objective.distill.teacher={other}"))
+    with pytest.raises(Exception, match="no mmgen release at"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "c", f"objective.distill.teacher={tmp_path / 'missing'}"))
