@@ -17,7 +17,8 @@ from mmgen.train.distill import JumpDistillation
 
 def _endpoints(batch, model, loss_fn, x0, guidance: float, steps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(the teacher's endpoints, which targets had their condition dropped) from fixed draws."""
-    d = JumpDistillation(DistillConfig(teacher="-", steps=steps, guidance=guidance), loss_fn, model, t_max=0.994)
+    cfg = DistillConfig(teacher="-", steps=steps, guidance=guidance)
+    d = JumpDistillation(cfg, loss_fn, model, t_range=(0.0, 0.994))  # the IMM default range
     noise = d.draw(batch, torch.Generator().manual_seed(3), 0)
     return d.teacher_endpoints(batch, loss_fn._prepare(batch, x0, noise)), noise.uncond
 
@@ -42,29 +43,31 @@ def test_teacher_guidance_is_cfg_on_g_and_its_unconditional_branch_ignores_the_c
     assert (e1_other[~dropped] - e1[~dropped]).abs().amax() > 1e-4
 
 
-def test_a_model_distilled_from_itself_in_one_step_starts_at_zero_loss(tiny_assets, tmp_path):
-    """Teacher = the run's starting weights, one teacher step, no guidance: the teacher's sample is the student's
-    own jump f(x_T, T, 0), so the first step's distillation loss is 0; with two teacher steps it is not."""
+def test_the_term_joins_the_loss_and_self_distillation_in_one_step_starts_at_zero(tiny_assets, tmp_path):
+    """From one start: without the term, with weight 0 (off: the same run), and distilling the start itself. With
+    one teacher step and no guidance the teacher's sample is the student's own jump, so the first step's term is
+    0; with two steps it is not, and the logged loss is the run's without the term plus the term."""
     from mmgen.train.loop import Trainer
 
     Trainer(tiny_run(tiny_assets, tmp_path / "start", "train.steps=2")).train()
     release = tmp_path / "start" / "release"
-    losses = {}
-    for steps in (1, 2):
-        out = tmp_path / f"distill{steps}"
-        cfg = tiny_run(
-            tiny_assets,
-            out,
-            "train.steps=2",
-            f"train.init_from={release}",
-            f"objective.distill.teacher={release}",
-            f"objective.distill.steps={steps}",
-        )
+    rows = {}
+    for name, extra in {
+        "none": [],
+        "weight0": [f"objective.distill.teacher={release}", "objective.distill.weight=0"],
+        "steps1": [f"objective.distill.teacher={release}", "objective.distill.steps=1"],
+        "steps2": [f"objective.distill.teacher={release}", "objective.distill.steps=2"],
+    }.items():
+        cfg = tiny_run(tiny_assets, tmp_path / name, "train.steps=2", f"train.init_from={release}", *extra)
         Trainer(cfg).train()
-        rows = metrics(out)
-        assert all(r["loss"] == r["loss"] and "distill_loss" in r for r in rows)
-        losses[steps] = rows[0]["distill_loss"]
-    assert losses[1] < 1e-12 and losses[2] > 1e-8, losses
+        rows[name] = metrics(tmp_path / name)
+    assert [r["loss"] for r in rows["weight0"]] == [r["loss"] for r in rows["none"]]
+    assert "distill_loss" not in rows["weight0"][0]
+    assert rows["steps1"][0]["distill_loss"] < 1e-12
+    first, base = rows["steps2"][0], rows["none"][0]
+    assert first["distill_loss"] > 1e-8
+    assert first["loss"] == pytest.approx(base["loss"] + first["distill_loss"], rel=1e-6)
+    assert first["image_loss"] == pytest.approx(base["image_loss"], rel=1e-6)  # the image objective's draws kept
 
 
 def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):
@@ -72,9 +75,18 @@ def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):
 
     other = tiny_release(tiny_assets, tmp_path / "other")  # 32-px images: a 4x4 latent grid, the run's is 2x2
     with pytest.raises(
-        ConfigError, match=r"image_grid \(4, 4\) \(this run: \(2, 2\)\).*this run's tokenizers and image size"
+        ConfigError,
+        match=r"image_grid \(4, 4\) \(this run: \(2, 2\)\).*this run's tokenizers, image size and time range",
     ):
         Trainer(tiny_run(tiny_assets, tmp_path / "a", f"objective.distill.teacher={other}"))
+    from mmgen.tokenizer.image import load_image_tokenizer
+
+    image = load_image_tokenizer(other / "image_tokenizer")
+    with torch.no_grad():
+        next(image.parameters()).add_(0.01)
+    image.save_pretrained(other / "image_tokenizer")
+    with pytest.raises(ConfigError, match="another image tokenizer"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "i", "data.image_size=32", f"objective.distill.teacher={other}"))
     with pytest.raises(ConfigError, match="set objective.image=imm"):
         Trainer(tiny_run(tiny_assets, tmp_path / "b", "objective.image=fm", f"objective.distill.teacher={other}"))
     with pytest.raises(Exception, match="no mmgen release at"):

@@ -19,6 +19,7 @@ from mmgen.data.plan import TokenPlan
 from mmgen.data.shards import ShardStream, Split
 from mmgen.flowmap import image_config
 from mmgen.models.model import MMGenConfig
+from mmgen.objectives.multimodal import MultimodalLoss
 from mmgen.tokenizer.text import SPECIAL_IDS, ensure_text_tokenizer
 
 
@@ -138,20 +139,20 @@ def clean_latents(batch: TokenPlan, image_tok, sigma_d: float, device: torch.dev
     return image_tok.normalize(z) * sigma_d
 
 
-def distillation(cfg: RunConfig, loss_fn, mconf: MMGenConfig, device: torch.device):
-    """objective.distill's term (None when no teacher is set): the teacher release, checked against the run's
-    tokens, frozen on the run's device."""
+def distillation(cfg: RunConfig, loss_fn: MultimodalLoss, mconf: MMGenConfig, tokenizers: tuple, device: torch.device):
+    """objective.distill's term (None when no teacher is set or its weight is 0): the teacher release, checked
+    against the run's tokenizers and model, frozen on the run's device."""
     d = cfg.objective.distill
-    if not d.teacher:
+    if not d.teacher or d.weight == 0:
         return None
     if cfg.objective.image != "imm":
         raise ConfigError(
-            "objective.distill trains a flow map's 1-step jump f(x_T, T, 0): set objective.image=imm, or leave "
+            "objective.distill trains a flow map's 1-step jump f(x_T, T, t_min): set objective.image=imm, or leave "
             "objective.distill.teacher empty"
         )
     from mmgen.sampling.release import load_release
     from mmgen.train.distill import JumpDistillation, check_teacher
 
-    teacher = load_release(d.teacher, device)[0]
-    check_teacher(teacher.config, mconf, d.teacher)
-    return JumpDistillation(d, loss_fn, teacher, mconf.t_max)
+    teacher, *teacher_tokenizers = load_release(d.teacher, device)
+    check_teacher(teacher, tuple(teacher_tokenizers), mconf, tokenizers, d.teacher)
+    return JumpDistillation(d, loss_fn, teacher, (mconf.t_min, mconf.t_max))

@@ -85,7 +85,7 @@ class Trainer:
         self.loss_fn = MultimodalLoss(
             cfg.objective, self.mconf.patch_size, self.mconf.image_grid, self.mconf.latent_channels
         )
-        self.distill = build.distillation(cfg, self.loss_fn, self.mconf, e.device)
+        self.distill = build.distillation(cfg, self.loss_fn, self.mconf, (self.text_tok, self.image_tok), e.device)
         self.ema = EMA(e.param_shards(), cfg.train.ema_decay)
         self.step = 0
         self.bad_in_a_row = 0
@@ -188,12 +188,12 @@ class Trainer:
         if not bad:
             self.ema.update(e.param_shards())
         tot = e.all_reduce([sums["loss"], sums["text_loss"], sums["image_loss"], sums["distill_loss"]])
-        distill = {"distill_loss": tot[3] / max(g_targets, 1)} if self.distill else {}
+        extra = {"distill_loss": tot[3] / max(g_targets, 1)} if self.distill else {}
         return {
             "loss": tot[0],
             "text_loss": tot[1] / max(g_text, 1),
             "image_loss": tot[2] / max(g_units, 1),
-            **distill,
+            **extra,
             "grad_norm": grad_norm if grad_norm is not None else float("nan"),
             "lr": learning_rate(self.step, cfg.train),
             "skipped": float(bad),
@@ -272,9 +272,9 @@ class Trainer:
             params_total=self.params_total,
         )
         self.log.write(last)
-        distill = f"distill {last['distill_loss']:.4f} " if "distill_loss" in last else ""
+        jump = f"distill {last['distill_loss']:.4f} " if "distill_loss" in last else ""
         bar.set_postfix_str(
-            f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} {distill}"
+            f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} {jump}"
             f"{last['tokens_per_s']:.0f} tok/s {last['mem_mb']:.0f} MB"
         )
 
