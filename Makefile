@@ -26,7 +26,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 # Retrain the shipped model from scratch (configs/train/shapes_release_imm_from_fm.yaml and
-# shapes_release_distill.yaml say why four stages): about 3.7 h on one core, resumable (each stage resumes from its
+# shapes_release_distill.yaml say why four stages): about 3.8 h on one core, resumable (each stage resumes from its
 # latest checkpoint); then the flow-matching comparator at the same steps (stages 3-4 with objective.image=fm,
 # ~50 min), the evaluation of the release beside it and beside the IMM stage it distils, and the publication.
 # WALL="..." states the wall time.
