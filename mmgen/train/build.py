@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,9 @@ from mmgen.flowmap import image_config
 from mmgen.models.model import MMGenConfig
 from mmgen.objectives.multimodal import MultimodalLoss
 from mmgen.tokenizer.text import SPECIAL_IDS, ensure_text_tokenizer
+
+if TYPE_CHECKING:  # imported where used: the teacher's release loader is only needed with objective.distill
+    from mmgen.train.distill import JumpDistillation
 
 
 def _tokenizer_path(path: str, key: str) -> Path:
@@ -139,7 +142,9 @@ def clean_latents(batch: TokenPlan, image_tok, sigma_d: float, device: torch.dev
     return image_tok.normalize(z) * sigma_d
 
 
-def distillation(cfg: RunConfig, loss_fn: MultimodalLoss, mconf: MMGenConfig, tokenizers: tuple, device: torch.device):
+def distillation(
+    cfg: RunConfig, loss_fn: MultimodalLoss, mconf: MMGenConfig, tokenizers: tuple, device: torch.device
+) -> JumpDistillation | None:
     """objective.distill's term (None when no teacher is set or its weight is 0): the teacher release, checked
     against the run's tokenizers and model, frozen on the run's device."""
     d = cfg.objective.distill
