@@ -33,8 +33,7 @@ from mmgen.cli import cli_main
 from mmgen.config.core import load_config
 from mmgen.config.schema import RunConfig
 from mmgen.files import save_json
-from mmgen.flowmap import flow_map, network_input
-from mmgen.models.patches import patchify
+from mmgen.flowmap import flow_map
 from mmgen.objectives.multimodal import LossNorm, count_units
 from mmgen.train import build
 from mmgen.train.loop import Trainer
@@ -54,27 +53,22 @@ def s_dependence(tr: Trainer, batches: list, x0s: list) -> dict:
                 noise = fn.draw(b, torch.Generator().manual_seed(0), 10**9)
                 n = len(noise.t)
                 noise.uncond = torch.zeros(n, dtype=torch.bool)
-                gs = {}
-                for s in (0.0, t / 3, 0.9 * t, t):
-                    noise.t, noise.s = torch.full((n,), t), torch.full((n,), s)
-                    prep = fn._prepare(b, x0, noise)
-                    none = torch.zeros_like(b.labels, dtype=torch.bool)
-                    o = model(**fn._inputs(b, prep, prep.noisy, prep.t), text_positions=none)
-                    gs[s] = fn._g(o.image, b, prep).flatten(1)
+                noise.t = torch.full((n,), t)
+                prep = fn._prepare(b, x0, noise)
+                gs = {
+                    s: fn.g_at(model, b, prep, prep.x_t, torch.full((n,), t), torch.full((n,), s)).flatten(1)
+                    for s in (0.0, t / 3, 0.9 * t, t)
+                }
                 for s, g in gs.items():
                     if s != t:
                         key = f"s={s / t:.2g}t"
                         rel.setdefault(key, []).append(float((g - gs[t]).norm() / gs[t].norm()))
                 # the jump the model's own 16-step sampler makes from the same x_t to 0, as a G
-                prep = fn._prepare(b, x0, noise)
                 x = prep.x_t
                 grid = torch.linspace(t, 0.0, REF_STEPS + 1).tolist()
                 for hi, lo in zip(grid[:-1], grid[1:]):
-                    noise.t, noise.s = torch.full((n,), hi), torch.full((n,), lo if two_time else hi)
-                    p = fn._prepare(b, x0, noise)
-                    p.noisy[p.targets] = patchify(network_input(x, noise.t, fn.sigma_d), fn.p)
-                    o = model(**fn._inputs(b, p, p.noisy, p.t), text_positions=none)
-                    x = flow_map(x, noise.t, torch.full((n,), lo), fn._g(o.image, b, p), fn.sigma_d)
+                    g = fn.g_at(model, b, prep, x, torch.full((n,), hi), torch.full((n,), lo if two_time else hi))
+                    x = flow_map(x, torch.full((n,), hi), torch.full((n,), lo), g, fn.sigma_d)
                 g_ref = ((prep.x_t - x) / (t * fn.sigma_d)).flatten(1)
                 rel.setdefault("ode16_vs_velocity", []).append(float((g_ref - gs[t]).norm() / gs[t].norm()))
                 rel.setdefault("jump_vs_ode16", []).append(float((gs[0.0] - g_ref).norm() / g_ref.norm()))

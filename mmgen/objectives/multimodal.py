@@ -189,6 +189,29 @@ class MultimodalLoss:
         g = from_dense(out_image, batch.image, batch.patch, batch.kind == KIND_NOISY, *prep.clean.shape[:2])
         return unpatchify(g, self.p, self.grid, self.latent_channels)[prep.targets]
 
+    def g_at(
+        self,
+        model,
+        batch: TokenPlan,
+        prep: _Prepared,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        s: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """G [n, C, h, w] of a forward in which every target's noisy copy is x [n, C, h, w] at time t [n], second
+        time s [n] (None: the prepared s); the clean copies, the text and the mask are the batch's. No logits."""
+        noisy = torch.zeros_like(prep.noisy)
+        noisy[prep.targets] = patchify(network_input(x, t, self.sigma_d), self.p)
+        t_img = prep.t.clone()
+        t_img[prep.targets] = t
+        s_img = None
+        if s is not None:
+            s_img = prep.s.clone()
+            s_img[prep.targets] = s
+        none = torch.zeros_like(batch.labels, dtype=torch.bool)
+        out = model(**self._inputs(batch, prep, noisy, t_img, s_img), text_positions=none)
+        return self._g(out.image, batch, prep)
+
     def __call__(
         self, model, batch: TokenPlan, x0: torch.Tensor, noise: Noise, norm: LossNorm | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -239,20 +262,11 @@ class MultimodalLoss:
         t_i, s_i, r_i = noise.t.to(dev), noise.s.to(dev), noise.r.to(dev)
         y_t = flow_map(prep.x_t, t_i, s_i, g_t, sd)
         with torch.no_grad():  # theta-: the same weights, stop-gradient; only the noisy copies change
-            none = torch.zeros_like(batch.labels, dtype=torch.bool)
             if cfg.x_r == "model":  # the network's own jump t -> r (one more forward, its second time r)
-                s_m = prep.s.clone()
-                s_m[prep.targets] = r_i
-                out_m = model(**self._inputs(batch, prep, prep.noisy, prep.t, s_m), text_positions=none)
-                x_r = flow_map(prep.x_t, t_i, r_i, self._g(out_m.image, batch, prep), sd)
+                x_r = flow_map(prep.x_t, t_i, r_i, self.g_at(model, batch, prep, prep.x_t, t_i, r_i), sd)
             else:
                 x_r = ddim(prep.x_t, prep.x, t_i, r_i)
-            noisy_r = torch.zeros_like(prep.noisy)
-            noisy_r[prep.targets] = patchify(network_input(x_r, r_i, sd), self.p)
-            t_r = prep.t.clone()
-            t_r[prep.targets] = r_i
-            out_r = model(**self._inputs(batch, prep, noisy_r, t_r), text_positions=none)
-            y_r = flow_map(x_r, r_i, s_i, self._g(out_r.image, batch, prep), sd)
+            y_r = flow_map(x_r, r_i, s_i, self.g_at(model, batch, prep, x_r, r_i), sd)
         for size in sorted(set(sizes)):  # one batched kernel per group size (a few distinct sizes)
             first = [a for a, sz, b in zip(starts, sizes, noise.boundary) if sz == size and not b]
             if not first:

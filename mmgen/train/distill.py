@@ -29,9 +29,9 @@ import torch
 from mmgen.config import ConfigError
 from mmgen.config.schema import DistillConfig
 from mmgen.data.plan import KIND_TEXT, TokenPlan
-from mmgen.flowmap import flow_map, network_input
+from mmgen.flowmap import flow_map
 from mmgen.models.model import MMGenConfig, MMGenModel
-from mmgen.models.patches import patchify, per_token
+from mmgen.models.patches import per_token
 from mmgen.objectives.multimodal import MultimodalLoss, Noise, _Prepared
 from mmgen.sampling.flow_map import cfg_combine, time_grid
 
@@ -54,18 +54,9 @@ class JumpDistillation:
         noise.t, noise.s, noise.r = (torch.full_like(noise.t, v) for v in (self.t_max, self.t_min, self.t_min))
         return noise
 
-    def _g(
-        self, model: Callable, batch: TokenPlan, prep: _Prepared, x: torch.Tensor, t: float, s: float
-    ) -> torch.Tensor:
-        """G of `model` at every target's noisy copy x [n, C, h, w] at time t, second time s."""
-        fn = self.fn
-        noisy = torch.zeros_like(prep.noisy)
-        noisy[prep.targets] = patchify(network_input(x, torch.full_like(x[:, 0, 0, 0], t), fn.sigma_d), fn.p)
-        t_img, s_img = prep.t.clone(), prep.s.clone()
-        t_img[prep.targets], s_img[prep.targets] = t, s
-        none = torch.zeros_like(batch.labels, dtype=torch.bool)
-        out = model(**fn._inputs(batch, prep, noisy, t_img, s_img), text_positions=none)
-        return fn._g(out.image, batch, prep)
+    def _g(self, model: Callable, batch: TokenPlan, prep: _Prepared, x: torch.Tensor, t: float, s: float):
+        """G of `model` [n, C, h, w] at every target's noisy copy x at time t, second time s (scalars)."""
+        return self.fn.g_at(model, batch, prep, x, torch.full_like(x[:, 0, 0, 0], t), torch.full_like(x[:, 0, 0, 0], s))
 
     @torch.no_grad()
     def teacher_endpoints(self, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:

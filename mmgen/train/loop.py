@@ -272,9 +272,9 @@ class Trainer:
             params_total=self.params_total,
         )
         self.log.write(last)
-        jump = f"distill {last['distill_loss']:.4f} " if "distill_loss" in last else ""
+        distill = f"distill {last['distill_loss']:.4f} " if "distill_loss" in last else ""
         bar.set_postfix_str(
-            f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} {jump}"
+            f"loss {last['loss']:.3f} text {last['text_loss']:.3f} img {last['image_loss']:.4f} {distill}"
             f"{last['tokens_per_s']:.0f} tok/s {last['mem_mb']:.0f} MB"
         )
 
