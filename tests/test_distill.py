@@ -91,3 +91,67 @@ def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):
         Trainer(tiny_run(tiny_assets, tmp_path / "b", "objective.image=fm", f"objective.distill.teacher={other}"))
     with pytest.raises(Exception, match="no mmgen release at"):
         Trainer(tiny_run(tiny_assets, tmp_path / "c", f"objective.distill.teacher={tmp_path / 'missing'}"))
+
+
+@pytest.mark.parametrize("objective", ["imm", "fm"])
+def test_teacher_endpoints_are_the_samplers_image_from_the_same_noise(tiny_assets, objective, monkeypatch):
+    """The teacher's sample inside a packed training batch is what the interleaved sampler draws for the same
+    caption from the same noise: the same time grid, sampler (pushforward for a flow map, Euler for flow matching),
+    guidance and attention to the caption, though one runs on a packed batch and the other on a KV cache."""
+    import numpy as np
+    from conftest import TINY, tiny_model
+    from helpers import _randomize
+
+    import mmgen.sampling.interleaved as interleaved
+    from mmgen.config import ObjectiveConfig, from_dict
+    from mmgen.data.documents import Document, Image
+    from mmgen.data.packing import Packer, PackSpec
+    from mmgen.data.shards import Item
+    from mmgen.objectives.multimodal import MultimodalLoss
+
+    text, image, model = tiny_model(tiny_assets, **TINY, image_objective=objective)
+    _randomize(model)
+    model.eval()
+    c, caption, steps, guidance = model.config, "a large red circle above a small blue square", 3, 2.5
+    seen = {}
+
+    def spy(g, noise, times, *args):  # the sampler's noise and image
+        seen["noise"], seen["image"] = noise, real(g, noise, times, *args)
+        return seen["image"]
+
+    real = interleaved.sample
+    monkeypatch.setattr(interleaved, "sample", spy)
+    opts = interleaved.SamplingOptions(
+        steps=steps, guidance=guidance, image_first=True, stop_after_image=True, max_new_tokens=0, seed=4
+    )
+    interleaved.InterleavedSampler(model, text, image).run([[caption]], opts)
+
+    doc = Document("d", [caption, Image(pixels=np.zeros((c.image_size, c.image_size, 3), np.uint8))])
+    batch = next(Packer(text, PackSpec.from_config(c, rows=1)).batches([Item(doc, 0, 0, 0)], keep_last=True))
+    loss_fn = MultimodalLoss(
+        from_dict(ObjectiveConfig, {"image": objective}), c.patch_size, c.image_grid, c.latent_channels
+    )
+    d = JumpDistillation(DistillConfig(teacher="-", steps=steps, guidance=guidance), loss_fn, model, (c.t_min, c.t_max))
+    noise = d.draw(batch, torch.Generator().manual_seed(0), 0)
+    noise.uncond[:] = False
+    x0 = torch.randn(1, c.latent_channels, *(n * c.patch_size for n in c.image_grid))  # unseen by the noisy copy
+    prep = replace(loss_fn._prepare(batch, x0, noise), x_t=seen["noise"])
+    torch.testing.assert_close(d.teacher_endpoints(batch, prep), seen["image"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_resumed_distillation_refuses_a_teacher_that_changed_on_disk(tiny_assets, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mmgen.errors import CheckpointError
+    from mmgen.train.loop import Trainer
+
+    Trainer(tiny_run(tiny_assets, tmp_path / "start", "train.steps=1")).train()
+    teacher = tmp_path / "start" / "release"
+    run = [f"train.init_from={teacher}", f"objective.distill.teacher={teacher}", "train.ckpt_every=1"]
+    Trainer(tiny_run(tiny_assets, tmp_path / "d", "train.steps=1", *run)).train()
+    Trainer(tiny_run(tiny_assets, tmp_path / "d", "train.steps=2", *run)).train()  # the same teacher: resumes
+    assert metrics(tmp_path / "d")[-1]["step"] == 2
+    weights = load_file(str(teacher / "model.safetensors"))  # the teacher's stage rerun: other weights
+    save_file({k: v + 0.01 for k, v in weights.items()}, str(teacher / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"trained against another teacher.*restore that release"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "d", "train.steps=3", *run))

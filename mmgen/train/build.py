@@ -157,7 +157,9 @@ def distillation(
         )
     from mmgen.sampling.release import load_release
     from mmgen.train.distill import JumpDistillation, check_teacher
+    from mmgen.train.manifest import sha256
 
     teacher, *teacher_tokenizers = load_release(d.teacher, device)
     check_teacher(teacher, tuple(teacher_tokenizers), mconf, tokenizers, d.teacher)
-    return JumpDistillation(d, loss_fn, teacher, (mconf.t_min, mconf.t_max))
+    weights = sha256(Path(d.teacher) / "model.safetensors")  # recorded in checkpoints: a resumed run checks it
+    return JumpDistillation(d, loss_fn, teacher, (mconf.t_min, mconf.t_max), weights)

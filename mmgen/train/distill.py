@@ -39,8 +39,16 @@ from mmgen.sampling.flow_map import cfg_combine, time_grid
 class JumpDistillation:
     """The term's draws, the teacher's sampler and the student's jump; `__call__` gives a micro-batch's sum."""
 
-    def __init__(self, cfg: DistillConfig, loss_fn: MultimodalLoss, teacher: MMGenModel, t_range: tuple[float, float]):
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        loss_fn: MultimodalLoss,
+        teacher: MMGenModel,
+        t_range: tuple[float, float],
+        teacher_sha256: str = "",
+    ):
         self.cfg = cfg
+        self.teacher_sha256 = teacher_sha256  # of the teacher's model.safetensors (empty: not from a release file)
         self.fn = loss_fn
         self.teacher = teacher.eval().requires_grad_(False)
         self.two_time = teacher.config.image_objective == "imm"  # a flow map (pushforward) or a velocity (Euler)

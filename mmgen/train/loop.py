@@ -125,6 +125,7 @@ class Trainer:
             return None, None
         run_files.check_same_model(self, chosen.path)
         state, ema_state, cursor_state = load_checkpoint(e, chosen.path)
+        run_files.check_same_teacher(self, chosen.path, state)
         self.ema.load_state_dict(ema_state)
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]

@@ -65,6 +65,19 @@ def check_same_model(trainer: Trainer, ckpt: Path) -> None:
             )
 
 
+def check_same_teacher(trainer: Trainer, ckpt: Path, state: dict) -> None:
+    """Refuse to resume a distillation whose teacher release changed on disk since the checkpoint (a rerun of
+    the teacher's stage overwrites it): the steps after the checkpoint would regress on another model."""
+    saved, d = state.get("distill_teacher_sha256"), trainer.distill
+    if saved and d is not None and d.teacher_sha256 and saved != d.teacher_sha256:
+        teacher = trainer.cfg.objective.distill.teacher
+        raise CheckpointError(
+            f"checkpoint {ckpt} was trained against another teacher: objective.distill.teacher={teacher!r} now "
+            f"holds other weights (model.safetensors sha256 {d.teacher_sha256[:12]}..., the checkpoint's "
+            f"{saved[:12]}...); restore that release, or start a new train.output_dir (--resume none starts over)"
+        )
+
+
 def save(trainer: Trainer) -> Path:
     """A checkpoint of the trainer's step: weights, optimizer, EMA, data cursor and counters."""
     e = trainer.engine
@@ -75,6 +88,8 @@ def save(trainer: Trainer) -> Path:
         "world_size": e.world_size,
         "time": time.time(),
     }
+    if trainer.distill is not None:
+        state["distill_teacher_sha256"] = trainer.distill.teacher_sha256
     return save_checkpoint(
         e,
         trainer.out / "checkpoints",
