@@ -200,17 +200,36 @@ class MultimodalLoss:
     ) -> torch.Tensor:
         """G [n, C, h, w] of a forward in which every target's noisy copy is x [n, C, h, w] at time t [n], second
         time s [n] (None: the prepared s); the clean copies, the text and the mask are the batch's. No logits."""
-        noisy = torch.zeros_like(prep.noisy)
-        noisy[prep.targets] = patchify(network_input(x, t, self.sigma_d), self.p)
-        t_img = prep.t.clone()
-        t_img[prep.targets] = t
-        s_img = None
-        if s is not None:
-            s_img = prep.s.clone()
-            s_img[prep.targets] = s
-        none = torch.zeros_like(batch.labels, dtype=torch.bool)
-        out = model(**self._inputs(batch, prep, noisy, t_img, s_img), text_positions=none)
-        return self._g(out.image, batch, prep)
+        return self.g_at_each(model, batch, [prep], x, t, s)[0]
+
+    def g_at_each(
+        self,
+        model,
+        batch: TokenPlan,
+        preps: list[_Prepared],
+        x: torch.Tensor,
+        t: torch.Tensor,
+        s: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """`g_at` for several preparations of one batch (e.g. its conditional and unconditional copies: they differ
+        in `uncond`) in ONE forward, their inputs side by side along the batch dimension: fewer, larger kernels."""
+        inputs = []
+        for prep in preps:
+            noisy = torch.zeros_like(prep.noisy)
+            noisy[prep.targets] = patchify(network_input(x, t, self.sigma_d), self.p)
+            t_img = prep.t.clone()
+            t_img[prep.targets] = t
+            s_img = None
+            if s is not None:
+                s_img = prep.s.clone()
+                s_img[prep.targets] = s
+            inputs.append(self._inputs(batch, prep, noisy, t_img, s_img))
+        merged = inputs[0]
+        if len(inputs) > 1:
+            merged = {k: torch.cat([i[k] for i in inputs], dim=1 if k == "pos" else 0) for k in merged}  # pos [3, B, L]
+        out = model(**merged, text_positions=torch.zeros_like(merged["input_ids"], dtype=torch.bool))  # no logits
+        B = batch.labels.shape[0]
+        return [self._g(out.image[i * B : (i + 1) * B], batch, prep) for i, prep in enumerate(preps)]
 
     def __call__(
         self, model, batch: TokenPlan, x0: torch.Tensor, noise: Noise, norm: LossNorm | None = None

@@ -62,9 +62,11 @@ class JumpDistillation:
         noise.t, noise.s, noise.r = (torch.full_like(noise.t, v) for v in (self.t_max, self.t_min, self.t_min))
         return noise
 
-    def _g(self, model: Callable, batch: TokenPlan, prep: _Prepared, x: torch.Tensor, t: float, s: float):
-        """G of `model` [n, C, h, w] at every target's noisy copy x at time t, second time s (scalars)."""
-        return self.fn.g_at(model, batch, prep, x, torch.full_like(x[:, 0, 0, 0], t), torch.full_like(x[:, 0, 0, 0], s))
+    def _g(self, model: Callable, batch: TokenPlan, preps: list[_Prepared], x: torch.Tensor, t: float, s: float):
+        """G of `model` [n, C, h, w] at every target's noisy copy x at time t, second time s (scalars), for each
+        preparation in `preps`, in one forward."""
+        t_, s_ = (torch.full_like(x[:, 0, 0, 0], v) for v in (t, s))
+        return self.fn.g_at_each(model, batch, preps, x, t_, s_)
 
     @torch.no_grad()
     def teacher_endpoints(self, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:
@@ -80,9 +82,11 @@ class JumpDistillation:
         times = time_grid(self.cfg.steps, self.t_max, self.t_min).tolist()
         for t, s in zip(times[:-1], times[1:]):
             s_in = s if self.two_time else t  # a one-time model is called at s = t (its Euler step)
-            g = self._g(self.teacher, batch, prep, x, t, s_in).float()
-            if w != 1.0:
-                g = cfg_combine(g, self._g(self.teacher, batch, unguided, x, t, s_in).float(), w)
+            if w != 1.0:  # the conditional and unconditional branches side by side in one forward
+                g_c, g_u = (g.float() for g in self._g(self.teacher, batch, [prep, unguided], x, t, s_in))
+                g = cfg_combine(g_c, g_u, w)
+            else:
+                g = self._g(self.teacher, batch, [prep], x, t, s_in)[0].float()
             tt, ss = (torch.full((n,), v, device=x.device) for v in (t, s))
             x = flow_map(x, tt, ss, g, self.fn.sigma_d)
         return x
@@ -93,7 +97,7 @@ class JumpDistillation:
         if prep.targets.numel() == 0:
             return x0.new_zeros(())
         target = self.teacher_endpoints(batch, prep)
-        g = self._g(model, batch, prep, prep.x_t, self.t_max, self.t_min)
+        (g,) = self._g(model, batch, [prep], prep.x_t, self.t_max, self.t_min)
         y = flow_map(prep.x_t, noise.t.to(x0.device), noise.s.to(x0.device), g, self.fn.sigma_d)
         return (y.float() - target.float()).pow(2).flatten(1).mean(1).sum()
 
