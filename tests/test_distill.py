@@ -89,12 +89,20 @@ def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):
         Trainer(tiny_run(tiny_assets, tmp_path / "i", "data.image_size=32", f"objective.distill.teacher={other}"))
     with pytest.raises(ConfigError, match="set objective.image=imm"):
         Trainer(tiny_run(tiny_assets, tmp_path / "b", "objective.image=fm", f"objective.distill.teacher={other}"))
-    with pytest.raises(Exception, match="no mmgen release at"):
+    with pytest.raises(Exception, match="objective.distill.teacher: no mmgen release at"):
         Trainer(tiny_run(tiny_assets, tmp_path / "c", f"objective.distill.teacher={tmp_path / 'missing'}"))
+    # a shorter context than the run packs, and a flow-matching teacher whose times stop short of the run's T
+    Trainer(tiny_run(tiny_assets, tmp_path / "short", "train.steps=1", "data.seq_len=64")).train()
+    with pytest.raises(ConfigError, match=r"context 64 tokens \(this run packs 96\)"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "d", f"objective.distill.teacher={tmp_path / 'short' / 'release'}"))
+    fm = ["objective.image=fm", "objective.fm.t_max=0.9", "train.steps=1"]
+    Trainer(tiny_run(tiny_assets, tmp_path / "fm", *fm)).train()
+    with pytest.raises(ConfigError, match=r"time range \[0.0, 0.9\] \(this run samples \[0.0, 0.994\]\)"):
+        Trainer(tiny_run(tiny_assets, tmp_path / "e", f"objective.distill.teacher={tmp_path / 'fm' / 'release'}"))
 
 
-@pytest.mark.parametrize("objective", ["imm", "fm"])
-def test_teacher_endpoints_are_the_samplers_image_from_the_same_noise(tiny_assets, objective, monkeypatch):
+@pytest.mark.parametrize("objective, grid", [("imm", "uniform"), ("fm", "cosine")])
+def test_teacher_endpoints_are_the_samplers_image_from_the_same_noise(tiny_assets, objective, grid, monkeypatch):
     """The teacher's sample inside a packed training batch is what the interleaved sampler draws for the same
     caption from the same noise: the same time grid, sampler (pushforward for a flow map, Euler for flow matching),
     guidance and attention to the caption, though one runs on a packed batch and the other on a KV cache."""
@@ -122,7 +130,13 @@ def test_teacher_endpoints_are_the_samplers_image_from_the_same_noise(tiny_asset
     real = interleaved.sample
     monkeypatch.setattr(interleaved, "sample", spy)
     opts = interleaved.SamplingOptions(
-        steps=steps, guidance=guidance, image_first=True, stop_after_image=True, max_new_tokens=0, seed=4
+        steps=steps,
+        guidance=guidance,
+        time_grid=grid,
+        image_first=True,
+        stop_after_image=True,
+        max_new_tokens=0,
+        seed=4,
     )
     interleaved.InterleavedSampler(model, text, image).run([[caption]], opts)
 
@@ -131,11 +145,12 @@ def test_teacher_endpoints_are_the_samplers_image_from_the_same_noise(tiny_asset
     loss_fn = MultimodalLoss(
         from_dict(ObjectiveConfig, {"image": objective}), c.patch_size, c.image_grid, c.latent_channels
     )
-    d = JumpDistillation(DistillConfig(teacher="-", steps=steps, guidance=guidance), loss_fn, model, (c.t_min, c.t_max))
+    cfg = DistillConfig(teacher="-", steps=steps, guidance=guidance, time_grid=grid)
+    d = JumpDistillation(cfg, loss_fn, model, (c.t_min, c.t_max))
     noise = d.draw(batch, torch.Generator().manual_seed(0), 0)
     noise.uncond[:] = False
     x0 = torch.randn(1, c.latent_channels, *(n * c.patch_size for n in c.image_grid))  # unseen by the noisy copy
-    prep = replace(loss_fn._prepare(batch, x0, noise), x_t=seen["noise"])
+    prep = replace(loss_fn._prepare(batch, x0, noise), eps=seen["noise"])
     torch.testing.assert_close(d.teacher_endpoints(batch, prep), seen["image"], rtol=1e-4, atol=1e-5)
 
 

@@ -34,24 +34,29 @@ def reference(cfg, world: int = 2):
     opt = make_optimizer(model, cfg.train)
     ema = EMA([p.data for p in model.parameters()], cfg.train.ema_decay)
     loss_fn = MultimodalLoss(cfg.objective, mc.patch_size, mc.image_grid, mc.latent_channels)
+    distill = build.distillation(cfg, loss_fn, mc, (text, image), torch.device("cpu"))  # objective.distill
     pipes = [iter(build.data_pipe(cfg, spec, text, r, world)) for r in range(world)]
     losses = []
     for step in range(cfg.train.steps):
         micro = [[next(p) for _ in range(cfg.train.grad_accum)] for p in pipes]
-        noises = []
+        noises, jumps = [], []
         for r, mbs in enumerate(micro):
             gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 7919 + r)
             noises.append([loss_fn.draw(b, gen, step) for b in mbs])
+            jumps.append([distill.draw(b, gen, step) if distill else None for b in mbs])
         pairs = [(b, n) for mbs, ns in zip(micro, noises) for b, n in zip(mbs, ns)]
         counts = [sum(count_units(b, n, cfg.objective)[i] for b, n in pairs) for i in (0, 1)]
         norm = LossNorm(*counts)
+        targets = sum(len(n.t) for _, n in pairs)
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg.train)
         total = 0.0
-        for mbs, ns in zip(micro, noises):
-            for b, noise in zip(mbs, ns):
+        for mbs, ns, js in zip(micro, noises, jumps):
+            for b, noise, jump in zip(mbs, ns, js):
                 x0 = build.clean_latents(b, image, loss_fn.sigma_d, torch.device("cpu"))
                 loss, _ = loss_fn(model, b, x0, noise, norm)
+                if jump is not None:
+                    loss = loss + cfg.objective.distill.weight * distill(model, b, x0, jump) / targets
                 loss.backward()
                 total += float(loss.detach())
         opt.step()
@@ -110,6 +115,23 @@ def test_zero3_shards_parameters_resumes_and_exports(setup):
     released = MMGenModel.from_pretrained(out / "release")
     for (name, p), e in zip(released.named_parameters(), setup[3].shadow):
         torch.testing.assert_close(p.data, e, rtol=0, atol=5e-5, msg=name)
+
+
+@pytest.mark.parametrize("accelerate_cfg", ["ddp_cpu", "zero3"])
+def test_distillation_in_two_processes_matches_single_process(tiny_assets, tmp_path, accelerate_cfg):
+    """objective.distill (a second forward with gradient, a frozen teacher release) under DDP and under ZeRO-3,
+    where the teacher must stay a whole model on each rank; weight 0.5 and two micro-batches per rank."""
+    from mmgen.train.loop import Trainer
+
+    Trainer(tiny_run(tiny_assets, tmp_path / "teacher", "train.steps=1")).train()
+    teach = [f"objective.distill.teacher={tmp_path / 'teacher' / 'release'}", "objective.distill.guidance=2"]
+    run = [f"train.steps={STEPS}", "train.grad_accum=2", "data.rows=1", "objective.distill.weight=0.5", *teach]
+    cfg = tiny_run(tiny_assets, tmp_path / accelerate_cfg, *run)
+    want, _, _ = reference(cfg)
+    launch(f"configs/accelerate/{accelerate_cfg}.yaml", dump_config(cfg, tmp_path / "run.yaml"))
+    got = metrics(tmp_path / accelerate_cfg)
+    assert [m["step"] for m in got] == list(range(1, STEPS + 1)) and all(m["distill_loss"] > 0 for m in got)
+    assert [m["loss"] for m in got] == pytest.approx(want, abs=2e-5)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "deepspeed").glob("*.json")), ids=lambda p: p.name)

@@ -173,6 +173,7 @@ class DistillConfig:
     teacher: str = ""  # release folder ("" = off); e.g. the IMM model this run starts from
     steps: int = 4  # the teacher's sampling steps (pushforward for a flow map, Euler for flow matching)
     guidance: float = 1.0  # the teacher's guidance on G (1 = conditional only)
+    time_grid: Literal["uniform", "cosine"] = "uniform"  # the teacher's time grid (SamplingOptions.time_grid)
     weight: float = 1.0  # of the per-image squared error, averaged over the step's targets
 
     RANGES: ClassVar[dict[str, Range]] = {"steps": Range(1, 64), "guidance": Range(0, 100), "weight": AT_LEAST_0}

@@ -210,13 +210,16 @@ class MultimodalLoss:
         x: torch.Tensor,
         t: torch.Tensor,
         s: torch.Tensor | None = None,
+        preconditioned: bool = False,
     ) -> list[torch.Tensor]:
         """`g_at` for several preparations of one batch (e.g. its conditional and unconditional copies: they differ
-        in `uncond`) in ONE forward, their inputs side by side along the batch dimension: fewer, larger kernels."""
+        in `uncond`) in ONE forward, their inputs side by side along the batch dimension: fewer, larger kernels.
+        `preconditioned`: x is already the network input c_in(t) x_t (what a sampler's G receives)."""
+        x_in = x if preconditioned else network_input(x, t, self.sigma_d)
         inputs = []
         for prep in preps:
             noisy = torch.zeros_like(prep.noisy)
-            noisy[prep.targets] = patchify(network_input(x, t, self.sigma_d), self.p)
+            noisy[prep.targets] = patchify(x_in, self.p)
             t_img = prep.t.clone()
             t_img[prep.targets] = t
             s_img = None

@@ -59,7 +59,14 @@ def load_release(path: str | Path, device: str | torch.device = "cpu"):
     with torch.device("meta"):  # shapes only, no memory
         shell = MMGenModel(config)
     check_shapes(path / "model.safetensors", shell.state_dict(), CheckpointError, FIX)
-    model = MMGenModel.from_pretrained(path, config=config).to(dev)
+    # built and filled directly, not with from_pretrained: under an active DeepSpeed ZeRO-3 config transformers
+    # builds from_pretrained models inside zero.Init, as empty shards that no engine gathers (a distillation
+    # teacher loaded during a ZeRO-3 run). The model is fp32: weights stored in bf16 are upcast
+    from safetensors.torch import load_file
+
+    model = MMGenModel(config)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model = model.to(dev).eval()
     text = load_text_tokenizer(path, fix=FIX)  # the release's own tokenizers: retraining one would not match
     image = load_image_tokenizer(path / "image_tokenizer", fix=FIX).to(dev).eval()
     return model, text, image

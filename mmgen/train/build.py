@@ -17,6 +17,7 @@ from mmgen.data.loader import DataCursor, PackedDataset, ShapesStream, make_load
 from mmgen.data.packing import Packer, PackSpec
 from mmgen.data.plan import TokenPlan
 from mmgen.data.shards import ShardStream, Split
+from mmgen.errors import MMGenError
 from mmgen.flowmap import image_config
 from mmgen.models.model import MMGenConfig
 from mmgen.objectives.multimodal import MultimodalLoss
@@ -159,7 +160,10 @@ def distillation(
     from mmgen.train.distill import JumpDistillation, check_teacher
     from mmgen.train.manifest import sha256
 
-    teacher, *teacher_tokenizers = load_release(d.teacher, device)
+    try:
+        teacher, *teacher_tokenizers = load_release(d.teacher, device)
+    except MMGenError as e:
+        raise type(e)(f"objective.distill.teacher: {e}") from e
     check_teacher(teacher, tuple(teacher_tokenizers), mconf, tokenizers, d.teacher)
     weights = sha256(Path(d.teacher) / "model.safetensors")  # recorded in checkpoints: a resumed run checks it
     return JumpDistillation(d, loss_fn, teacher, (mconf.t_min, mconf.t_max), weights)

@@ -3,20 +3,23 @@
 IMM trains the jump f(x_T, T, 0) through moment matching only, and on a 256-number latent that signal is weak
 (docs/results.md, "The 1-step map"); and guidance, which the few-step samplers need, does not carry over to one
 step (a guided 1-step map overshoots). This term gives the jump a direct target: for every image target of a
-micro-batch, from the same x_T,
+micro-batch, from the same noise x_T,
 
     x_teacher = the teacher's sampler over `steps` steps, guidance w on G:  G_w = G_u + w (G_c - G_u)
     loss      = || f_theta(x_T, T, 0) - x_teacher ||^2   (mean over the latent, summed over targets)
 
 The teacher is frozen (a release: typically the IMM model the run starts from, so the run distils its own
-guided 4-step sampler). A target whose condition is dropped (condition dropout) gets the teacher's unconditional
-endpoint, so the student's unconditional branch stays what guidance needs at N >= 2. The student is the same
-network in the same packed batch: the forward reads the caption through the batch's attention mask exactly as
-the image objective's does; only the noisy copies and their times change.
+guided 4-step sampler). Its sampler is the pipeline's (`mmgen.sampling.flow_map.sample`: pushforward for a flow
+map, Euler for flow matching, the same time grid), run in fp32 outside autocast as the release's sampler runs,
+so the target is the image the teacher release draws for that caption and noise. A target whose condition is
+dropped (condition dropout) gets the teacher's unconditional endpoint, so the student's unconditional branch
+stays what guidance needs at N >= 2. The student is the same network in the same packed batch: the forward reads
+the caption through the batch's attention mask exactly as the image objective's does; only the noisy copies and
+their times change.
 
-x_T is the interpolant at T (0.6 % of the clean latent at the IMM default T = 0.994), the same input the image
-objective trains the jump from T on; the samplers start from pure noise at T, the approximation IMM itself makes.
-The teacher is a full, unsharded copy on every rank (under ZeRO-3 too): meant for models that fit one device.
+x_T is pure noise (eps, std sigma_d), as the samplers start at T, not the interpolant (1 - T) x0 + T eps.
+The teacher is a full, unsharded copy on every rank (under ZeRO-3 too: `load_release` builds it outside
+zero.Init): meant for models that fit one device.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from mmgen.flowmap import flow_map
 from mmgen.models.model import MMGenConfig, MMGenModel
 from mmgen.models.patches import per_token
 from mmgen.objectives.multimodal import MultimodalLoss, Noise, _Prepared
-from mmgen.sampling.flow_map import cfg_combine, time_grid
+from mmgen.sampling.flow_map import cfg_combine, sample, time_grid
 
 
 class JumpDistillation:
@@ -51,7 +54,7 @@ class JumpDistillation:
         self.teacher_sha256 = teacher_sha256  # of the teacher's model.safetensors (empty: not from a release file)
         self.fn = loss_fn
         self.teacher = teacher.eval().requires_grad_(False)
-        self.two_time = teacher.config.image_objective == "imm"  # a flow map (pushforward) or a velocity (Euler)
+        self.method = "pushforward" if teacher.config.image_objective == "imm" else "euler"
         # the student's trained range: the jump is T -> t_min, the teacher's sampler covers the same range
         self.t_min, self.t_max = t_range
 
@@ -62,49 +65,40 @@ class JumpDistillation:
         noise.t, noise.s, noise.r = (torch.full_like(noise.t, v) for v in (self.t_max, self.t_min, self.t_min))
         return noise
 
-    def _g(self, model: Callable, batch: TokenPlan, preps: list[_Prepared], x: torch.Tensor, t: float, s: float):
-        """G of `model` [n, C, h, w] at every target's noisy copy x at time t, second time s (scalars), for each
-        preparation in `preps`, in one forward."""
-        t_, s_ = (torch.full_like(x[:, 0, 0, 0], v) for v in (t, s))
-        return self.fn.g_at_each(model, batch, preps, x, t_, s_)
-
     @torch.no_grad()
     def teacher_endpoints(self, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:
-        """The teacher's sample [n, C, h, w] from each target's x_T down to t_min over cfg.steps uniform steps (the
-        pipeline's default grid); G is combined in fp32, as the pipeline does."""
-        w, n = self.cfg.guidance, prep.targets.numel()
-        unguided = prep
-        if w != 1.0:  # the guidance's second branch: every target's copy unconditional
+        """The teacher's sample [n, C, h, w] from each target's noise prep.eps at T down to t_min over cfg.steps
+        steps of cfg.time_grid; G is combined in fp32, as the pipeline does."""
+        w = self.cfg.guidance
+        preps = [prep]
+        if w != 1.0:  # the guidance's second branch: every target's copy unconditional, in the same forward
             drop = torch.zeros(prep.t.shape[0], dtype=torch.bool, device=prep.t.device)
             drop[prep.targets] = True
-            unguided = replace(prep, uncond=per_token(drop, batch.image, batch.kind != KIND_TEXT))
-        x = prep.x_t
-        times = time_grid(self.cfg.steps, self.t_max, self.t_min).tolist()
-        for t, s in zip(times[:-1], times[1:]):
-            s_in = s if self.two_time else t  # a one-time model is called at s = t (its Euler step)
-            if w != 1.0:  # the conditional and unconditional branches side by side in one forward
-                g_c, g_u = (g.float() for g in self._g(self.teacher, batch, [prep, unguided], x, t, s_in))
-                g = cfg_combine(g_c, g_u, w)
-            else:
-                g = self._g(self.teacher, batch, [prep], x, t, s_in)[0].float()
-            tt, ss = (torch.full((n,), v, device=x.device) for v in (t, s))
-            x = flow_map(x, tt, ss, g, self.fn.sigma_d)
-        return x
+            preps.append(replace(prep, uncond=per_token(drop, batch.image, batch.kind != KIND_TEXT)))
+
+        def g(x_in: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            out = [o.float() for o in self.fn.g_at_each(self.teacher, batch, preps, x_in, t, s, preconditioned=True)]
+            return cfg_combine(out[0], out[1], w) if w != 1.0 else out[0]
+
+        times = time_grid(self.cfg.steps, self.t_max, self.t_min, self.cfg.time_grid)
+        with torch.autocast(prep.eps.device.type, enabled=False):  # the release's sampler runs without autocast
+            return sample(g, prep.eps.float(), times, self.fn.sigma_d, self.method)
 
     def __call__(self, model: Callable, batch: TokenPlan, x0: torch.Tensor, noise: Noise) -> torch.Tensor:
-        """Sum over the micro-batch's targets of the per-image mean squared error of the student's jump."""
+        """Sum over the micro-batch's targets of the per-image mean squared error of the student's jump. The
+        student's forward runs even without targets: under ZeRO-3 every rank's forward gathers weights together."""
         prep = self.fn._prepare(batch, x0, noise)
+        t, s = (torch.full_like(prep.eps[:, 0, 0, 0], v) for v in (self.t_max, self.t_min))
+        g = self.fn.g_at(model, batch, prep, prep.eps, t, s)
         if prep.targets.numel() == 0:
-            return x0.new_zeros(())
-        target = self.teacher_endpoints(batch, prep)
-        (g,) = self._g(model, batch, [prep], prep.x_t, self.t_max, self.t_min)
-        y = flow_map(prep.x_t, noise.t.to(x0.device), noise.s.to(x0.device), g, self.fn.sigma_d)
-        return (y.float() - target.float()).pow(2).flatten(1).mean(1).sum()
+            return g.float().sum()  # 0, on the graph
+        y = flow_map(prep.eps, t, s, g, self.fn.sigma_d)
+        return (y.float() - self.teacher_endpoints(batch, prep)).pow(2).flatten(1).mean(1).sum()
 
 
 def check_teacher(teacher: MMGenModel, tokenizers: tuple, student: MMGenConfig, run_tokenizers: tuple, where: str):
     """The teacher must read and write the student's tokens (same text vocabulary, same image tokenizer weights,
-    same latent grid) and, if it is a flow map, cover the student's time range."""
+    same latent grid), cover the student's time range (a flow map: the same one) and context."""
 
     def value(config, key):
         v = getattr(config, key)
@@ -112,11 +106,12 @@ def check_teacher(teacher: MMGenModel, tokenizers: tuple, student: MMGenConfig, 
 
     keys = ["vocab_size", "latent_channels", "patch_size", "image_grid", "sigma_d"]
     keys += ["t_min", "t_max"] if teacher.config.image_objective == "imm" else []
-    diff = [
-        f"{k} {value(teacher.config, k)} (this run: {value(student, k)})"
-        for k in keys
-        if value(teacher.config, k) != value(student, k)
-    ]
+    tc = teacher.config
+    diff = [f"{k} {value(tc, k)} (this run: {value(student, k)})" for k in keys if value(tc, k) != value(student, k)]
+    if tc.image_objective != "imm" and not tc.t_min <= student.t_min < student.t_max <= tc.t_max:
+        diff.append(f"time range [{tc.t_min}, {tc.t_max}] (this run samples [{student.t_min}, {student.t_max}])")
+    if tc.max_seq_len < student.max_seq_len:
+        diff.append(f"context {tc.max_seq_len} tokens (this run packs {student.max_seq_len})")
     (text, image), (run_text, run_image) = tokenizers, run_tokenizers
     if text.get_vocab() != run_text.get_vocab():
         diff.append("another text tokenizer (the vocabularies differ)")

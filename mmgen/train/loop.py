@@ -176,7 +176,10 @@ class Trainer:
             with e.autocast():
                 loss, st = self.loss_fn(e.model, b, x0, noise, norm)
                 if jump is not None:  # objective.distill: normalised by the global number of targets
-                    d_sum = self.distill(e.model, b, x0, jump)
+                    # through the unwrapped module: DDP allows one forward with gradient per backward (its second
+                    # would mark the weights the jump does not use, the LM head, unused); autograd sums both
+                    # forwards' gradients into each weight before DDP's hook reduces it, so one sync still
+                    d_sum = self.distill(e.unwrapped, b, x0, jump)
                     loss = loss + cfg.objective.distill.weight * d_sum / max(g_targets, 1)
                     sums["distill_loss"] += float(d_sum.detach())
             bad |= e.any_rank(not math.isfinite(float(loss.detach())))
