@@ -29,6 +29,9 @@ from mmgen.sampling.pipeline import MMGenPipeline
 from mmgen.train.checkpoint import export_release
 
 RECORDED_ON = ("2.13.0+cpu", "AVX512")
+# text_to_image digests recorded again when `load_release` began to copy the weights into the model's own
+# (aligned) memory instead of keeping transformers' memory-mapped, unaligned views of the file: the latents moved
+# in the last bits (one IMM image by a rounding step); the shipped release's judged numbers did not move
 GOLDEN = {
     "imm_loss": "74de139a1be2394beaecb4c54b8ffef8",
     "imm_loss_boundary": "ae52ab90c60756d5a0c5814154391919",
@@ -36,14 +39,14 @@ GOLDEN = {
     "packed_imm": "42e685b64560585b1aede229281e96fb",
     "packed_imm_boundary": "f197857650ceea9a400ea569ae09b0cc",
     "packed_fm": "56c142000afbef7e505abed078e5defc",
-    "imm_n1": "4683f9c43f668d5ed0f60de82a1c9216",
-    "imm_n1_latents": "25dd90a731c6c420dee27ff3b8299251",
+    "imm_n1": "57f2446bfa68c5742cc8eff220f2d695",
+    "imm_n1_latents": "16c66eca6f8e0540f0775c95db2251b4",
     "imm_n4": "75f4bd0177a7042291ce5cf3881fc352",
-    "imm_n4_latents": "077ad9b4cca6da018353218c916ef174",
+    "imm_n4_latents": "6c42fbed9ce0e2bd5c573002317edef6",
     "fm_n1": "3adfb88f6140d064ba2654896027bb2e",
-    "fm_n1_latents": "fbd0805c4a9d76ec16ec7bcf6d860673",
+    "fm_n1_latents": "676ee1da08a264d76c0f3285862c302d",
     "fm_n4": "2b9feea476e36df9db9363d9533d8779",
-    "fm_n4_latents": "69f3709e7901a35d8c7fcb6fabfd3ad4",
+    "fm_n4_latents": "a5401eab015cfdbc285beac26b9a51cf",
     "prompt_image": "2df0f3e194bd0e04ebf62b758a838f21",
     "train_20_steps": "4ae14d2662950d3f626382c1fbeb7ad7",
     "text_greedy": "124e9c1770cfd7480cee78af61bbcda7",

@@ -87,7 +87,7 @@ class ImmConfig:
 
     particles: int = 4  # M: images per group sharing (s, r, t)
     k: int = 12  # r-mapping: eta decrement (eta(T) - eta(eps)) / 2^k
-    a: int = 2  # weighting exponent: 1 best 1-step, 2 best multi-step / low precision
+    a: float = 2  # weighting exponent: 1 best 1-step, 2 best multi-step / low precision (any real a >= 0)
     b: float = 4.0  # weighting sigmoid bias
     t_max: float = 0.994
     t_min: float = 0.0

@@ -61,7 +61,8 @@ def load_release(path: str | Path, device: str | torch.device = "cpu"):
     check_shapes(path / "model.safetensors", shell.state_dict(), CheckpointError, FIX)
     # built and filled directly, not with from_pretrained: under an active DeepSpeed ZeRO-3 config transformers
     # builds from_pretrained models inside zero.Init, as empty shards that no engine gathers (a distillation
-    # teacher loaded during a ZeRO-3 run). The model is fp32: weights stored in bf16 are upcast
+    # teacher loaded during a ZeRO-3 run); and the weights are copied into the model's own memory, not left as
+    # views of a memory-mapped file that a rerun of its stage may overwrite. The model is fp32: bf16 files upcast
     from safetensors.torch import load_file
 
     model = MMGenModel(config)
