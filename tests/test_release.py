@@ -45,13 +45,13 @@ def test_release_is_complete_and_small():
 
 def test_release_follows_held_out_prompts_at_four_steps(pipe):
     prompts, _ = prompt_set(50, pipe.model.config.image_size, training_holdout(RELEASE), unseen=False)
-    guidance = pipe.defaults["guidance_by_steps"].get(4, pipe.defaults["guidance"])  # the card's setting
+    guidance = pipe.release_defaults({"steps": 4})["guidance"]  # the card's setting (sampling.json)
     acc, _, _ = judge(pipe, prompts, steps=4, guidance=guidance)
     assert acc["correct"] >= MIN_CORRECT, acc
 
 
 def test_release_follows_held_out_prompts_in_one_step(pipe):
     prompts, _ = prompt_set(50, pipe.model.config.image_size, training_holdout(RELEASE), unseen=False)
-    guidance = pipe.defaults["guidance_by_steps"][1]  # the card's setting for one step (guidance 1)
+    guidance = pipe.release_defaults({"steps": 1})["guidance"]  # the card's setting for one step (guidance 1)
     acc, _, _ = judge(pipe, prompts, steps=1, guidance=guidance)
     assert acc["correct"] >= MIN_CORRECT_ONE_STEP, acc

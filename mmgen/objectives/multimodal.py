@@ -212,24 +212,22 @@ class MultimodalLoss:
         s: torch.Tensor | None = None,
         preconditioned: bool = False,
     ) -> list[torch.Tensor]:
-        """`g_at` for several preparations of one batch (e.g. its conditional and unconditional copies: they differ
-        in `uncond`) in ONE forward, their inputs side by side along the batch dimension: fewer, larger kernels.
-        `preconditioned`: x is already the network input c_in(t) x_t (what a sampler's G receives)."""
-        x_in = x if preconditioned else network_input(x, t, self.sigma_d)
-        inputs = []
-        for prep in preps:
-            noisy = torch.zeros_like(prep.noisy)
-            noisy[prep.targets] = patchify(x_in, self.p)
-            t_img = prep.t.clone()
-            t_img[prep.targets] = t
-            s_img = None
-            if s is not None:
-                s_img = prep.s.clone()
-                s_img[prep.targets] = s
-            inputs.append(self._inputs(batch, prep, noisy, t_img, s_img))
-        merged = inputs[0]
-        if len(inputs) > 1:
-            merged = {k: torch.cat([i[k] for i in inputs], dim=1 if k == "pos" else 0) for k in merged}  # pos [3, B, L]
+        """`g_at` for several preparations of one batch that differ only in `uncond` (e.g. its conditional and
+        unconditional copies) in ONE forward, their inputs side by side along the batch dimension: fewer, larger
+        kernels. `preconditioned`: x is already the network input c_in(t) x_t (what a sampler's G receives)."""
+        prep = preps[0]
+        noisy = torch.zeros_like(prep.noisy)
+        noisy[prep.targets] = patchify(x if preconditioned else network_input(x, t, self.sigma_d), self.p)
+        t_img = prep.t.clone()
+        t_img[prep.targets] = t
+        s_img = None
+        if s is not None:
+            s_img = prep.s.clone()
+            s_img[prep.targets] = s
+        merged = self._inputs(batch, prep, noisy, t_img, s_img)
+        if len(preps) > 1:  # pos is [3, B, L]
+            copies = [{**merged, "uncond": p.uncond} for p in preps]
+            merged = {k: torch.cat([c[k] for c in copies], dim=1 if k == "pos" else 0) for k in merged}
         out = model(**merged, text_positions=torch.zeros_like(merged["input_ids"], dtype=torch.bool))  # no logits
         B = batch.labels.shape[0]
         return [self._g(out.image[i * B : (i + 1) * B], batch, prep) for i, prep in enumerate(preps)]

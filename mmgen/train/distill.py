@@ -59,11 +59,9 @@ class JumpDistillation:
         self.t_min, self.t_max = t_range
 
     def draw(self, batch: TokenPlan, generator: torch.Generator, step: int) -> Noise:
-        """The micro-batch's noise for the jump: the image objective's draws (noise, condition dropout), with
-        every target at t = T, s = r = t_min."""
-        noise = self.fn.draw(batch, generator, step)
-        noise.t, noise.s, noise.r = (torch.full_like(noise.t, v) for v in (self.t_max, self.t_min, self.t_min))
-        return noise
+        """The micro-batch's noise for the jump: the image objective's draws (the noise eps, condition dropout);
+        their times are not used (the jump is always T -> t_min)."""
+        return self.fn.draw(batch, generator, step)
 
     @torch.no_grad()
     def teacher_endpoints(self, batch: TokenPlan, prep: _Prepared) -> torch.Tensor:
