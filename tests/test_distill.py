@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -68,6 +69,48 @@ def test_the_term_joins_the_loss_and_self_distillation_in_one_step_starts_at_zer
     assert first["distill_loss"] > 1e-8
     assert first["loss"] == pytest.approx(base["loss"] + first["distill_loss"], rel=1e-6)
     assert first["image_loss"] == pytest.approx(base["image_loss"], rel=1e-6)  # the image objective's draws kept
+
+
+@pytest.mark.parametrize("loss, space", [("l2", "latent"), ("pseudo_huber", "latent"), ("l2", "pixel")])
+def test_each_images_error_is_l2_pseudo_huber_or_measured_in_pixels(batch, loss, space):
+    """A 1-step unguided teacher that is the student draws the student's own jump; shifted by k_i per image, each
+    image's error is known: k^2 (l2), sqrt(k^2 + c^2) - c (pseudo-Huber), and through a decoder x -> 2x, 4 k^2."""
+    _, model, loss_fn, x0 = objective_setup(batch)
+    cfg = DistillConfig(teacher="-", steps=1, loss=loss, space=space, huber_c=0.05)
+    d = JumpDistillation(cfg, loss_fn, copy.deepcopy(model), t_range=(0.0, 0.994), pixels=lambda x: 2 * x)
+    noise = d.draw(batch, torch.Generator().manual_seed(3), 0)
+    n = loss_fn._prepare(batch, x0, noise).targets.numel()
+    k = torch.linspace(0.1, 0.5, n)
+    own = d.teacher_endpoints
+    d.teacher_endpoints = lambda b, prep: own(b, prep) + k.view(-1, 1, 1, 1)
+    term = d(model, batch, x0, noise)
+    m = k**2 * (4 if space == "pixel" else 1)
+    expected = (m + 0.05**2).sqrt() - 0.05 if loss == "pseudo_huber" else m
+    assert n >= 2 and float(term.detach()) == pytest.approx(float(expected.sum()), rel=1e-4)
+    term.backward()
+    assert sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None) > 0  # the student learns
+    with pytest.raises(ValueError, match="space=pixel needs the image decoder"):
+        JumpDistillation(replace(cfg, space="pixel"), loss_fn, model, t_range=(0.0, 0.994))
+
+
+def test_pixel_space_distillation_decodes_as_the_sampler_does(tiny_assets, tmp_path):
+    """objective.distill.space=pixel trains through the run's frozen image decoder, on the pixels the interleaved
+    sampler would show for the same latents (before its clamp to [-1, 1]); the decoder itself is not trained."""
+    from mmgen.train.loop import Trainer
+
+    Trainer(tiny_run(tiny_assets, tmp_path / "start", "train.steps=1")).train()
+    release = tmp_path / "start" / "release"
+    run = [f"train.init_from={release}", f"objective.distill.teacher={release}", "objective.distill.steps=2"]
+    cfg = tiny_run(tiny_assets, tmp_path / "px", "train.steps=2", *run, "objective.distill.space=pixel")
+    trainer = Trainer(cfg)
+    vae, sd = trainer.image_tok, trainer.loss_fn.sigma_d
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    c = trainer.mconf
+    x = torch.randn(3, c.latent_channels, *(n * c.patch_size for n in c.image_grid)) * sd
+    torch.testing.assert_close(trainer.distill.pixels(x).clamp(-1, 1), vae.decode(vae.denormalize(x / sd)))
+    trainer.train()
+    assert metrics(tmp_path / "px")[0]["distill_loss"] > 1e-8
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
 
 
 def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):

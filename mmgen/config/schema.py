@@ -174,9 +174,21 @@ class DistillConfig:
     steps: int = 4  # the teacher's sampling steps (pushforward for a flow map, Euler for flow matching)
     guidance: float = 1.0  # the teacher's guidance on G (1 = conditional only)
     time_grid: Literal["uniform", "cosine"] = "uniform"  # the teacher's time grid (SamplingOptions.time_grid)
-    weight: float = 1.0  # of the per-image squared error, averaged over the step's targets
+    weight: float = 1.0  # of the per-image error, averaged over the step's targets
+    # per image, on the latent's mean squared error m: "l2" = m; "pseudo_huber" = sqrt(m + c^2) - c (iCT's
+    # pseudo-Huber on the RMS error: its minimiser leans to the targets' majority mode instead of their mean)
+    loss: Literal["l2", "pseudo_huber"] = "l2"
+    # where the error is measured: the normalised latent, or the pixels [-1, 1] the frozen image tokenizer's
+    # decoder makes of student and teacher latents (what a viewer and the shapes judge see)
+    space: Literal["latent", "pixel"] = "latent"
+    huber_c: float = 0.03  # c, in units of the latent (std sigma_d)
 
-    RANGES: ClassVar[dict[str, Range]] = {"steps": Range(1, 64), "guidance": Range(0, 100), "weight": AT_LEAST_0}
+    RANGES: ClassVar[dict[str, Range]] = {
+        "steps": Range(1, 64),
+        "guidance": Range(0, 100),
+        "weight": AT_LEAST_0,
+        "huber_c": POSITIVE,
+    }
 
 
 @dataclass

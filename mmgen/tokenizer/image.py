@@ -101,6 +101,12 @@ class ImageTokenizer(nn.Module):
         """Deterministic latents [N, C, H/f, W/f] float32 (KL: posterior mean; VQ/FSQ: code vectors)."""
         return self.bottleneck.encode(self._features(self.pixels_to_float(pixels))).float()
 
+    def pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [N, C, h, w] -> unclamped pixels [N, 3, h f, w f] with gradient to z: a loss in pixel space
+        through the (frozen) decoder, e.g. objective.distill.space=pixel."""
+        self._check_latents(z)
+        return self._pixels(z)
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [N, C, h, w] -> pixels [N, 3, h f, w f] float in [-1, 1]."""

@@ -166,4 +166,9 @@ def distillation(
         raise type(e)(f"objective.distill.teacher: {e}") from e
     check_teacher(teacher, tuple(teacher_tokenizers), mconf, tokenizers, d.teacher)
     weights = sha256(Path(d.teacher) / "model.safetensors")  # recorded in checkpoints: a resumed run checks it
-    return JumpDistillation(d, loss_fn, teacher, (mconf.t_min, mconf.t_max), weights)
+    image_tok, sigma = tokenizers[1], loss_fn.sigma_d
+
+    def pixels(x: torch.Tensor) -> torch.Tensor:  # the model's latent (std sigma_d) -> decoded pixels
+        return image_tok.pixels(image_tok.denormalize(x / sigma))
+
+    return JumpDistillation(d, loss_fn, teacher, (mconf.t_min, mconf.t_max), weights, pixels)

@@ -6,7 +6,9 @@ step (a guided 1-step map overshoots). This term gives the jump a direct target:
 micro-batch, from the same noise x_T,
 
     x_teacher = the teacher's sampler over `steps` steps, guidance w on G:  G_w = G_u + w (G_c - G_u)
-    loss      = || f_theta(x_T, T, 0) - x_teacher ||^2   (mean over the latent, summed over targets)
+    m         = || f_theta(x_T, T, 0) - x_teacher ||^2   (mean over the latent; space=pixel: over the pixels that
+                                                         the frozen image decoder makes of both)
+    loss      = sum over targets of m (loss=l2), or of sqrt(m + c^2) - c (loss=pseudo_huber)
 
 The teacher is frozen (a release: typically the IMM model the run starts from, so the run distils its own
 guided 4-step sampler). Its sampler is the pipeline's (`mmgen.sampling.flow_map.sample`: pushforward for a flow
@@ -49,12 +51,16 @@ class JumpDistillation:
         teacher: MMGenModel,
         t_range: tuple[float, float],
         teacher_sha256: str = "",
+        pixels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.cfg = cfg
         self.teacher_sha256 = teacher_sha256  # of the teacher's model.safetensors (empty: not from a release file)
         self.fn = loss_fn
         self.teacher = teacher.eval().requires_grad_(False)
         self.method = "pushforward" if teacher.config.image_objective == "imm" else "euler"
+        if cfg.space == "pixel" and pixels is None:
+            raise ValueError("objective.distill.space=pixel needs the image decoder (`pixels`: latent -> pixels)")
+        self.pixels = pixels  # model latent (std sigma_d) -> pixels, with gradient; used when cfg.space == "pixel"
         # the student's trained range: the jump is T -> t_min, the teacher's sampler covers the same range
         self.t_min, self.t_max = t_range
 
@@ -91,7 +97,16 @@ class JumpDistillation:
         if prep.targets.numel() == 0:
             return g.float().sum()  # 0, on the graph
         y = flow_map(prep.eps, t, s, g, self.fn.sigma_d)
-        return (y.float() - self.teacher_endpoints(batch, prep)).pow(2).flatten(1).mean(1).sum()
+        y, target = y.float(), self.teacher_endpoints(batch, prep)
+        if self.cfg.space == "pixel":
+            with torch.no_grad():
+                target = self.pixels(target)
+            y = self.pixels(y)
+        m = (y - target).pow(2).flatten(1).mean(1)  # [n] per-image mean squared error
+        if self.cfg.loss == "pseudo_huber":
+            c = self.cfg.huber_c
+            m = (m + c * c).sqrt() - c
+        return m.sum()
 
 
 def check_teacher(teacher: MMGenModel, tokenizers: tuple, student: MMGenConfig, run_tokenizers: tuple, where: str):
