@@ -41,10 +41,10 @@ release: setup
 		train.output_dir=runs/shapes_fm_stage3
 	$(PY) scripts/train.py --config configs/train/shapes_release_imm_from_fm.yaml objective.image=fm \
 		train.init_from=runs/shapes_fm_stage3/release train.steps=2500 train.lr=3e-4 train.output_dir=runs/shapes_fm_stage4
-	$(PY) scripts/eval_shapes.py --model runs/shapes_distill/release --model runs/shapes_fm_stage4/release \
+	$(PY) scripts/eval_shapes.py --model runs/shapes_distill_ph/release --model runs/shapes_fm_stage4/release \
 		--model runs/shapes_imm_bf0/release --model runs/shapes_fm_stage3/release \
 		--steps 1 2 4 8 16 --guidance 1 1.5 3 --n 200 --n-unseen 100 --seed 0 1 2 --threads 1 --out results/shapes_release.json
-	$(PY) scripts/publish_release.py --run runs/shapes_distill --out releases/shapes --guidance-by-steps 1=1 2=1.5 4=1.5 \
+	$(PY) scripts/publish_release.py --run runs/shapes_distill_ph --out releases/shapes --guidance-by-steps 1=1 2=1 4=1.5 \
 		--eval results/shapes_release.json --wall "$(WALL)" --command "make release"
 
 test: setup lint
