@@ -74,11 +74,13 @@ def model_card(
     )
     distill = config["objective"].get("distill") or {}
     if distill.get("teacher") and distill.get("weight", 1.0) > 0:
+        loss = distill.get("loss", "l2")
+        loss += f" with c = {distill.get('huber_c', 0.03):g}" if loss == "pseudo_huber" else ""
         stage += (
             f"\n- 1-step distillation (`objective.distill`): beside the IMM objective, the jump f(x_T, T, 0) regresses"
             f" on the frozen `{distill['teacher']}`'s {distill.get('steps', 4)}-step samples at guidance"
             f" {distill.get('guidance', 1.0):g} from the same noise (weight {distill.get('weight', 1.0):g}, loss"
-            f" {distill.get('loss', 'l2')} in {distill.get('space', 'latent')} space)."
+            f" {loss} in {distill.get('space', 'latent')} space)."
         )
     seeds = sorted({r.get("seed", 0) for e in report["models"].values() for r in e["results"]})
     per_seed = f" and noise seed ({', '.join(map(str, seeds))}; a rate is their mean)" if len(seeds) > 1 else ""

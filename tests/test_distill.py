@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_release
@@ -71,10 +72,12 @@ def test_the_term_joins_the_loss_and_self_distillation_in_one_step_starts_at_zer
     assert first["image_loss"] == pytest.approx(base["image_loss"], rel=1e-6)  # the image objective's draws kept
 
 
-@pytest.mark.parametrize("loss, space", [("l2", "latent"), ("pseudo_huber", "latent"), ("l2", "pixel")])
+@pytest.mark.parametrize("loss", ["l2", "pseudo_huber"])
+@pytest.mark.parametrize("space", ["latent", "pixel"])
 def test_each_images_error_is_l2_pseudo_huber_or_measured_in_pixels(batch, loss, space):
     """A 1-step unguided teacher that is the student draws the student's own jump; shifted by k_i per image, each
-    image's error is known: k^2 (l2), sqrt(k^2 + c^2) - c (pseudo-Huber), and through a decoder x -> 2x, 4 k^2."""
+    image's mean squared error m is known (k^2; through a decoder x -> 2x, 4 k^2), and the term is the sum of m
+    (l2) or of sqrt(m + c^2) - c (pseudo-Huber)."""
     _, model, loss_fn, x0 = objective_setup(batch)
     cfg = DistillConfig(teacher="-", steps=1, loss=loss, space=space, huber_c=0.05)
     d = JumpDistillation(cfg, loss_fn, copy.deepcopy(model), t_range=(0.0, 0.994), pixels=lambda x: 2 * x)
@@ -89,13 +92,27 @@ def test_each_images_error_is_l2_pseudo_huber_or_measured_in_pixels(batch, loss,
     assert n >= 2 and float(term.detach()) == pytest.approx(float(expected.sum()), rel=1e-4)
     term.backward()
     assert sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None) > 0  # the student learns
+
+
+def test_bad_distillation_options_are_refused_by_name(batch):
+    from mmgen.config import RunConfig, load_config
+
+    _, model, loss_fn, _ = objective_setup(batch)
     with pytest.raises(ValueError, match="space=pixel needs the image decoder"):
-        JumpDistillation(replace(cfg, space="pixel"), loss_fn, model, t_range=(0.0, 0.994))
+        JumpDistillation(DistillConfig(teacher="-", space="pixel"), loss_fn, model, t_range=(0.0, 0.994))
+    for override, message in [
+        ("objective.distill.huber_c=0", r"objective.distill.huber_c.*> 0"),
+        ("objective.distill.loss=l1", r"objective.distill.loss.*'l2', 'pseudo_huber'"),
+        ("objective.distill.space=rgb", r"objective.distill.space.*'latent', 'pixel'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(RunConfig, None, [override])
 
 
 def test_pixel_space_distillation_decodes_as_the_sampler_does(tiny_assets, tmp_path):
     """objective.distill.space=pixel trains through the run's frozen image decoder, on the pixels the interleaved
-    sampler would show for the same latents (before its clamp to [-1, 1]); the decoder itself is not trained."""
+    sampler shows for the same latents (its decode_pixels, with the latents' own mean and std)."""
+    from mmgen.sampling.interleaved import InterleavedSampler
     from mmgen.train.loop import Trainer
 
     Trainer(tiny_run(tiny_assets, tmp_path / "start", "train.steps=1")).train()
@@ -103,14 +120,17 @@ def test_pixel_space_distillation_decodes_as_the_sampler_does(tiny_assets, tmp_p
     run = [f"train.init_from={release}", f"objective.distill.teacher={release}", "objective.distill.steps=2"]
     cfg = tiny_run(tiny_assets, tmp_path / "px", "train.steps=2", *run, "objective.distill.space=pixel")
     trainer = Trainer(cfg)
-    vae, sd = trainer.image_tok, trainer.loss_fn.sigma_d
-    before = {k: v.clone() for k, v in vae.state_dict().items()}
-    c = trainer.mconf
-    x = torch.randn(3, c.latent_channels, *(n * c.patch_size for n in c.image_grid)) * sd
-    torch.testing.assert_close(trainer.distill.pixels(x).clamp(-1, 1), vae.decode(vae.denormalize(x / sd)))
+    vae, c = trainer.image_tok, trainer.mconf
+    with torch.no_grad():  # latent statistics that are not (0, 1), so a missing or swapped denormalize shows
+        vae.latent_mean.copy_(torch.linspace(-0.3, 0.3, c.latent_channels))
+        vae.latent_std.copy_(torch.linspace(0.5, 2.0, c.latent_channels))
+    x = torch.randn(3, c.latent_channels, *(n * c.patch_size for n in c.image_grid)) * trainer.loss_fn.sigma_d
+    shown = InterleavedSampler(trainer.engine.unwrapped, trainer.text_tok, vae).decode_pixels(x)
+    ours = ((trainer.distill.pixels(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert np.array_equal(ours.numpy(), shown)
+    assert not any(p.requires_grad for p in vae.parameters())  # the decoder is frozen
     trainer.train()
     assert metrics(tmp_path / "px")[0]["distill_loss"] > 1e-8
-    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
 
 
 def test_bad_teachers_are_refused_with_the_fix(tiny_assets, tmp_path):

@@ -181,7 +181,7 @@ class DistillConfig:
     # where the error is measured: the normalised latent, or the pixels [-1, 1] the frozen image tokenizer's
     # decoder makes of student and teacher latents (what a viewer and the shapes judge see)
     space: Literal["latent", "pixel"] = "latent"
-    huber_c: float = 0.03  # c, in units of the latent (std sigma_d)
+    huber_c: float = 0.03  # c: an absolute RMS error in the space measured (the latent, std sigma_d; or pixels)
 
     RANGES: ClassVar[dict[str, Range]] = {
         "steps": Range(1, 64),

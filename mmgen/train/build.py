@@ -166,7 +166,7 @@ def distillation(
         raise type(e)(f"objective.distill.teacher: {e}") from e
     check_teacher(teacher, tuple(teacher_tokenizers), mconf, tokenizers, d.teacher)
     weights = sha256(Path(d.teacher) / "model.safetensors")  # recorded in checkpoints: a resumed run checks it
-    image_tok, sigma = tokenizers[1], loss_fn.sigma_d
+    image_tok, sigma = tokenizers[1].requires_grad_(False), loss_fn.sigma_d  # frozen: space=pixel trains through it
 
     def pixels(x: torch.Tensor) -> torch.Tensor:  # the model's latent (std sigma_d) -> decoded pixels
         return image_tok.pixels(image_tok.denormalize(x / sigma))

@@ -98,10 +98,9 @@ class JumpDistillation:
             return g.float().sum()  # 0, on the graph
         y = flow_map(prep.eps, t, s, g, self.fn.sigma_d)
         y, target = y.float(), self.teacher_endpoints(batch, prep)
-        if self.cfg.space == "pixel":
-            with torch.no_grad():
-                target = self.pixels(target)
-            y = self.pixels(y)
+        if self.cfg.space == "pixel":  # both decoded in fp32 outside autocast, as the sampler decodes
+            with torch.autocast(y.device.type, enabled=False):
+                y, target = self.pixels(y), self.pixels(target)
         m = (y - target).pow(2).flatten(1).mean(1)  # [n] per-image mean squared error
         if self.cfg.loss == "pseudo_huber":
             c = self.cfg.huber_c
