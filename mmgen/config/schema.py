@@ -175,7 +175,7 @@ class DistillConfig:
     guidance: float = 1.0  # the teacher's guidance on G (1 = conditional only)
     time_grid: Literal["uniform", "cosine"] = "uniform"  # the teacher's time grid (SamplingOptions.time_grid)
     weight: float = 1.0  # of the per-image error, averaged over the step's targets
-    # per image, on the latent's mean squared error m: "l2" = m; "pseudo_huber" = sqrt(m + c^2) - c (iCT's
+    # per image, on the mean squared error m (in `space`): "l2" = m; "pseudo_huber" = sqrt(m + c^2) - c (iCT's
     # pseudo-Huber on the RMS error: its minimiser leans to the targets' majority mode instead of their mean)
     loss: Literal["l2", "pseudo_huber"] = "l2"
     # where the error is measured: the normalised latent, or the pixels [-1, 1] the frozen image tokenizer's
