@@ -65,10 +65,17 @@ def model_card(
     shapes = config["data"]["shapes"]
     holdout = shapes.get("holdout") or []
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+    def named(path: str) -> str:
+        # a stage trained from (or distilled from) the release it replaces names it as such: once published,
+        # `out` holds this stage's weights, not the ones it started from
+        same = Path(path).resolve() == out.resolve()
+        return f"the previous release at `{path}` (the weights this release replaces)" if same else f"`{path}`"
+
     init = config["train"].get("init_from")
     stage = (
-        f"\n- Continued training: initialised from the EMA weights of `{init}`; the steps, tokens and wall time below"
-        " are this stage's."
+        f"\n- Continued training: initialised from the EMA weights of {named(init)}; the steps, tokens and wall time"
+        " below are this stage's."
         if init
         else ""
     )
@@ -78,8 +85,8 @@ def model_card(
         loss += f" with c = {distill.get('huber_c', 0.03):g}" if loss == "pseudo_huber" else ""
         stage += (
             f"\n- 1-step distillation (`objective.distill`): beside the IMM objective, the jump f(x_T, T, 0) regresses"
-            f" on the frozen `{distill['teacher']}`'s {distill.get('steps', 4)}-step samples at guidance"
-            f" {distill.get('guidance', 1.0):g} from the same noise (weight {distill.get('weight', 1.0):g}, loss"
+            f" on the {distill.get('steps', 4)}-step samples at guidance {distill.get('guidance', 1.0):g} of a frozen"
+            f" teacher, {named(distill['teacher'])}, from the same noise (weight {distill.get('weight', 1.0):g}, loss"
             f" {loss} in {distill.get('space', 'latent')} space)."
         )
     seeds = sorted({r.get("seed", 0) for e in report["models"].values() for r in e["results"]})

@@ -53,3 +53,35 @@ def test_card_table_shows_the_mean_and_each_seed(two_seeds):
     assert "mean over noise seeds 0, 1" in text
     assert f"**{m['correct']:.1%}** ({m['correct_per_seed'][0]:.1%} / {m['correct_per_seed'][1]:.1%})" in text
     assert "ms / image" in table(one) and "mean over noise seeds" not in table(one)  # one seed: the plain table
+
+
+def test_card_names_a_teacher_that_is_the_release_it_replaces(two_seeds, tmp_path, monkeypatch):
+    """A stage distilled from (and started at) the published release: once published, that folder holds the new
+    weights, so the card must not name it as if it were still the teacher."""
+    both, _, _ = two_seeds
+    card = runpy.run_path(str(REPO / "scripts" / "publish_release.py"))["model_card"]
+    monkeypatch.chdir(tmp_path)
+    run, folder = tmp_path / "run", tmp_path / "releases" / "shapes.tmp"
+    run.mkdir()
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text((RELEASE / "config.json").read_text())
+    config = {
+        "data": {
+            "rows": 8,
+            "seq_len": 256,
+            "shapes": {"seed": 0, "p_caption_image": 0.6, "p_image_caption": 0.15, "p_interleaved": 0.25},
+        },
+        "train": {"lr": 3e-4, "schedule": "cosine", "ema_decay": 0.999, "seed": 0, "init_from": "releases/shapes"},
+        "objective": {"distill": {"teacher": "releases/shapes", "steps": 8, "guidance": 3.0}},
+    }
+    (run / "config.yaml").write_text(json.dumps(config))  # YAML is a superset of JSON
+    last = {"params_total": 2.2e6, "step": 10, "tokens_seen": 20480, "text_loss": 0.6, "image_loss": 0.01}
+    (run / "metrics.jsonl").write_text(json.dumps(last) + "\n")
+    args = (run, folder, Path("releases/shapes"), both, "1 s", "make release", False, {"steps": 4})
+    text = card(*args)
+    assert "of a frozen teacher, the previous release at `releases/shapes` (the weights this release" in text
+    assert "initialised from the EMA weights of the previous release at `releases/shapes`" in text
+    config["objective"]["distill"]["teacher"] = config["train"]["init_from"] = "runs/stage4/release"
+    (run / "config.yaml").write_text(json.dumps(config))
+    text = card(*args)
+    assert "of a frozen teacher, `runs/stage4/release`, from" in text and "previous release" not in text
