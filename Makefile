@@ -27,7 +27,7 @@ demo: setup
 
 # Retrain the shipped model from scratch (configs/train/shapes_release_imm_from_fm.yaml, shapes_release_distill.yaml
 # and shapes_release_stage5.yaml say why five stages): about 4.7 h on one core, resumable (each stage resumes from its
-# latest checkpoint); then the flow-matching comparator at the same steps (stages 3-4 with objective.image=fm,
+# latest checkpoint); then the flow-matching comparator (stages 3-4 with objective.image=fm, no fifth stage,
 # ~50 min), the evaluation of the release beside it and beside the IMM stage it distils, and the publication.
 # WALL="..." states the wall time.
 WALL ?= not recorded (make release WALL="..." states it)
